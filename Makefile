@@ -1,0 +1,47 @@
+# The README's commands. Every target sets itself up: a virtualenv in .venv, the
+# project installed into it (editable, with the test tools).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+HOST   ?= 127.0.0.1
+PORT   ?= 8678
+DEMO_DB ?= var/legacy_billing.sqlite
+BILLS  ?= 1000000
+
+.PHONY: install run test lint format bench bench-db clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+$(DEMO_DB): | $(VENV)/.installed
+	$(PY) -c "from simulators.billing_db import ensure_demo_database; ensure_demo_database('$(DEMO_DB)')"
+
+run: install $(DEMO_DB)
+	LEGACY_DB=$(DEMO_DB) HOST=$(HOST) PORT=$(PORT) $(PY) -m gateway
+
+test: install
+	$(PY) -m pytest
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+# A large copy of the demo database for benchmarks (BILLS=1000000 by default).
+bench-db: install
+	$(PY) -m simulators.billing_db --path var/bench_billing.sqlite --bills $(BILLS) --force
+
+bench: install
+	@test -f var/bench_billing.sqlite || $(MAKE) bench-db
+	$(PY) bench/read_latency.py --db var/bench_billing.sqlite
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .ruff_cache *.egg-info

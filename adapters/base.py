@@ -1,0 +1,134 @@
+"""The adapter contract: what the gateway asks of a back end, in the back end's own terms.
+
+Adapters never see TMF attribute names. The mapping's reverse direction turns a TMF
+query into the `Predicate`s and sort keys below, on back-end columns and raw values;
+an adapter runs them and returns raw records (plain dicts, child rows under the
+child's name). One adapter instance per back end, opened at start-up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+# Comparison operators a predicate may carry, in back-end terms.
+COMPARE_OPS = frozenset({"eq", "ne", "gt", "gte", "lt", "lte"})
+
+
+@dataclass(frozen=True, slots=True)
+class Compare:
+    """`column <op> value`, where value is already in the back end's representation."""
+
+    column: str
+    op: str
+    value: Any
+
+
+@dataclass(frozen=True, slots=True)
+class IsNull:
+    column: str
+
+
+@dataclass(frozen=True, slots=True)
+class AnyOf:
+    """OR of the terms; an empty AnyOf matches nothing."""
+
+    terms: tuple[Predicate, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AllOf:
+    """AND of the terms; an empty AllOf matches everything."""
+
+    terms: tuple[Predicate, ...]
+
+
+Predicate = Compare | IsNull | AnyOf | AllOf
+
+MATCH_ALL = AllOf(())
+MATCH_NONE = AnyOf(())
+
+
+@dataclass(frozen=True, slots=True)
+class SortKey:
+    column: str
+    descending: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """A read in back-end terms: filter, order, and (when fully pushed down) a window."""
+
+    where: Predicate = MATCH_ALL
+    order_by: tuple[SortKey, ...] = ()
+    offset: int = 0
+    limit: int | None = None
+
+
+@dataclass(slots=True)
+class Page:
+    records: list[dict[str, Any]]
+    total: int
+
+
+class SourceSpecError(Exception):
+    """A `source:` block of a mapping names something the back end does not have."""
+
+    def __init__(self, place: str, reason: str) -> None:
+        self.place = place
+        self.reason = reason
+        super().__init__(f"{place}: {reason}")
+
+
+class BackendError(Exception):
+    """The back end failed or could not be reached; the gateway answers 502/503/504."""
+
+    def __init__(self, reason: str, *, status: int = 502) -> None:
+        self.reason = reason
+        self.status = status
+        super().__init__(reason)
+
+
+@dataclass(slots=True)
+class SourceColumns:
+    """The columns a bound source offers, so a mapping can be checked at start-up."""
+
+    record: frozenset[str]
+    children: Mapping[str, frozenset[str]] = field(default_factory=dict)
+
+
+class Source(Protocol):
+    """One resource's records in one back end, bound at start-up."""
+
+    columns: SourceColumns
+
+    def can_push(self, column: str, op: str) -> bool:
+        """Whether `column <op> value` can be evaluated by the back end."""
+        ...
+
+    def can_sort(self, column: str) -> bool: ...
+
+    async def page(self, plan: Plan) -> Page:
+        """Records matching `plan.where`, ordered and windowed, plus the count of all matches."""
+        ...
+
+    async def one(self, where: Predicate) -> dict[str, Any] | None: ...
+
+    def stream(self, plan: Plan, batch_size: int) -> AsyncIterator[list[dict[str, Any]]]:
+        """All records matching `plan.where` in `plan.order_by` order, in bounded batches."""
+        ...
+
+
+class Adapter(Protocol):
+    """A connection to one back end: opened at start-up, closed at shutdown."""
+
+    name: str
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def bind(self, spec: Mapping[str, Any]) -> Source:
+        """Check a mapping's `source:` block against the back end and return the source."""
+        ...

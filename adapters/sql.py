@@ -1,0 +1,264 @@
+"""SQL back ends through SQLAlchemy 2 Core, async (aiosqlite by default, any async driver).
+
+The database URL is configuration: the same adapter serves the bundled SQLite demo and
+a PostgreSQL billing database. Tables are reflected once at start-up; per request the
+adapter only builds a statement from the plan, with every value a bound parameter.
+
+A mapping's `source:` block for this adapter:
+
+    source:
+      table: INV_HDR
+      key: INV_ID                  # unique; the last sort key, so paging is stable
+      children:                    # child rows, fetched for a whole page in one query
+        taxes: {table: INV_TAX, key: INV_ID, order_by: [SEQ_NO]}
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+from sqlalchemy import (
+    Column,
+    ColumnElement,
+    MetaData,
+    Table,
+    and_,
+    false,
+    func,
+    or_,
+    select,
+    true,
+)
+from sqlalchemy.exc import DBAPIError, NoSuchTableError, OperationalError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from adapters.base import (
+    COMPARE_OPS,
+    AllOf,
+    AnyOf,
+    BackendError,
+    Compare,
+    IsNull,
+    Page,
+    Plan,
+    Predicate,
+    SourceColumns,
+    SourceSpecError,
+)
+
+_OPERATORS = {
+    "eq": Column.__eq__,
+    "ne": Column.__ne__,
+    "gt": Column.__gt__,
+    "gte": Column.__ge__,
+    "lt": Column.__lt__,
+    "lte": Column.__le__,
+}
+
+
+class SqlAdapter:
+    """One engine (and connection pool) per back end, opened at start-up."""
+
+    def __init__(self, name: str, url: str, *, pool_size: int = 5, **engine_options: Any) -> None:
+        self.name = name
+        self.url = url
+        self._pool_size = pool_size
+        self._engine_options = engine_options
+        self._engine: AsyncEngine | None = None
+        self._metadata = MetaData()
+
+    @property
+    def engine(self) -> AsyncEngine:
+        if self._engine is None:
+            raise RuntimeError(f"back end {self.name!r} is not open")
+        return self._engine
+
+    async def open(self) -> None:
+        options = dict(self._engine_options)
+        if not self.url.startswith("sqlite"):
+            options.setdefault("pool_size", self._pool_size)
+        options.setdefault("pool_pre_ping", False)
+        self._engine = create_async_engine(self.url, **options)
+        try:
+            async with self._engine.connect() as conn:
+                await conn.execute(select(1))
+        except (SQLAlchemyError, OSError) as exc:
+            await self._engine.dispose()
+            raise BackendError(f"cannot connect to back end {self.name!r}: {exc}") from exc
+
+    async def close(self) -> None:
+        if self._engine is not None:
+            await self._engine.dispose()
+            self._engine = None
+
+    async def bind(self, spec: Mapping[str, Any]) -> SqlSource:
+        if not isinstance(spec, Mapping):
+            raise SourceSpecError("source", "expected {table: ..., key: ...}")
+        unknown = set(spec) - {"table", "key", "children"}
+        if unknown:
+            raise SourceSpecError("source", f"unknown key(s) {sorted(unknown)}")
+        async with self.engine.connect() as conn:
+            table = await self._reflect(conn, spec.get("table"), "source.table")
+            key = _column(table, spec.get("key"), "source.key")
+            children = {}
+            for name, child in (spec.get("children") or {}).items():
+                place = f"source.children.{name}"
+                if not isinstance(child, Mapping) or set(child) - {"table", "key", "order_by"}:
+                    raise SourceSpecError(place, "expected {table, key, order_by}")
+                child_table = await self._reflect(conn, child.get("table"), f"{place}.table")
+                child_key = _column(child_table, child.get("key"), f"{place}.key")
+                order = [
+                    _column(child_table, c, f"{place}.order_by")
+                    for c in child.get("order_by") or []
+                ]
+                children[name] = _Child(child_table, child_key, order)
+        return SqlSource(self, table, key, children)
+
+    async def _reflect(self, conn: AsyncConnection, name: Any, place: str) -> Table:
+        if not isinstance(name, str) or not name:
+            raise SourceSpecError(place, "a table name is required")
+        if name in self._metadata.tables:
+            return self._metadata.tables[name]
+        try:
+            return await conn.run_sync(
+                lambda sync_conn: Table(name, self._metadata, autoload_with=sync_conn)
+            )
+        except NoSuchTableError:
+            raise SourceSpecError(place, f"no table {name!r} in back end {self.name!r}") from None
+
+
+def _column(table: Table, name: Any, place: str) -> Column[Any]:
+    if not isinstance(name, str) or name not in table.c:
+        raise SourceSpecError(place, f"no column {name!r} in table {table.name}")
+    return table.c[name]
+
+
+class _Child:
+    def __init__(self, table: Table, key: Column[Any], order: list[Column[Any]]) -> None:
+        self.table = table
+        self.key = key
+        self.statement = select(table).order_by(key, *order)
+
+
+class SqlSource:
+    """One table (and its child tables) of a SQL back end, ready to run plans."""
+
+    def __init__(
+        self,
+        adapter: SqlAdapter,
+        table: Table,
+        key: Column[Any],
+        children: dict[str, _Child],
+    ) -> None:
+        self.adapter = adapter
+        self.table = table
+        self.key = key
+        self.key_column = key.name
+        self.children = children
+        self.columns = SourceColumns(
+            record=frozenset(table.c.keys()),
+            children={name: frozenset(c.table.c.keys()) for name, c in children.items()},
+        )
+        self._select = select(table)
+        self._count = select(func.count()).select_from(table)
+
+    def can_push(self, column: str, op: str) -> bool:
+        return column in self.table.c and op in COMPARE_OPS
+
+    def can_sort(self, column: str) -> bool:
+        return column in self.table.c
+
+    def where(self, predicate: Predicate) -> ColumnElement[bool]:
+        """The predicate as SQL; values are bound parameters, never spliced into text."""
+        if isinstance(predicate, Compare):
+            return _OPERATORS[predicate.op](self.table.c[predicate.column], predicate.value)
+        if isinstance(predicate, IsNull):
+            return self.table.c[predicate.column].is_(None)
+        if isinstance(predicate, AnyOf):
+            return or_(false(), *(self.where(t) for t in predicate.terms))
+        if isinstance(predicate, AllOf):
+            return and_(true(), *(self.where(t) for t in predicate.terms))
+        raise TypeError(f"unknown predicate {predicate!r}")
+
+    def _ordered(self, plan: Plan) -> Any:
+        order = []
+        for key in plan.order_by:
+            column = self.table.c[key.column]
+            clause = column.desc() if key.descending else column.asc()
+            # Missing values last in both directions, as the gateway's own sorting does.
+            if column.nullable and not column.primary_key:
+                clause = clause.nulls_last()
+            order.append(clause)
+        if not any(k.column == self.key_column for k in plan.order_by):
+            order.append(self.key.asc())
+        return self._select.where(self.where(plan.where)).order_by(*order)
+
+    async def page(self, plan: Plan) -> Page:
+        statement = self._ordered(plan).offset(plan.offset)
+        if plan.limit is not None:
+            statement = statement.limit(plan.limit)
+        try:
+            async with self.adapter.engine.connect() as conn:
+                records = [dict(row) for row in (await conn.execute(statement)).mappings()]
+                total = _total_from_window(plan.offset, plan.limit, len(records))
+                if total is None:
+                    count = self._count.where(self.where(plan.where))
+                    total = (await conn.execute(count)).scalar_one()
+                await self._attach_children(conn, records)
+        except SQLAlchemyError as exc:
+            raise _backend_error(self.adapter.name, exc) from exc
+        return Page(records, total)
+
+    async def one(self, where: Predicate) -> dict[str, Any] | None:
+        statement = self._select.where(self.where(where)).limit(1)
+        try:
+            async with self.adapter.engine.connect() as conn:
+                row = (await conn.execute(statement)).mappings().first()
+                if row is None:
+                    return None
+                records = [dict(row)]
+                await self._attach_children(conn, records)
+        except SQLAlchemyError as exc:
+            raise _backend_error(self.adapter.name, exc) from exc
+        return records[0]
+
+    async def stream(self, plan: Plan, batch_size: int) -> AsyncIterator[list[dict[str, Any]]]:
+        statement = self._ordered(plan).execution_options(yield_per=batch_size)
+        try:
+            async with self.adapter.engine.connect() as conn:
+                result = await conn.stream(statement)
+                async for rows in result.mappings().partitions(batch_size):
+                    records = [dict(row) for row in rows]
+                    await self._attach_children(conn, records)
+                    yield records
+        except SQLAlchemyError as exc:
+            raise _backend_error(self.adapter.name, exc) from exc
+
+    async def _attach_children(self, conn: AsyncConnection, records: list[dict[str, Any]]) -> None:
+        if not self.children or not records:
+            return
+        keys = [r[self.key_column] for r in records]
+        for name, child in self.children.items():
+            grouped: dict[Any, list[dict[str, Any]]] = {k: [] for k in keys}
+            rows = await conn.execute(child.statement.where(child.key.in_(keys)))
+            for row in rows.mappings():
+                grouped[row[child.key.name]].append(dict(row))
+            for record in records:
+                record[name] = grouped[record[self.key_column]]
+
+
+def _total_from_window(offset: int, limit: int | None, fetched: int) -> int | None:
+    """When the window ran past the last match, the total is known without a COUNT."""
+    if fetched and (limit is None or fetched < limit):
+        return offset + fetched
+    if not fetched and offset == 0 and (limit is None or limit > 0):
+        return 0
+    return None
+
+
+def _backend_error(name: str, exc: SQLAlchemyError) -> BackendError:
+    detail = str(exc.orig) if isinstance(exc, DBAPIError) and exc.orig else type(exc).__name__
+    if isinstance(exc, OperationalError):
+        return BackendError(f"back end {name!r} unavailable: {detail}", status=503)
+    return BackendError(f"back end {name!r} failed: {detail}", status=502)

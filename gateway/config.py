@@ -1,0 +1,142 @@
+"""Gateway configuration: a YAML file, checked at start-up with file and line in errors.
+
+Strings may use `${NAME}` or `${NAME:-default}` to take a value from the environment
+(database URLs, secrets). Relative mapping paths are relative to the config file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gateway.resources import RESOURCE_TYPES
+from mappings.errors import MappingSpecError
+from mappings.loader import SpecMap, load_yaml
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "default.yaml"
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class ConfigError(MappingSpecError):
+    """The gateway configuration is wrong; start-up stops with the file, place and reason."""
+
+
+@dataclass(frozen=True, slots=True)
+class BackendConfig:
+    name: str
+    kind: str
+    timeout: float
+    options: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceBinding:
+    collection: str
+    backend: str
+    mapping: Path
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    backends: dict[str, BackendConfig]
+    resources: dict[str, ResourceBinding]
+    public_base_url: str | None = None
+    default_limit: int = 20
+    max_limit: int = 1000
+    scan_batch_size: int = 500
+    source: str = "<built-in>"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def load_config(path: str | Path = DEFAULT_CONFIG) -> GatewayConfig:
+    path = Path(path)
+    file = str(path)
+    data = load_yaml(path)
+    if not isinstance(data, SpecMap):
+        raise ConfigError(file, "", 1, "a config file is a YAML mapping")
+
+    def fail(place: str, node: SpecMap, key: str, reason: str) -> ConfigError:
+        return ConfigError(file, place, node.line_of(key), reason)
+
+    known = {"api", "paging", "backends", "resources"}
+    for key in data:
+        if key not in known:
+            raise fail(key, data, key, f"unknown key (known: {', '.join(sorted(known))})")
+
+    api = _section(data, "api", file)
+    public_base_url = _expand(api.get("public_base_url")) or None
+    if public_base_url is not None and not re.match(r"^https?://", str(public_base_url)):
+        raise fail("api.public_base_url", api, "public_base_url", "must start with http(s)://")
+
+    paging = _section(data, "paging", file)
+    default_limit = _positive_int(paging, "default_limit", 20, file)
+    max_limit = _positive_int(paging, "max_limit", 1000, file)
+    batch = _positive_int(paging, "scan_batch_size", 500, file)
+    if default_limit > max_limit:
+        raise fail("paging.default_limit", paging, "default_limit", "exceeds max_limit")
+
+    backends: dict[str, BackendConfig] = {}
+    section = _section(data, "backends", file)
+    for name, spec in section.items():
+        place = f"backends.{name}"
+        if not isinstance(spec, SpecMap) or "kind" not in spec:
+            raise fail(place, section, name, "a back end needs at least {kind: ...}")
+        timeout = spec.get("timeout_seconds", 10)
+        if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout <= 0:
+            raise fail(f"{place}.timeout_seconds", spec, "timeout_seconds", "must be > 0")
+        options = {k: _expand(v) for k, v in spec.items() if k not in ("kind", "timeout_seconds")}
+        backends[name] = BackendConfig(name, str(spec["kind"]), float(timeout), options)
+
+    resources: dict[str, ResourceBinding] = {}
+    section = _section(data, "resources", file)
+    for collection, spec in section.items():
+        place = f"resources.{collection}"
+        if collection not in RESOURCE_TYPES:
+            raise fail(place, section, collection, "not a TMF678 resource collection")
+        if not isinstance(spec, SpecMap) or {"backend", "mapping"} - spec.keys():
+            raise fail(place, section, collection, "expected {backend: ..., mapping: ...}")
+        if spec["backend"] not in backends:
+            raise fail(f"{place}.backend", spec, "backend", f"no back end {spec['backend']!r}")
+        mapping = path.parent / str(_expand(spec["mapping"]))
+        resources[collection] = ResourceBinding(collection, spec["backend"], mapping)
+
+    return GatewayConfig(
+        backends=backends,
+        resources=resources,
+        public_base_url=str(public_base_url).rstrip("/") if public_base_url else None,
+        default_limit=default_limit,
+        max_limit=max_limit,
+        scan_batch_size=batch,
+        source=file,
+    )
+
+
+def _section(data: SpecMap, key: str, file: str) -> SpecMap:
+    value = data.get(key)
+    if value is None:
+        empty = SpecMap()
+        empty.line = data.line_of(key)
+        return empty
+    if not isinstance(value, SpecMap):
+        raise ConfigError(file, key, data.line_of(key), "must be a mapping")
+    return value
+
+
+def _positive_int(node: SpecMap, key: str, default: int, file: str) -> int:
+    value = node.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ConfigError(file, key, node.line_of(key), "must be a positive whole number")
+    return value
+
+
+def _expand(value: Any) -> Any:
+    if isinstance(value, str):
+        return _ENV.sub(lambda m: os.environ.get(m[1], m[2] if m[2] is not None else ""), value)
+    if isinstance(value, dict):
+        return {k: _expand(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand(v) for v in value]
+    return value

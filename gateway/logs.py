@@ -1,0 +1,107 @@
+"""Structured logs: one JSON line per request, and the request-id / error middleware.
+
+The middleware is the outermost layer: it names the request (an incoming `X-Request-ID`
+is honoured and echoed back), times it and the back-end calls within it, and turns any
+exception that escaped the routes into a TMF 500 without a stack trace in the reply
+(the trace goes to the log, where operators look for it).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import uuid
+from time import perf_counter
+from typing import Any
+
+import structlog
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway.calls import BackendTime, backend_time
+from gateway.errors import ApiError, error_response
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def configure_logging(level: str = "INFO") -> None:
+    """JSON lines on stdout; called once at start-up."""
+    logging.basicConfig(format="%(message)s", stream=sys.stdout, level=level)
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.dict_tracebacks,
+            structlog.processors.JSONRenderer(),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
+        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        cache_logger_on_first_use=True,
+    )
+
+
+log = structlog.get_logger("gateway.access")
+
+
+class RequestLogMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = _header(scope, b"x-request-id")
+        request_id = incoming if incoming and _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        spent = BackendTime()
+        token = backend_time.set(spent)
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+        started = perf_counter()
+        status = 500
+        response_started = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status, response_started
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                response_started = True
+                headers = list(message.get("headers", []))
+                headers.append((b"x-request-id", request_id.encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:
+            log.exception("unhandled_error", method=scope["method"], path=scope["path"])
+            if not response_started:
+                error = ApiError(
+                    500,
+                    "Internal error",
+                    f"The gateway failed to process the request (request id {request_id})",
+                )
+                await error_response(error)(scope, receive, send_with_id)
+        finally:
+            log.info(
+                "request",
+                method=scope["method"],
+                path=scope["path"],
+                query=scope.get("query_string", b"").decode("latin-1") or None,
+                status=status,
+                duration_ms=round((perf_counter() - started) * 1000, 2),
+                backend_ms=round(spent.seconds * 1000, 2),
+            )
+            structlog.contextvars.unbind_contextvars("request_id")
+            backend_time.reset(token)
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+def log_event(event: str, **fields: Any) -> None:
+    structlog.get_logger("gateway").info(event, **fields)

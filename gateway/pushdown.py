@@ -1,0 +1,81 @@
+"""Split a TMF `Query` into what the back end runs and what the gateway finishes.
+
+Each filter on an attribute read straight from a column is reversed through the
+column's transform (`state=sent` becomes `STAT_CD = 'S'`, `amountDue.value.gt=10`
+becomes `GRS_AMT > 1000`). A term the mapping cannot reverse, or the adapter cannot
+run, stays residual: the gateway applies it to mapped resources. Sort goes down only
+whole; paging goes down only when nothing is residual.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from adapters.base import AllOf, AnyOf, Compare, IsNull, Plan, Predicate, SortKey, Source
+from gateway.query import Filter, Query
+from mappings.compiler import CompiledMapping
+
+
+@dataclass(frozen=True, slots=True)
+class ReadPlan:
+    backend: Plan
+    residual: tuple[Filter, ...]
+    sort_in_gateway: bool
+
+    @property
+    def windowed_by_backend(self) -> bool:
+        return not self.residual and not self.sort_in_gateway
+
+
+def plan_read(query: Query, mapping: CompiledMapping, source: Source) -> ReadPlan:
+    pushed: list[Predicate] = []
+    residual: list[Filter] = []
+    for flt in query.filters:
+        predicate = reverse_filter(flt, mapping, source)
+        if predicate is None:
+            residual.append(flt)
+        else:
+            pushed.append(predicate)
+    order = _reverse_sort(query, mapping, source)
+    sort_in_gateway = order is None
+    where = pushed[0] if len(pushed) == 1 else AllOf(tuple(pushed))
+    if not residual and not sort_in_gateway:
+        backend = Plan(where, order or (), query.offset, query.limit)
+    else:
+        backend = Plan(where, order or ())
+    return ReadPlan(backend, tuple(residual), sort_in_gateway)
+
+
+def reverse_filter(flt: Filter, mapping: CompiledMapping, source: Source) -> Predicate | None:
+    """The filter in back-end terms, or None when it must be applied by the gateway."""
+    ref = mapping.fields.get(flt.path)
+    if ref is None or flt.op == "regex":
+        return None
+    terms = []
+    for value in flt.values:
+        predicate = ref.transform.condition(ref.column, flt.op, value)
+        if predicate is None or not _runnable(predicate, source):
+            return None
+        terms.append(predicate)
+    if len(terms) == 1:
+        return terms[0]
+    # Several values: any of them, except for `ne` where the record must differ from all.
+    return AllOf(tuple(terms)) if flt.op == "ne" else AnyOf(tuple(terms))
+
+
+def _runnable(predicate: Predicate, source: Source) -> bool:
+    if isinstance(predicate, Compare):
+        return source.can_push(predicate.column, predicate.op)
+    if isinstance(predicate, IsNull):
+        return source.can_push(predicate.column, "eq")
+    return all(_runnable(term, source) for term in predicate.terms)
+
+
+def _reverse_sort(query: Query, mapping: CompiledMapping, source: Source) -> tuple[SortKey, ...] | None:
+    keys = []
+    for term in query.sort:
+        ref = mapping.fields.get(term.path)
+        if ref is None or not ref.transform.ordered or not source.can_sort(ref.column):
+            return None
+        keys.append(SortKey(ref.column, term.descending))
+    return tuple(keys)

@@ -1,0 +1,86 @@
+"""Reading one TMF resource type from its back end: plan, call, map, finish.
+
+When every term is pushed down, the back end returns the page and the total. When
+some are not, the gateway streams the back end's matches in bounded batches, maps
+them, applies the residual terms, counts every match (so `X-Total-Count` stays exact)
+and keeps only the requested window (a bounded heap when it must sort itself).
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from adapters.base import Source
+from gateway.calls import backend_call
+from gateway.oas import AttributeTypes
+from gateway.pushdown import ReadPlan, plan_read, reverse_filter
+from gateway.query import Filter, Query
+from gateway.residual import compile_filters, sort_key
+from mappings.compiler import CompiledMapping
+
+Resource = dict[str, Any]
+
+
+class Reader(Protocol):
+    async def list(self, query: Query, base: str) -> tuple[list[Resource], int]: ...
+
+    async def get(self, ident: str, base: str) -> Resource | None: ...
+
+
+@dataclass(slots=True)
+class ResourceReader:
+    mapping: CompiledMapping
+    source: Source
+    backend: str
+    attributes: AttributeTypes
+    timeout: float
+    batch_size: int = 500
+
+    async def list(self, query: Query, base: str) -> tuple[list[Resource], int]:
+        plan = plan_read(query, self.mapping, self.source)
+        async with backend_call(self.backend, self.timeout):
+            if plan.windowed_by_backend:
+                page = await self.source.page(plan.backend)
+                to_tmf = self.mapping.to_tmf
+                return [to_tmf(record, base) for record in page.records], page.total
+            return await self._scan(plan, query, base)
+
+    async def get(self, ident: str, base: str) -> Resource | None:
+        by_id = Filter("id", "eq", (ident,), "id")
+        predicate = reverse_filter(by_id, self.mapping, self.source)
+        if predicate is None:  # ids the back end cannot look up: find it ourselves
+            found, _ = await self.list(Query(filters=(by_id,), limit=1), base)
+            return found[0] if found else None
+        async with backend_call(self.backend, self.timeout):
+            record = await self.source.one(predicate)
+            return None if record is None else self.mapping.to_tmf(record, base)
+
+    async def _scan(self, plan: ReadPlan, query: Query, base: str) -> tuple[list[Resource], int]:
+        matches = compile_filters(plan.residual, self.attributes.types)
+        to_tmf = self.mapping.to_tmf
+        end = query.offset + query.limit
+        total = 0
+        window: list[Resource] = []
+        key = sort_key(query.sort, self.attributes.types) if plan.sort_in_gateway else None
+        async for records in self.source.stream(plan.backend, self.batch_size):
+            batch = [r for r in (to_tmf(record, base) for record in records) if matches(r)]
+            if key is not None:
+                # nsmallest is stable: earlier (back-end key order) wins ties.
+                window = heapq.nsmallest(end, [*window, *batch], key=key) if end else []
+            else:
+                start = max(query.offset - total, 0)
+                window.extend(batch[start : max(end - total, 0)])
+            total += len(batch)
+        return window[query.offset :] if key is not None else window, total
+
+
+class EmptyReader:
+    """A resource with no back end yet: lists are empty, every id is unknown."""
+
+    async def list(self, query: Query, base: str) -> tuple[list[Resource], int]:
+        return [], 0
+
+    async def get(self, ident: str, base: str) -> Resource | None:
+        return None

@@ -1,0 +1,115 @@
+"""HTTP routes of the TMF678 API: one list and one read route per resource type.
+
+A route parses the TMF630 query, asks the resource's reader, projects `fields`, and
+serialises. Operations the OAS defines but this gateway does not offer yet answer 501,
+and methods the OAS does not define on a path answer 405, both as TMF `Error`s.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from gateway.errors import ApiError, not_found
+from gateway.fields import compile_fields, project
+from gateway.oas import attribute_types
+from gateway.query import parse_fields, parse_query
+from gateway.reads import Reader
+from gateway.resources import API_PREFIX, RESOURCE_TYPES, ResourceType
+
+
+class JSONResponse(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+class Api:
+    """What the routes need at request time; the readers are filled in at start-up."""
+
+    def __init__(self, *, default_limit: int, max_limit: int, public_base_url: str | None) -> None:
+        self.default_limit = default_limit
+        self.max_limit = max_limit
+        self.public_base_url = public_base_url
+        self.readers: dict[str, Reader] = {}
+
+    def base_url(self, request: Request) -> str:
+        if self.public_base_url:
+            return self.public_base_url
+        url = request.url
+        return f"{url.scheme}://{url.netloc}{request.scope.get('root_path', '')}{API_PREFIX}"
+
+
+def _list_route(api: Api, resource: ResourceType) -> Callable[[Request], Any]:
+    attributes = attribute_types(resource.schema)
+
+    async def list_resources(request: Request) -> Response:
+        query = parse_query(
+            request.url.query,
+            attributes,
+            default_limit=api.default_limit,
+            max_limit=api.max_limit,
+        )
+        items, total = await api.readers[resource.collection].list(query, api.base_url(request))
+        if query.fields is not None:
+            tree = compile_fields(query.fields)
+            items = [project(item, tree) for item in items]
+        headers = {"X-Total-Count": str(total), "X-Result-Count": str(len(items))}
+        return JSONResponse(items, headers=headers)
+
+    list_resources.__name__ = f"list_{resource.collection}"
+    return list_resources
+
+
+def _get_route(api: Api, resource: ResourceType) -> Callable[[Request], Any]:
+    attributes = attribute_types(resource.schema)
+
+    async def get_resource(request: Request) -> Response:
+        ident = request.path_params["id"]
+        fields = parse_fields(request.query_params.get("fields"), attributes)
+        item = await api.readers[resource.collection].get(ident, api.base_url(request))
+        if item is None:
+            raise not_found(resource.collection, ident)
+        if fields is not None:
+            item = project(item, compile_fields(fields))
+        return JSONResponse(item)
+
+    get_resource.__name__ = f"retrieve_{resource.collection}"
+    return get_resource
+
+
+def _not_implemented(operation: str) -> Callable[[Request], Any]:
+    async def endpoint(request: Request) -> Response:
+        raise ApiError(
+            501,
+            "Not implemented",
+            f"{operation} is part of TMF678 but not offered by this gateway yet",
+        )
+
+    return endpoint
+
+
+# Operations of the OAS that later work brings (writes, hub); until then: 501, not 405.
+_PENDING: Mapping[tuple[str, str], str] = {
+    ("/customerBill/{id}", "PATCH"): "patchCustomerBill",
+    ("/customerBillOnDemand", "POST"): "createCustomerBillOnDemand",
+    ("/hub", "POST"): "registerListener",
+    ("/hub/{id}", "DELETE"): "unregisterListener",
+}
+
+
+def api_routes(api: Api) -> list[Route]:
+    routes = []
+    for resource in RESOURCE_TYPES.values():
+        base = f"{API_PREFIX}/{resource.collection}"
+        routes.append(Route(base, _list_route(api, resource), methods=["GET"]))
+        routes.append(Route(f"{base}/{{id}}", _get_route(api, resource), methods=["GET"]))
+    for (path, method), operation in _PENDING.items():
+        routes.append(Route(f"{API_PREFIX}{path}", _not_implemented(operation), methods=[method]))
+    return routes

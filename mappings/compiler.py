@@ -1,0 +1,354 @@
+"""Compile a YAML mapping spec into plain callables, once, at start-up.
+
+A spec says, per TMF attribute, where its value comes from in a back-end record:
+
+    resource: CustomerBill
+    source: {table: INV_HDR, key: INV_ID, children: {taxes: {...}}}   # for the adapter
+    attributes:
+      id: {column: INV_ID, transform: integer_text}
+      billNo: INV_NO                                   # shorthand for {column: INV_NO}
+      billDate: {column: INV_DT, transform: {date: {format: "%Y%m%d", zone: Europe/Berlin}}}
+      billingAccount:                                  # nested object
+        "@type": {const: BillingAccountRef}
+        id: ACCT_NO
+      billCycle:
+        when: RUN_ID                                   # omitted when RUN_ID is null
+        id: {column: RUN_ID, transform: integer_text}
+        href: {template: "{base}/billCycle/{RUN_ID}"}
+      taxItem:                                         # array from child rows
+        each: taxes
+        item: {"@type": {const: TaxItem}, taxCategory: TAX_CD}
+      billDocument:                                    # array built from columns
+        list: [{"@type": {const: AttachmentRef}, id: ARCH_KEY}]
+
+Leaves are `column` (+ `transform`), `const`, `template` or `sum` (+ `transform`).
+The compiled mapping also records, for each attribute read straight from a column,
+the column and transform, which is what query push-down reverses.
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from adapters.base import SourceColumns
+from mappings.errors import MappingSpecError, RecordMappingError
+from mappings.loader import SpecMap, load_yaml
+from mappings.transforms import Transform, TransformArgError, build_transform
+
+Record = Mapping[str, Any]
+ValueFn = Callable[[Record, str], Any]
+
+_LEAF_KEYS = frozenset({"column", "const", "template", "sum"})
+_TOP_KEYS = frozenset({"resource", "source", "attributes"})
+
+
+@dataclass(frozen=True, slots=True)
+class FieldRef:
+    """A TMF attribute read straight from one column: what push-down can reverse."""
+
+    column: str
+    transform: Transform
+
+
+@dataclass(slots=True)
+class CompiledMapping:
+    resource: str
+    collection: str
+    file: str
+    source_spec: Mapping[str, Any]
+    to_tmf: Callable[[Record, str], dict[str, Any]]
+    fields: dict[str, FieldRef] = field(default_factory=dict)
+
+
+def read_mapping(path: str | Path) -> SpecMap:
+    """Load a mapping file and check its top-level shape."""
+    spec = load_yaml(path)
+    file = str(path)
+    if not isinstance(spec, SpecMap):
+        raise MappingSpecError(file, "", 1, "a mapping file is a YAML mapping")
+    for key in spec:
+        if key not in _TOP_KEYS:
+            raise MappingSpecError(file, key, spec.line_of(key), "unknown top-level key")
+    for key in ("resource", "attributes"):
+        if key not in spec:
+            raise MappingSpecError(file, key, spec.line, "missing")
+    if not isinstance(spec["attributes"], SpecMap):
+        raise MappingSpecError(file, "attributes", spec.line_of("attributes"), "not a mapping")
+    return spec
+
+
+def compile_mapping(
+    spec: SpecMap,
+    *,
+    file: str,
+    columns: SourceColumns | None = None,
+    attribute_types: Mapping[str, str] | None = None,
+) -> CompiledMapping:
+    """Compile a spec; every mistake raises `MappingSpecError` with file, place and line.
+
+    `columns` (from the bound back-end source) lets unknown columns be caught now, not on
+    the first request; `attribute_types` (from the OAS) catches misspelt TMF attributes.
+    """
+    resource = spec["resource"]
+    if not isinstance(resource, str) or not resource:
+        raise MappingSpecError(file, "resource", spec.line_of("resource"), "not a name")
+    compiler = _Compiler(file, columns, attribute_types)
+    attributes: SpecMap = spec["attributes"]
+    if "id" not in attributes:
+        raise MappingSpecError(file, "attributes.id", attributes.line, "every resource needs id")
+    for key in ("href", "@type"):
+        if key in attributes:
+            raise MappingSpecError(
+                file, f"attributes.{key}", attributes.line_of(key), "set by the gateway itself"
+            )
+    id_fn = compiler.value(attributes["id"], "id", attributes.line_of("id"), scope=None)
+    items = [
+        (key, compiler.value(value, key, attributes.line_of(key), scope=None))
+        for key, value in attributes.items()
+        if key != "id"
+    ]
+    collection = resource[0].lower() + resource[1:]
+
+    def to_tmf(record: Record, base: str) -> dict[str, Any]:
+        ident = id_fn(record, base)
+        if ident is None:
+            raise RecordMappingError("id", "the back-end record has no id")
+        out: dict[str, Any] = {"id": ident, "href": f"{base}/{collection}/{ident}"}
+        out["@type"] = resource
+        for key, fn in items:
+            value = fn(record, base)
+            if value is not None:
+                out[key] = value
+        return out
+
+    return CompiledMapping(
+        resource=resource,
+        collection=collection,
+        file=file,
+        source_spec=spec.get("source") or {},
+        to_tmf=to_tmf,
+        fields=compiler.fields,
+    )
+
+
+def load_mapping(
+    path: str | Path,
+    *,
+    columns: SourceColumns | None = None,
+    attribute_types: Mapping[str, str] | None = None,
+) -> CompiledMapping:
+    return compile_mapping(
+        read_mapping(path), file=str(path), columns=columns, attribute_types=attribute_types
+    )
+
+
+class _Compiler:
+    def __init__(
+        self,
+        file: str,
+        columns: SourceColumns | None,
+        attribute_types: Mapping[str, str] | None,
+    ) -> None:
+        self.file = file
+        self.columns = columns
+        self.types = attribute_types
+        self.fields: dict[str, FieldRef] = {}
+
+    def fail(self, place: str, line: int | None, reason: str) -> MappingSpecError:
+        return MappingSpecError(self.file, f"attributes.{place}", line, reason)
+
+    def check_column(self, column: Any, place: str, line: int | None, scope: str | None) -> str:
+        if not isinstance(column, str) or not column:
+            raise self.fail(place, line, f"column must be a name, not {column!r}")
+        if self.columns is None:
+            return column
+        known = self.columns.record if scope is None else self.columns.children.get(scope)
+        if known is not None and column not in known:
+            where = "the source" if scope is None else f"child rows {scope!r}"
+            raise self.fail(place, line, f"unknown column {column!r} in {where}")
+        return column
+
+    def check_attribute(self, path: str, line: int | None) -> None:
+        if self.types is not None and path not in self.types:
+            raise self.fail(path, line, "not an attribute of this resource in the TMF678 OAS")
+
+    def value(self, node: Any, path: str, line: int | None, scope: str | None) -> ValueFn:
+        self.check_attribute(path, line)
+        if isinstance(node, str):
+            shorthand = SpecMap(column=node)
+            shorthand.line = line
+            return self.leaf(shorthand, path, line, scope, pushable=True)
+        if not isinstance(node, SpecMap):
+            raise self.fail(path, line, f"expected a column name or a mapping, not {node!r}")
+        if node.keys() & _LEAF_KEYS:
+            return self.leaf(node, path, node.line or line, scope, pushable=True)
+        if "each" in node:
+            return self.children(node, path, scope)
+        if "list" in node:
+            return self.column_list(node, path, scope)
+        return self.obj(node, path, scope)
+
+    def leaf(
+        self, node: SpecMap, path: str, line: int | None, scope: str | None, pushable: bool
+    ) -> ValueFn:
+        kinds = node.keys() & _LEAF_KEYS
+        if len(kinds) != 1:
+            raise self.fail(path, line, f"a value has exactly one of {sorted(_LEAF_KEYS)}")
+        extra = node.keys() - _LEAF_KEYS - {"transform"}
+        if extra:
+            raise self.fail(path, line, f"unknown key(s) {sorted(extra)}")
+        (kind,) = kinds
+        if kind == "const":
+            if "transform" in node:
+                raise self.fail(path, node.line_of("transform"), "const takes no transform")
+            constant = node["const"]
+            return lambda record, base: constant
+        if kind == "template":
+            if "transform" in node:
+                raise self.fail(path, node.line_of("transform"), "template takes no transform")
+            return self.template(node["template"], path, node.line_of("template"), scope)
+        try:
+            transform = build_transform(node.get("transform"))
+        except TransformArgError as exc:
+            raise self.fail(f"{path}.transform", node.line_of("transform"), str(exc)) from None
+        if kind == "sum":
+            cols = node["sum"]
+            if not isinstance(cols, list) or not cols:
+                raise self.fail(path, node.line_of("sum"), "sum takes a list of columns")
+            cols = [self.check_column(c, path, node.line_of("sum"), scope) for c in cols]
+            return _sum_leaf(cols, transform, path)
+        column = self.check_column(node["column"], path, node.line_of("column"), scope)
+        if pushable and scope is None:
+            self.fields[path] = FieldRef(column, transform)
+        return _column_leaf(column, transform, path)
+
+    def template(self, text: Any, path: str, line: int | None, scope: str | None) -> ValueFn:
+        if not isinstance(text, str):
+            raise self.fail(path, line, "template must be a string")
+        pieces: list[tuple[str, str | None]] = []
+        try:
+            parsed = list(string.Formatter().parse(text))
+        except ValueError as exc:
+            raise self.fail(path, line, f"bad template: {exc}") from None
+        for literal, name, spec_, conv in parsed:
+            if name is not None and (spec_ or conv):
+                raise self.fail(path, line, "template fields take no format spec")
+            if name is not None and name != "base":
+                self.check_column(name, path, line, scope)
+            pieces.append((literal, name))
+        return _template_leaf(pieces, path)
+
+    def obj(self, node: SpecMap, path: str, scope: str | None) -> ValueFn:
+        when = node.get("when")
+        if when is not None:
+            when = self.check_column(when, f"{path}.when", node.line_of("when"), scope)
+        items = [
+            (key, self.value(value, f"{path}.{key}", node.line_of(key), scope))
+            for key, value in node.items()
+            if key != "when"
+        ]
+        if not items:
+            raise self.fail(path, node.line, "empty object")
+
+        def build(record: Record, base: str) -> dict[str, Any] | None:
+            if when is not None and record.get(when) is None:
+                return None
+            out = {}
+            for key, fn in items:
+                value = fn(record, base)
+                if value is not None:
+                    out[key] = value
+            return out
+
+        return build
+
+    def children(self, node: SpecMap, path: str, scope: str | None) -> ValueFn:
+        extra = node.keys() - {"each", "item"}
+        if extra or "item" not in node:
+            raise self.fail(path, node.line, "an array from child rows is {each: child, item: {..}}")
+        child = node["each"]
+        if scope is not None:
+            raise self.fail(path, node.line_of("each"), "child rows cannot nest")
+        if self.columns is not None and child not in self.columns.children:
+            raise self.fail(path, node.line_of("each"), f"unknown child rows {child!r} in source")
+        item = self.value(node["item"], path, node.line_of("item"), scope=child)
+
+        def build(record: Record, base: str) -> list[Any]:
+            rows = record.get(child)
+            if rows is None:
+                raise RecordMappingError(path, f"child rows {child!r} missing from the record")
+            return [item(row, base) for row in rows]
+
+        return build
+
+    def column_list(self, node: SpecMap, path: str, scope: str | None) -> ValueFn:
+        elements = node["list"]
+        if set(node) != {"list"} or not isinstance(elements, list) or not elements:
+            raise self.fail(path, node.line, "an array from columns is {list: [item, ...]}")
+        fns = [self.value(element, path, node.line_of("list"), scope) for element in elements]
+
+        def build(record: Record, base: str) -> list[Any] | None:
+            out = [v for v in (fn(record, base) for fn in fns) if v is not None]
+            return out or None
+
+        return build
+
+
+def _column_leaf(column: str, transform: Transform, path: str) -> ValueFn:
+    convert = None if type(transform) is Transform else transform.to_tmf
+
+    def leaf(record: Record, base: str) -> Any:
+        try:
+            raw = record[column]
+        except KeyError:
+            raise RecordMappingError(path, f"column {column} missing from the record") from None
+        if raw is None or convert is None:
+            return raw
+        try:
+            return convert(raw)
+        except (ValueError, TypeError, ArithmeticError) as exc:
+            raise RecordMappingError(path, f"{column}={raw!r}: {exc}") from None
+
+    return leaf
+
+
+def _sum_leaf(columns: list[str], transform: Transform, path: str) -> ValueFn:
+    def leaf(record: Record, base: str) -> Any:
+        try:
+            raws = [record[c] for c in columns]
+        except KeyError as exc:
+            raise RecordMappingError(path, f"column {exc.args[0]} missing from the record") from None
+        if any(r is None for r in raws):
+            return None
+        try:
+            return transform.to_tmf(sum(raws))
+        except (ValueError, TypeError, ArithmeticError) as exc:
+            raise RecordMappingError(path, f"{columns}={raws!r}: {exc}") from None
+
+    return leaf
+
+
+def _template_leaf(pieces: list[tuple[str, str | None]], path: str) -> ValueFn:
+    def leaf(record: Record, base: str) -> str | None:
+        out = []
+        for literal, name in pieces:
+            out.append(literal)
+            if name is None:
+                continue
+            if name == "base":
+                out.append(base)
+                continue
+            try:
+                value = record[name]
+            except KeyError:
+                raise RecordMappingError(path, f"column {name} missing from the record") from None
+            if value is None:
+                return None
+            out.append(str(value))
+        return "".join(out)
+
+    return leaf

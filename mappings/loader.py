@@ -1,0 +1,69 @@
+"""YAML loading that remembers where each key was written, for start-up error messages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mappings.errors import MappingSpecError
+
+
+class SpecMap(dict):
+    """A YAML mapping that also knows the line of each of its keys."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.line: int | None = None
+        self.key_lines: dict[str, int] = {}
+
+    def line_of(self, key: str) -> int | None:
+        return self.key_lines.get(key, self.line)
+
+
+class _LocatingLoader(yaml.SafeLoader):
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> SpecMap:
+        result = SpecMap()
+        result.line = node.start_mark.line + 1
+        result.key_lines = {}
+        for key_node, value_node in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, str):
+                raise MappingSpecError(
+                    self.name, "", key_node.start_mark.line + 1, f"key {key!r} is not a string"
+                )
+            if key in result:
+                raise MappingSpecError(
+                    self.name, key, key_node.start_mark.line + 1, "duplicate key"
+                )
+            result[key] = self.construct_object(value_node, deep=True)
+            result.key_lines[key] = key_node.start_mark.line + 1
+        return result
+
+
+_LocatingLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _LocatingLoader.construct_mapping
+)
+
+
+def load_yaml(path: str | Path) -> Any:
+    """Parse a YAML file into plain data whose mappings are `SpecMap`s.
+
+    Syntax errors become `MappingSpecError` with the file and line, so a typo in a
+    mapping or config file stops start-up with a message an integrator can act on.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise MappingSpecError(str(path), "", None, f"cannot read file: {exc.strerror}") from exc
+    loader = _LocatingLoader(text)
+    loader.name = str(path)
+    try:
+        return loader.get_single_data()
+    except yaml.MarkedYAMLError as exc:
+        line = exc.problem_mark.line + 1 if exc.problem_mark else None
+        raise MappingSpecError(str(path), "", line, f"invalid YAML: {exc.problem}") from exc
+    finally:
+        loader.dispose()
