@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Match, Route
 
 from adapters.base import Adapter, BackendError, SourceSpecError
 from adapters.registry import build_adapter
@@ -92,7 +93,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     if exc.status_code == 404:
         error = ApiError(404, "Not found", f"No resource at {request.url.path}")
     elif exc.status_code == 405:
-        allowed = (exc.headers or {}).get("Allow", "")
+        allowed = ", ".join(_allowed_methods(request))
         error = ApiError(
             405,
             "Method not allowed",
@@ -102,6 +103,16 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     else:
         error = ApiError(exc.status_code, exc.detail or "Error")
     return error_response(error)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route offers on this path (one route per operation here)."""
+    methods: set[str] = set()
+    for route in request.app.routes:
+        match, _ = route.matches({**request.scope, "method": "\0"})
+        if match is Match.PARTIAL and isinstance(route, Route) and route.methods:
+            methods |= route.methods
+    return sorted(methods)
 
 
 def create_app(config: GatewayConfig) -> Starlette:

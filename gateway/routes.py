@@ -40,8 +40,9 @@ class Api:
         self.readers: dict[str, Reader] = {}
 
     def base_url(self, request: Request) -> str:
+        """The absolute API root for `href`s: the configured public URL, or the request's."""
         if self.public_base_url:
-            return self.public_base_url
+            return self.public_base_url + API_PREFIX
         url = request.url
         return f"{url.scheme}://{url.netloc}{request.scope.get('root_path', '')}{API_PREFIX}"
 

@@ -157,6 +157,9 @@ class _Compiler:
         self.columns = columns
         self.types = attribute_types
         self.fields: dict[str, FieldRef] = {}
+        # Push-down is sound only for a column read once, outside arrays and outside an
+        # object guarded by another column (the guard could hide a matching value).
+        self.guards: list[str | None] = []
 
     def fail(self, place: str, line: int | None, reason: str) -> MappingSpecError:
         return MappingSpecError(self.file, f"attributes.{place}", line, reason)
@@ -222,7 +225,7 @@ class _Compiler:
             cols = [self.check_column(c, path, node.line_of("sum"), scope) for c in cols]
             return _sum_leaf(cols, transform, path)
         column = self.check_column(node["column"], path, node.line_of("column"), scope)
-        if pushable and scope is None:
+        if pushable and scope is None and all(g == column for g in self.guards):
             self.fields[path] = FieldRef(column, transform)
         return _column_leaf(column, transform, path)
 
@@ -246,11 +249,14 @@ class _Compiler:
         when = node.get("when")
         if when is not None:
             when = self.check_column(when, f"{path}.when", node.line_of("when"), scope)
+        self.guards.extend([when] if when is not None else [])
         items = [
             (key, self.value(value, f"{path}.{key}", node.line_of(key), scope))
             for key, value in node.items()
             if key != "when"
         ]
+        if when is not None:
+            self.guards.pop()
         if not items:
             raise self.fail(path, node.line, "empty object")
 
@@ -289,7 +295,9 @@ class _Compiler:
         elements = node["list"]
         if set(node) != {"list"} or not isinstance(elements, list) or not elements:
             raise self.fail(path, node.line, "an array from columns is {list: [item, ...]}")
+        self.guards.append(None)  # nothing inside an array is pushed down
         fns = [self.value(element, path, node.line_of("list"), scope) for element in elements]
+        self.guards.pop()
 
         def build(record: Record, base: str) -> list[Any] | None:
             out = [v for v in (fn(record, base) for fn in fns) if v is not None]

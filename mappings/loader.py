@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,17 @@ class SpecMap(dict):
 
 
 class _LocatingLoader(yaml.SafeLoader):
+    """Safe YAML whose mappings remember their lines, and whose booleans are only true/false.
+
+    YAML 1.1 reads `NO`, `ON`, `Y`-like words as booleans; legacy column names and code
+    values are exactly such words, so only `true`/`false` are booleans here (as in YAML 1.2).
+    """
+
+    yaml_implicit_resolvers = {
+        first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> SpecMap:
         result = SpecMap()
         result.line = node.start_mark.line + 1
@@ -42,6 +54,9 @@ class _LocatingLoader(yaml.SafeLoader):
         return result
 
 
+_LocatingLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
 _LocatingLoader.add_constructor(
     yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _LocatingLoader.construct_mapping
 )

@@ -1,0 +1,188 @@
+"""The mapping engine: compiled specs, and the start-up errors a wrong spec gives."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from adapters.base import SourceColumns
+from gateway.oas import attribute_types
+from mappings.compiler import compile_mapping, load_mapping, read_mapping
+from mappings.errors import MappingSpecError, RecordMappingError
+from mappings.transforms import MinorUnits
+
+COLUMNS = SourceColumns(
+    record=frozenset({"K", "NO", "DT", "ST", "AMT", "TAX", "CUR", "RUN", "DOC"}),
+    children={"lines": frozenset({"K", "CAT", "AMT"})},
+)
+TYPES = attribute_types("CustomerBill").types
+BASE = "https://gw/api"
+
+SPEC = """\
+resource: CustomerBill
+source: {table: T, key: K}
+attributes:
+  id: {column: K, transform: integer_text}
+  billNo: NO
+  billDate: {column: DT, transform: {date: {format: "%Y%m%d", zone: UTC}}}
+  state: {column: ST, transform: {enum: {N: new, S: sent}}}
+  amountDue:
+    unit: CUR
+    value: {column: AMT, transform: {minor_units: 2}}
+  taxIncludedAmount:
+    unit: {const: EUR}
+    value: {sum: [AMT, TAX], transform: {minor_units: 2}}
+  billCycle:
+    when: RUN
+    "@type": {const: BillCycleRef}
+    id: {column: RUN, transform: integer_text}
+    href: {template: "{base}/billCycle/{RUN}"}
+  billDocument:
+    list:
+      - when: DOC
+        "@type": {const: AttachmentRef}
+        id: DOC
+  taxItem:
+    each: lines
+    item:
+      "@type": {const: TaxItem}
+      taxCategory: CAT
+      taxAmount: {value: {column: AMT, transform: {minor_units: 2}}}
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "mapping.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def compiled(tmp_path: Path, text: str = SPEC):
+    return load_mapping(write(tmp_path, text), columns=COLUMNS, attribute_types=TYPES)
+
+
+RECORD = {
+    "K": 7, "NO": "B-7", "DT": "20240131", "ST": "S", "AMT": 1050, "TAX": 95, "CUR": "EUR",
+    "RUN": 3, "DOC": "arch/7.pdf",
+    "lines": [{"K": 7, "CAT": "VAT", "AMT": 95}, {"K": 7, "CAT": "ECO", "AMT": 0}],
+}
+
+
+def test_a_record_maps_to_the_tmf_resource(tmp_path: Path) -> None:
+    mapping = compiled(tmp_path)
+    assert mapping.to_tmf(RECORD, BASE) == {
+        "id": "7",
+        "href": "https://gw/api/customerBill/7",
+        "@type": "CustomerBill",
+        "billNo": "B-7",
+        "billDate": "2024-01-31T00:00:00+00:00",
+        "state": "sent",
+        "amountDue": {"unit": "EUR", "value": 10.5},
+        "taxIncludedAmount": {"unit": "EUR", "value": 11.45},
+        "billCycle": {"@type": "BillCycleRef", "id": "3", "href": "https://gw/api/billCycle/3"},
+        "billDocument": [{"@type": "AttachmentRef", "id": "arch/7.pdf"}],
+        "taxItem": [
+            {"@type": "TaxItem", "taxCategory": "VAT", "taxAmount": {"value": 0.95}},
+            {"@type": "TaxItem", "taxCategory": "ECO", "taxAmount": {"value": 0.0}},
+        ],
+    }
+
+
+def test_null_columns_and_guards_leave_attributes_out(tmp_path: Path) -> None:
+    mapping = compiled(tmp_path)
+    sparse = {**RECORD, "RUN": None, "DOC": None, "NO": None, "lines": []}
+    out = mapping.to_tmf(sparse, BASE)
+    assert "billCycle" not in out and "billDocument" not in out and "billNo" not in out
+    assert out["taxItem"] == []
+
+
+def test_pushable_fields_are_the_plain_column_attributes(tmp_path: Path) -> None:
+    fields = compiled(tmp_path).fields
+    assert set(fields) == {"id", "billNo", "billDate", "state", "amountDue.unit",
+                           "amountDue.value", "billCycle.id"}
+    assert fields["amountDue.value"].column == "AMT"
+    assert isinstance(fields["amountDue.value"].transform, MinorUnits)
+
+
+def test_bad_back_end_values_name_the_field(tmp_path: Path) -> None:
+    mapping = compiled(tmp_path)
+    with pytest.raises(RecordMappingError) as info:
+        mapping.to_tmf({**RECORD, "ST": "Z"}, BASE)
+    assert info.value.field == "state" and "unknown code 'Z'" in info.value.reason
+    with pytest.raises(RecordMappingError) as info:
+        mapping.to_tmf({k: v for k, v in RECORD.items() if k != "AMT"}, BASE)
+    assert info.value.field == "amountDue.value" and "AMT" in info.value.reason
+    with pytest.raises(RecordMappingError) as info:
+        mapping.to_tmf({**RECORD, "DT": "31/01/2024"}, BASE)
+    assert info.value.field == "billDate"
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "line", "message"),
+    [
+        ("billNo: NO", "billNo: NUMBER", 5, "attributes.billNo: unknown column 'NUMBER'"),
+        ("{minor_units: 2}}\n  taxIncluded", "{minor_unit: 2}}\n  taxIncluded", 10,
+         "attributes.amountDue.value.transform: unknown transform 'minor_unit'"),
+        ("billNo: NO", "billNumber: NO", 5, "attributes.billNumber: not an attribute"),
+        ("      taxCategory: CAT", "      taxCategory: CUR", 28,
+         "unknown column 'CUR' in child rows 'lines'"),
+        ("each: lines", "each: rows", 25, "unknown child rows 'rows'"),
+        ("{base}/billCycle/{RUN}", "{base}/billCycle/{RUNID}", 18, "unknown column 'RUNID'"),
+        ("when: RUN", "when: RUNNING", 15, "attributes.billCycle.when: unknown column"),
+        ("billNo: NO", "billNo: [NO]", 5, "expected a column name or a mapping"),
+        ("  billNo: NO", "  billNo: {column: NO, const: x}", 5, "exactly one of"),
+        ("  billNo: NO", "  href: NO", 5, "set by the gateway itself"),
+    ],
+)
+def test_wrong_specs_stop_with_file_place_line_and_reason(
+    tmp_path: Path, old: str, new: str, line: int, message: str
+) -> None:
+    assert old in SPEC
+    path = write(tmp_path, SPEC.replace(old, new, 1))
+    with pytest.raises(MappingSpecError) as info:
+        load_mapping(path, columns=COLUMNS, attribute_types=TYPES)
+    text = str(info.value)
+    assert text.startswith(f"{path}:{line}: "), text
+    assert message in text
+
+
+def test_invalid_yaml_names_the_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "resource: CustomerBill\nattributes:\n  id: [unclosed\n")
+    with pytest.raises(MappingSpecError, match=rf"^{path}:\d+: invalid YAML"):
+        read_mapping(path)
+
+
+def test_duplicate_keys_are_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, "resource: CustomerBill\nattributes:\n  id: K\n  id: NO\n")
+    with pytest.raises(MappingSpecError, match=rf"^{path}:4: id: duplicate key"):
+        read_mapping(path)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("- a list\n", "a mapping file is a YAML mapping"),
+        ("resource: CustomerBill\n", "attributes: missing"),
+        ("resource: CustomerBill\nattributes: {billNo: NO}\n", "every resource needs id"),
+        ("resource: CustomerBill\nattributes: {id: K}\nextra: 1\n", "extra: unknown top-level"),
+    ],
+)
+def test_wrong_top_level_shapes(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(MappingSpecError, match=message):
+        load_mapping(write(tmp_path, text), columns=COLUMNS, attribute_types=TYPES)
+
+
+def test_missing_file_is_a_spec_error(tmp_path: Path) -> None:
+    with pytest.raises(MappingSpecError, match="cannot read file"):
+        read_mapping(tmp_path / "absent.yaml")
+
+
+def test_bundled_mappings_compile_against_the_oas(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parent.parent / "mappings" / "legacy_sql"
+    for path in sorted(root.glob("*.yaml")):
+        spec = read_mapping(path)
+        compile_mapping(
+            spec, file=str(path), attribute_types=attribute_types(spec["resource"]).types
+        )

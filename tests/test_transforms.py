@@ -1,0 +1,149 @@
+"""Value transforms, both directions: forward values, and reversed filter terms."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
+
+import pytest
+
+from adapters.base import MATCH_ALL, MATCH_NONE, AllOf, AnyOf, Compare, IsNull
+from mappings.transforms import (
+    DateTime,
+    Enum,
+    IntegerText,
+    MinorUnits,
+    Transform,
+    TransformArgError,
+    build_transform,
+)
+
+BERLIN_DATE = DateTime("%Y%m%d", "Europe/Berlin")
+
+
+def test_date_forward_is_rfc3339_in_the_legacy_zone() -> None:
+    assert BERLIN_DATE.to_tmf("20240115") == "2024-01-15T00:00:00+01:00"
+    assert BERLIN_DATE.to_tmf("20240715") == "2024-07-15T00:00:00+02:00"
+    stamp = DateTime("%Y%m%d%H%M%S", "Europe/Berlin")
+    assert stamp.to_tmf("20240331023000") == "2024-03-31T02:30:00+01:00"
+    assert DateTime("%d.%m.%Y", "UTC").to_tmf("31.12.2023") == "2023-12-31T00:00:00+00:00"
+
+
+def test_date_forward_rejects_garbage() -> None:
+    with pytest.raises(ValueError):
+        BERLIN_DATE.to_tmf("2024-01-15")
+
+
+def test_only_year_first_zero_padded_formats_are_ordered() -> None:
+    assert BERLIN_DATE.ordered
+    assert DateTime("%Y-%m-%d %H:%M", "UTC").ordered
+    assert not DateTime("%d.%m.%Y", "UTC").ordered
+    assert DateTime("%d.%m.%Y", "UTC").condition("C", "gt", datetime(2024, 1, 1, tzinfo=UTC)) is None
+
+
+def berlin_midnight(day: int) -> datetime:
+    return datetime(2024, 1, day, tzinfo=timezone(timedelta(hours=1)))
+
+
+@pytest.mark.parametrize(
+    ("op", "instant", "expected"),
+    [
+        # exactly a legacy value (midnight Berlin)
+        ("eq", berlin_midnight(15), Compare("C", "eq", "20240115")),
+        ("gt", berlin_midnight(15), Compare("C", "gt", "20240115")),
+        ("gte", berlin_midnight(15), Compare("C", "gte", "20240115")),
+        ("lt", berlin_midnight(15), Compare("C", "lt", "20240115")),
+        ("lte", berlin_midnight(15), Compare("C", "lte", "20240115")),
+        ("ne", berlin_midnight(15), AnyOf((Compare("C", "ne", "20240115"), IsNull("C")))),
+        # between two legacy values: midday of the 15th, Berlin time
+        ("eq", berlin_midnight(15) + timedelta(hours=12), MATCH_NONE),
+        ("ne", berlin_midnight(15) + timedelta(hours=12), MATCH_ALL),
+        ("gt", berlin_midnight(15) + timedelta(hours=12), Compare("C", "gt", "20240115")),
+        ("gte", berlin_midnight(15) + timedelta(hours=12), Compare("C", "gt", "20240115")),
+        ("lt", berlin_midnight(15) + timedelta(hours=12), Compare("C", "lte", "20240115")),
+        ("lte", berlin_midnight(15) + timedelta(hours=12), Compare("C", "lte", "20240115")),
+        # a UTC instant that is already the next day in Berlin
+        ("gte", datetime(2024, 1, 14, 23, 0, tzinfo=UTC), Compare("C", "gte", "20240115")),
+        ("gte", datetime(2024, 1, 14, 22, 59, tzinfo=UTC), Compare("C", "gt", "20240114")),
+    ],
+)
+def test_date_filters_reverse_to_legacy_terms(op: str, instant: datetime, expected: object) -> None:
+    assert BERLIN_DATE.condition("C", op, instant) == expected
+
+
+def test_minor_units_both_ways() -> None:
+    cents = MinorUnits(2)
+    assert cents.to_tmf(1234) == 12.34
+    assert cents.to_tmf(-5) == -0.05
+    assert cents.condition("A", "gt", Decimal("10")) == Compare("A", "gt", 1000)
+    assert cents.condition("A", "gte", Decimal("10.005")) == Compare("A", "gt", 1000)
+    assert cents.condition("A", "lt", Decimal("10.005")) == Compare("A", "lte", 1000)
+    assert cents.condition("A", "eq", Decimal("10.50")) == Compare("A", "eq", 1050)
+    assert cents.condition("A", "eq", Decimal("10.505")) == MATCH_NONE
+    assert cents.condition("A", "lte", Decimal("-0.01")) == Compare("A", "lte", -1)
+    with pytest.raises(TransformArgError):
+        MinorUnits("two")
+
+
+def test_enum_reverses_to_every_code_of_a_value() -> None:
+    kinds = Enum({"REC": "charge", "OTC": "charge", "CRD": "credit"})
+    assert kinds.to_tmf("CRD") == "credit"
+    with pytest.raises(ValueError, match="unknown code"):
+        kinds.to_tmf("XXX")
+    assert kinds.condition("T", "eq", "charge") == AnyOf(
+        (Compare("T", "eq", "REC"), Compare("T", "eq", "OTC"))
+    )
+    assert kinds.condition("T", "eq", "nothing") == MATCH_NONE
+    assert kinds.condition("T", "ne", "credit") == AnyOf((Compare("T", "ne", "CRD"), IsNull("T")))
+    assert kinds.condition("T", "ne", "charge") == AnyOf(
+        (AllOf((Compare("T", "ne", "REC"), Compare("T", "ne", "OTC"))), IsNull("T"))
+    )
+    assert kinds.condition("T", "gt", "charge") is None
+
+
+def test_boolean_flags_are_an_enum() -> None:
+    flag = Enum({"Y": True, "N": False})
+    assert flag.to_tmf("Y") is True
+    assert flag.condition("F", "eq", False) == AnyOf((Compare("F", "eq", "N"),))
+
+
+def test_integer_ids_push_down_equality_only() -> None:
+    ids = IntegerText()
+    assert ids.to_tmf(42) == "42"
+    assert ids.condition("K", "eq", "42") == Compare("K", "eq", 42)
+    assert ids.condition("K", "eq", "042") == MATCH_NONE
+    assert ids.condition("K", "eq", "4x") == MATCH_NONE
+    assert ids.condition("K", "ne", "abc") == MATCH_ALL
+    assert ids.condition("K", "gt", "4") is None
+
+
+def test_identity_pushes_text_and_numbers() -> None:
+    same = Transform()
+    assert same.condition("N", "gte", "INV24") == Compare("N", "gte", "INV24")
+    assert same.condition("N", "eq", Decimal("3")) == Compare("N", "eq", 3)
+    assert same.condition("N", "lt", Decimal("2.5")) == Compare("N", "lt", 2.5)
+
+
+def test_decimal_text_is_read_but_not_pushed() -> None:
+    rate = build_transform("decimal")
+    assert rate.to_tmf("19.00") == 19.0
+    assert rate.condition("R", "eq", Decimal("19")) is None
+    with pytest.raises(ValueError):
+        rate.to_tmf("n/a")
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("nope", "unknown transform 'nope'"),
+        ({"date": {"zone": "UTC"}}, "date takes"),
+        ({"date": {"format": "%Y", "zone": "Mars/Olympus"}}, "unknown time zone"),
+        ({"enum": []}, "enum takes"),
+        ({"minor_units": 9}, "minor_units takes"),
+        ({"a": 1, "b": 2}, "one-key mapping"),
+        ({"integer_text": {"x": 1}}, "takes no arguments"),
+    ],
+)
+def test_bad_transform_specs_are_refused(spec: object, message: str) -> None:
+    with pytest.raises(TransformArgError, match=message):
+        build_transform(spec)
