@@ -1,4 +1,8 @@
-"""`python -m gateway`: serve the API with uvicorn (HOST/PORT from the environment)."""
+"""`python -m gateway`: serve the API with uvicorn (HOST/PORT from the environment).
+
+Back ends are opened and mappings compiled before the server binds its port, so a
+wrong configuration stops with one clear line (file, place, reason) and exit code 3.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +10,39 @@ import argparse
 import asyncio
 import os
 import sys
+from contextlib import AsyncExitStack
 
+import structlog
 import uvicorn
 
-from gateway.app import create_app
-from gateway.config import DEFAULT_CONFIG, load_config
+from gateway.app import StartupError, create_app, open_readers
+from gateway.config import DEFAULT_CONFIG, GatewayConfig, load_config
 from gateway.logs import configure_logging
 from mappings.errors import MappingSpecError
+
+
+async def serve(config: GatewayConfig, host: str, port: int) -> int:
+    app = create_app(config)
+    async with AsyncExitStack() as stack:
+        try:
+            await open_readers(config, app.state.api, stack)
+        except StartupError as exc:
+            print(f"tmf678-gateway: cannot start: {exc}", file=sys.stderr)
+            return 3
+        structlog.get_logger("gateway").info("gateway_listening", host=host, port=port)
+        server = uvicorn.Server(
+            uvicorn.Config(
+                app,
+                host=host,
+                port=port,
+                log_config=None,
+                access_log=False,
+                lifespan="off",  # opened above, closed by the exit stack
+                proxy_headers=True,
+            )
+        )
+        await server.serve()
+        return 0 if server.started else 4
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,20 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     except MappingSpecError as exc:
         print(f"tmf678-gateway: configuration error: {exc}", file=sys.stderr)
         return 2
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(config),
-            host=args.host,
-            port=args.port,
-            log_config=None,
-            access_log=False,
-            lifespan="on",
-            proxy_headers=True,
-        )
-    )
-    asyncio.run(server.serve())
-    # uvicorn swallows lifespan start-up failures and just stops: report them as one.
-    return 0 if server.started else 3
+    return asyncio.run(serve(config, args.host, args.port))
 
 
 if __name__ == "__main__":

@@ -66,7 +66,9 @@ async def open_readers(config: GatewayConfig, api: Api, stack: AsyncExitStack) -
             try:
                 source = await adapters[binding.backend].bind(spec.get("source") or {})
             except SourceSpecError as exc:
-                raise MappingSpecError(file, exc.place, spec.line_of("source"), exc.reason) from None
+                raise MappingSpecError(
+                    file, exc.place, spec.line_of("source"), exc.reason
+                ) from None
             mapping = compile_mapping(
                 spec, file=file, columns=source.columns, attribute_types=attributes.types
             )

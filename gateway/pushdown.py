@@ -71,7 +71,9 @@ def _runnable(predicate: Predicate, source: Source) -> bool:
     return all(_runnable(term, source) for term in predicate.terms)
 
 
-def _reverse_sort(query: Query, mapping: CompiledMapping, source: Source) -> tuple[SortKey, ...] | None:
+def _reverse_sort(
+    query: Query, mapping: CompiledMapping, source: Source
+) -> tuple[SortKey, ...] | None:
     keys = []
     for term in query.sort:
         ref = mapping.fields.get(term.path)

@@ -145,7 +145,9 @@ def _typed(type_: str, text: str, op: str, param: str) -> Any:
         try:
             number = Decimal(text)
         except InvalidOperation:
-            raise bad_request("Invalid filter value", f"{param!r}: {text!r} is not a number") from None
+            raise bad_request(
+                "Invalid filter value", f"{param!r}: {text!r} is not a number"
+            ) from None
         if not number.is_finite():
             raise bad_request("Invalid filter value", f"{param!r}: {text!r} is not a number")
         return number
@@ -212,7 +214,9 @@ def _parse_int(name: str, raw: str | None, default: int) -> int:
     try:
         value = int(raw)
     except ValueError:
-        raise bad_request(f"Invalid {name}", f"{name} must be a whole number, not {raw!r}") from None
+        raise bad_request(
+            f"Invalid {name}", f"{name} must be a whole number, not {raw!r}"
+        ) from None
     if value < 0:
         raise bad_request(f"Invalid {name}", f"{name} must not be negative")
     if value > _MAX_WINDOW:

@@ -275,7 +275,9 @@ class _Compiler:
     def children(self, node: SpecMap, path: str, scope: str | None) -> ValueFn:
         extra = node.keys() - {"each", "item"}
         if extra or "item" not in node:
-            raise self.fail(path, node.line, "an array from child rows is {each: child, item: {..}}")
+            raise self.fail(
+                path, node.line, "an array from child rows is {each: child, item: {..}}"
+            )
         child = node["each"]
         if scope is not None:
             raise self.fail(path, node.line_of("each"), "child rows cannot nest")
@@ -329,7 +331,9 @@ def _sum_leaf(columns: list[str], transform: Transform, path: str) -> ValueFn:
         try:
             raws = [record[c] for c in columns]
         except KeyError as exc:
-            raise RecordMappingError(path, f"column {exc.args[0]} missing from the record") from None
+            raise RecordMappingError(
+                path, f"column {exc.args[0]} missing from the record"
+            ) from None
         if any(r is None for r in raws):
             return None
         try:

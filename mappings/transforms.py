@@ -232,7 +232,9 @@ def build_transform(spec: Any) -> Transform:
         raise TransformArgError("a transform is a name or a one-key mapping {name: arguments}")
     factory = TRANSFORMS.get(name)
     if factory is None:
-        raise TransformArgError(f"unknown transform {name!r} (known: {', '.join(sorted(TRANSFORMS))})")
+        raise TransformArgError(
+            f"unknown transform {name!r} (known: {', '.join(sorted(TRANSFORMS))})"
+        )
     return factory(args)
 
 

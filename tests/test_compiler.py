@@ -64,8 +64,15 @@ def compiled(tmp_path: Path, text: str = SPEC):
 
 
 RECORD = {
-    "K": 7, "NO": "B-7", "DT": "20240131", "ST": "S", "AMT": 1050, "TAX": 95, "CUR": "EUR",
-    "RUN": 3, "DOC": "arch/7.pdf",
+    "K": 7,
+    "NO": "B-7",
+    "DT": "20240131",
+    "ST": "S",
+    "AMT": 1050,
+    "TAX": 95,
+    "CUR": "EUR",
+    "RUN": 3,
+    "DOC": "arch/7.pdf",
     "lines": [{"K": 7, "CAT": "VAT", "AMT": 95}, {"K": 7, "CAT": "ECO", "AMT": 0}],
 }
 
@@ -100,8 +107,15 @@ def test_null_columns_and_guards_leave_attributes_out(tmp_path: Path) -> None:
 
 def test_pushable_fields_are_the_plain_column_attributes(tmp_path: Path) -> None:
     fields = compiled(tmp_path).fields
-    assert set(fields) == {"id", "billNo", "billDate", "state", "amountDue.unit",
-                           "amountDue.value", "billCycle.id"}
+    assert set(fields) == {
+        "id",
+        "billNo",
+        "billDate",
+        "state",
+        "amountDue.unit",
+        "amountDue.value",
+        "billCycle.id",
+    }
     assert fields["amountDue.value"].column == "AMT"
     assert isinstance(fields["amountDue.value"].transform, MinorUnits)
 
@@ -123,11 +137,19 @@ def test_bad_back_end_values_name_the_field(tmp_path: Path) -> None:
     ("old", "new", "line", "message"),
     [
         ("billNo: NO", "billNo: NUMBER", 5, "attributes.billNo: unknown column 'NUMBER'"),
-        ("{minor_units: 2}}\n  taxIncluded", "{minor_unit: 2}}\n  taxIncluded", 10,
-         "attributes.amountDue.value.transform: unknown transform 'minor_unit'"),
+        (
+            "{minor_units: 2}}\n  taxIncluded",
+            "{minor_unit: 2}}\n  taxIncluded",
+            10,
+            "attributes.amountDue.value.transform: unknown transform 'minor_unit'",
+        ),
         ("billNo: NO", "billNumber: NO", 5, "attributes.billNumber: not an attribute"),
-        ("      taxCategory: CAT", "      taxCategory: CUR", 28,
-         "unknown column 'CUR' in child rows 'lines'"),
+        (
+            "      taxCategory: CAT",
+            "      taxCategory: CUR",
+            28,
+            "unknown column 'CUR' in child rows 'lines'",
+        ),
         ("each: lines", "each: rows", 25, "unknown child rows 'rows'"),
         ("{base}/billCycle/{RUN}", "{base}/billCycle/{RUNID}", 18, "unknown column 'RUNID'"),
         ("when: RUN", "when: RUNNING", 15, "attributes.billCycle.when: unknown column"),

@@ -27,11 +27,21 @@ def only(text: str, attributes=BILL) -> Filter:
 @pytest.mark.parametrize(
     ("text", "op"),
     [
-        ("billNo=B1", "eq"), ("billNo.eq=B1", "eq"), ("billNo.ne=B1", "ne"),
-        ("billNo.gt=B1", "gt"), ("billNo.gte=B1", "gte"), ("billNo.lt=B1", "lt"),
-        ("billNo.lte=B1", "lte"), ("billNo>B1", "gt"), ("billNo>=B1", "gte"),
-        ("billNo<B1", "lt"), ("billNo<=B1", "lte"), ("billNo!=B1", "ne"),
-        ("billNo%3E%3DB1", "gte"), ("billNo%3C=B1", "lte"), ("billNo%3EB1", "gt"),
+        ("billNo=B1", "eq"),
+        ("billNo.eq=B1", "eq"),
+        ("billNo.ne=B1", "ne"),
+        ("billNo.gt=B1", "gt"),
+        ("billNo.gte=B1", "gte"),
+        ("billNo.lt=B1", "lt"),
+        ("billNo.lte=B1", "lte"),
+        ("billNo>B1", "gt"),
+        ("billNo>=B1", "gte"),
+        ("billNo<B1", "lt"),
+        ("billNo<=B1", "lte"),
+        ("billNo!=B1", "ne"),
+        ("billNo%3E%3DB1", "gte"),
+        ("billNo%3C=B1", "lte"),
+        ("billNo%3EB1", "gt"),
         ("billNo.gte%3DB1", "gte"),
     ],
 )
@@ -56,7 +66,9 @@ def test_or_by_comma_and_by_repetition_and_across_forms() -> None:
 def test_and_across_attributes_and_operators() -> None:
     query = parse("state=new&billDate.gte=2024-01-01&billDate.lt=2024-02-01")
     assert [(f.path, f.op) for f in query.filters] == [
-        ("state", "eq"), ("billDate", "gte"), ("billDate", "lt")
+        ("state", "eq"),
+        ("billDate", "gte"),
+        ("billDate", "lt"),
     ]
 
 
@@ -74,11 +86,15 @@ def test_dotted_paths_and_typed_values() -> None:
         ("billDate.gt=2024-01-31", datetime(2024, 1, 31, tzinfo=UTC)),
         ("billDate.gt=2024-01-31T10:00:00Z", datetime(2024, 1, 31, 10, tzinfo=UTC)),
         ("billDate.gt=2024-01-31T10:00:00", datetime(2024, 1, 31, 10, tzinfo=UTC)),
-        ("billDate.gt=2024-01-31T10:00:00%2B02:00",
-         datetime(2024, 1, 31, 10, tzinfo=timezone(timedelta(hours=2)))),
+        (
+            "billDate.gt=2024-01-31T10:00:00%2B02:00",
+            datetime(2024, 1, 31, 10, tzinfo=timezone(timedelta(hours=2))),
+        ),
         # an unencoded '+' arrives as a space
-        ("billDate.gt=2024-01-31T10:00:00+02:00",
-         datetime(2024, 1, 31, 10, tzinfo=timezone(timedelta(hours=2)))),
+        (
+            "billDate.gt=2024-01-31T10:00:00+02:00",
+            datetime(2024, 1, 31, 10, tzinfo=timezone(timedelta(hours=2))),
+        ),
         ("billingPeriod.startDateTime>=2024-03-01T00:00:00.000Z", datetime(2024, 3, 1, tzinfo=UTC)),
     ],
 )
@@ -90,7 +106,9 @@ def test_date_times_are_instants(text: str, instant: datetime) -> None:
 def test_reserved_parameters() -> None:
     query = parse("sort=-billDate,+billNo,state&fields=billNo,amountDue.value&offset=5&limit=7")
     assert query.sort == (
-        SortTerm("billDate", True), SortTerm("billNo", False), SortTerm("state", False)
+        SortTerm("billDate", True),
+        SortTerm("billNo", False),
+        SortTerm("state", False),
     )
     assert query.fields == ("billNo", "amountDue.value")
     assert (query.offset, query.limit) == (5, 7)

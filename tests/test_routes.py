@@ -201,9 +201,7 @@ def test_values_come_from_the_legacy_columns(client: TestClient, demo_db: Path) 
     assert bill["billCycle"]["id"] == str(row["RUN_ID"])
     assert bill["billCycle"]["href"].endswith(f"/billCycle/{row['RUN_ID']}")
     assert bill["billDocument"][0]["id"] == row["ARCH_KEY"]
-    assert [t["taxAmount"]["value"] for t in bill["taxItem"]] == [
-        t["TAX_AMT"] / 100 for t in taxes
-    ]
+    assert [t["taxAmount"]["value"] for t in bill["taxItem"]] == [t["TAX_AMT"] / 100 for t in taxes]
 
 
 def test_public_base_url_replaces_the_request_host(demo_db: Path) -> None:

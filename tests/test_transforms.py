@@ -38,7 +38,9 @@ def test_only_year_first_zero_padded_formats_are_ordered() -> None:
     assert BERLIN_DATE.ordered
     assert DateTime("%Y-%m-%d %H:%M", "UTC").ordered
     assert not DateTime("%d.%m.%Y", "UTC").ordered
-    assert DateTime("%d.%m.%Y", "UTC").condition("C", "gt", datetime(2024, 1, 1, tzinfo=UTC)) is None
+    assert (
+        DateTime("%d.%m.%Y", "UTC").condition("C", "gt", datetime(2024, 1, 1, tzinfo=UTC)) is None
+    )
 
 
 def berlin_midnight(day: int) -> datetime:
