@@ -1,0 +1,154 @@
+"""The SQL adapter against a real SQLite file: binding, plans, streaming, children."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from adapters.base import (
+    AllOf,
+    AnyOf,
+    BackendError,
+    Compare,
+    IsNull,
+    Plan,
+    SortKey,
+    SourceSpecError,
+)
+from adapters.sql import SqlAdapter, SqlSource, _total_from_window
+
+T = TypeVar("T")
+BILLS = {
+    "table": "INV_HDR",
+    "key": "INV_ID",
+    "children": {"taxes": {"table": "INV_TAX", "key": "INV_ID", "order_by": ["SEQ_NO"]}},
+}
+
+
+def run(db: Path, work: Callable[[SqlSource], Awaitable[T]], spec: dict[str, Any] = BILLS) -> T:
+    async def main() -> T:
+        adapter = SqlAdapter("legacy", f"sqlite+aiosqlite:///{db}")
+        await adapter.open()
+        try:
+            return await work(await adapter.bind(spec))
+        finally:
+            await adapter.close()
+
+    return asyncio.run(main())
+
+
+def legacy(db: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(db) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+def test_page_filters_orders_windows_and_counts(demo_db: Path) -> None:
+    plan = Plan(
+        where=AllOf(
+            (
+                AnyOf((Compare("STAT_CD", "eq", "N"), Compare("STAT_CD", "eq", "H"))),
+                Compare("GRS_AMT", "gt", 5000),
+            )
+        ),
+        order_by=(SortKey("INV_DT", descending=True),),
+        offset=2,
+        limit=5,
+    )
+    page = run(demo_db, lambda s: s.page(plan))
+    expected = legacy(
+        demo_db,
+        "SELECT INV_ID FROM INV_HDR WHERE STAT_CD IN ('N','H') AND GRS_AMT > 5000 "
+        "ORDER BY INV_DT DESC, INV_ID LIMIT 5 OFFSET 2",
+    )
+    assert [r["INV_ID"] for r in page.records] == [e[0] for e in expected]
+    assert (
+        page.total
+        == legacy(
+            demo_db, "SELECT count(*) FROM INV_HDR WHERE STAT_CD IN ('N','H') AND GRS_AMT > 5000"
+        )[0][0]
+    )
+
+
+def test_children_come_with_their_records_in_order(demo_db: Path) -> None:
+    page = run(demo_db, lambda s: s.page(Plan(limit=20)))
+    for record in page.records:
+        seqs = [t["SEQ_NO"] for t in record["taxes"]]
+        assert seqs == sorted(seqs) and seqs
+        expected = legacy(
+            demo_db,
+            "SELECT TAX_AMT FROM INV_TAX WHERE INV_ID = ? ORDER BY SEQ_NO",
+            record["INV_ID"],
+        )
+        assert [t["TAX_AMT"] for t in record["taxes"]] == [e[0] for e in expected]
+
+
+def test_stream_yields_every_match_in_bounded_batches(demo_db: Path) -> None:
+    async def collect(source: SqlSource) -> list[list[dict[str, Any]]]:
+        return [batch async for batch in source.stream(Plan(where=IsNull("RUN_ID")), 7)]
+
+    batches = run(demo_db, collect)
+    assert all(len(b) <= 7 for b in batches)
+    ids = [r["INV_ID"] for b in batches for r in b]
+    assert ids == [
+        e[0]
+        for e in legacy(demo_db, "SELECT INV_ID FROM INV_HDR WHERE RUN_ID IS NULL ORDER BY INV_ID")
+    ]
+    assert all("taxes" in r for b in batches for r in b)
+
+
+def test_one_and_empty_predicates(demo_db: Path) -> None:
+    assert run(demo_db, lambda s: s.one(Compare("INV_ID", "eq", 9)))["INV_ID"] == 9
+    assert run(demo_db, lambda s: s.one(Compare("INV_ID", "eq", -1))) is None
+    assert run(demo_db, lambda s: s.page(Plan(where=AnyOf(())))).total == 0
+    assert run(demo_db, lambda s: s.page(Plan(where=AllOf(()), limit=1))).total == 300
+
+
+@pytest.mark.parametrize(
+    ("spec", "place", "reason"),
+    [
+        ({"table": "INVOICES", "key": "ID"}, "source.table", "no table 'INVOICES'"),
+        ({"table": "INV_HDR", "key": "ID"}, "source.key", "no column 'ID'"),
+        ({"table": "INV_HDR", "key": "INV_ID", "where": 1}, "source", "unknown key"),
+        (
+            {"table": "INV_HDR", "key": "INV_ID", "children": {"t": {"table": "INV_TAX"}}},
+            "source.children.t.key",
+            "no column None",
+        ),
+        ({"key": "INV_ID"}, "source.table", "a table name is required"),
+    ],
+)
+def test_bind_refuses_what_the_database_does_not_have(
+    demo_db: Path, spec: dict[str, Any], place: str, reason: str
+) -> None:
+    with pytest.raises(SourceSpecError) as info:
+        run(demo_db, lambda s: asyncio.sleep(0), spec)
+    assert info.value.place == place and reason in info.value.reason
+
+
+def test_an_unreachable_database_fails_at_open(tmp_path: Path) -> None:
+    adapter = SqlAdapter("gone", f"sqlite+aiosqlite:///{tmp_path}/missing/dir/x.db")
+    with pytest.raises(BackendError, match="cannot connect to back end 'gone'"):
+        asyncio.run(adapter.open())
+
+
+@pytest.mark.parametrize(
+    ("offset", "limit", "fetched", "total"),
+    [
+        (0, 10, 3, 3),
+        (5, 10, 3, 8),
+        (0, 10, 10, None),
+        (5, 10, 0, None),
+        (0, 10, 0, 0),
+        (0, 0, 0, None),
+        (0, None, 4, 4),
+    ],
+)
+def test_total_is_known_without_count_only_when_the_window_ran_out(
+    offset: int, limit: int | None, fetched: int, total: int | None
+) -> None:
+    assert _total_from_window(offset, limit, fetched) == total
