@@ -22,6 +22,7 @@ from sqlalchemy import (
     Column,
     ColumnElement,
     MetaData,
+    Select,
     Table,
     and_,
     false,
@@ -35,6 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from adapters.base import (
     COMPARE_OPS,
+    MATCH_ALL,
     AllOf,
     AnyOf,
     BackendError,
@@ -192,7 +194,13 @@ class SqlSource:
             order.append(clause)
         if not any(k.column == self.key_column for k in plan.order_by):
             order.append(self.key.asc())
-        return self._select.where(self.where(plan.where)).order_by(*order)
+        return self._filtered(self._select, plan.where).order_by(*order)
+
+    def _filtered(self, statement: Select[Any], predicate: Predicate) -> Select[Any]:
+        # No WHERE at all for "everything": SQLite counts a whole table far faster so.
+        if predicate == MATCH_ALL:
+            return statement
+        return statement.where(self.where(predicate))
 
     async def page(self, plan: Plan) -> Page:
         statement = self._ordered(plan).offset(plan.offset)
@@ -203,7 +211,7 @@ class SqlSource:
                 records = [dict(row) for row in (await conn.execute(statement)).mappings()]
                 total = _total_from_window(plan.offset, plan.limit, len(records))
                 if total is None:
-                    count = self._count.where(self.where(plan.where))
+                    count = self._filtered(self._count, plan.where)
                     total = (await conn.execute(count)).scalar_one()
                 await self._attach_children(conn, records)
         except SQLAlchemyError as exc:
@@ -211,7 +219,7 @@ class SqlSource:
         return Page(records, total)
 
     async def one(self, where: Predicate) -> dict[str, Any] | None:
-        statement = self._select.where(self.where(where)).limit(1)
+        statement = self._filtered(self._select, where).limit(1)
         try:
             async with self.adapter.engine.connect() as conn:
                 row = (await conn.execute(statement)).mappings().first()

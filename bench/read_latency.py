@@ -60,6 +60,33 @@ def measure(call: Callable[[int], None], requests: int, warmup: int = 20) -> lis
     return samples
 
 
+# The HTTP floor: a bare Starlette app on the same server, answering a fixed body of the
+# same size as the gateway's 20-bill page, so the table shows what the gateway itself adds.
+BARE_APP = """
+import sys, uvicorn
+from starlette.applications import Starlette
+from starlette.responses import Response
+from starlette.routing import Route
+body = open(sys.argv[2], "rb").read()
+async def fixed(request):
+    return Response(body, media_type="application/json")
+app = Starlette(routes=[Route("/fixed", fixed)])
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
+"""
+
+
+def start_bare(body: bytes, tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    path = tmp / "bare_body.json"
+    path.write_bytes(body)
+    process = subprocess.Popen(
+        [sys.executable, "-c", BARE_APP, str(port), str(path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+    return process, f"http://127.0.0.1:{port}/fixed"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--db", default=str(ROOT / "var" / "bench_billing.sqlite"))
@@ -188,6 +215,25 @@ def main() -> int:
                 f"| `GET /{name}` | {p50:.1f} | {p95:.1f} | {goal} | {d50:.2f} | {p50 / d50:.1f}x |"
             )
         print(f"\nGateway peak memory (VmHWM): {peak_rss_mb(gateway.pid):.0f} MB (target < 300 MB)")
+        page = client.get(account_state(0)).content
+        bare, bare_url = start_bare(page, db.parent)
+        try:
+            for _ in range(200):
+                try:
+                    client.get(bare_url)
+                    break
+                except httpx.TransportError:
+                    time.sleep(0.1)
+            floor = statistics.median(measure(lambda i: get(bare_url), args.requests))
+            ours = statistics.median(measure(lambda i: get(account_state(i)), args.requests))
+        finally:
+            bare.terminate()
+            bare.wait(timeout=10)
+        print(
+            f"HTTP floor: bare Starlette endpoint with the same {len(page):,}-byte body p50 "
+            f"{floor:.2f} ms; gateway account+state query p50 {ours:.2f} ms "
+            f"({ours / floor:.1f}x the floor)"
+        )
     finally:
         client.close()
         gateway.terminate()
