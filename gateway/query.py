@@ -119,6 +119,12 @@ def _typed_values(
 ) -> list[Any]:
     type_ = attributes.types.get(attr)
     if type_ is None:
+        head, _, tail = attr.rpartition(".")
+        if head in attributes.types and attributes.types[head] != "object":
+            raise bad_request(
+                "Unknown operator",
+                f"{param!r}: {tail!r} is not an operator (use {', '.join(sorted(OPERATORS))})",
+            )
         raise bad_request("Unknown attribute", f"{param!r}: {attr!r} is not an attribute here")
     if type_ == "object":
         raise bad_request("Invalid filter", f"{param!r}: filter on a leaf such as '{attr}.id'")

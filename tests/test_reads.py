@@ -351,3 +351,24 @@ def test_paging_edges_keep_exact_totals(
     expected = len(fetch_all(api, "customerBill", filters))
     assert response.headers["X-Total-Count"] == str(expected)
     assert response.headers["X-Result-Count"] == "0"
+
+
+BAD_QUERIES = {
+    "customerBill": ["billDate.gt=soon", "state.like=new", "amountDue.value=abc"],
+    "appliedCustomerBillingRate": ["isBilled=yes", "date.lt=tomorrow", "bill.nope=1"],
+    "billCycle": ["billingDate>=x", "name.regex=(", "validFor=2024"],
+    "customerBillOnDemand": ["limit=x", "lastUpdate.bogus=1", "billingAccount.id.regex=[z-a]"],
+}
+
+
+@pytest.mark.parametrize(
+    ("collection", "params"),
+    [(c, p) for c, queries in BAD_QUERIES.items() for p in queries],
+)
+def test_bad_filters_are_400_on_every_resource(
+    client: TestClient, collection: str, params: str
+) -> None:
+    response = client.get(f"{API}/{collection}?{params}")
+    assert response.status_code == 400, response.text
+    assert_valid("Error", response.json())
+    assert params.split("=")[0].split(">")[0] in response.json()["message"]
