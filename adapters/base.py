@@ -115,6 +115,12 @@ class Source(Protocol):
 
     async def one(self, where: Predicate) -> dict[str, Any] | None: ...
 
+    async def update(
+        self, where: Predicate, values: Mapping[str, Any], expected: Mapping[str, Any]
+    ) -> int:
+        """Compare-and-set: change rows matching `where` whose columns hold `expected`."""
+        ...
+
     def stream(self, plan: Plan, batch_size: int) -> AsyncIterator[list[dict[str, Any]]]:
         """All records matching `plan.where` in `plan.order_by` order, in bounded batches."""
         ...

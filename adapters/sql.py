@@ -30,6 +30,7 @@ from sqlalchemy import (
     or_,
     select,
     true,
+    update,
 )
 from sqlalchemy.exc import DBAPIError, NoSuchTableError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -230,6 +231,25 @@ class SqlSource:
         except SQLAlchemyError as exc:
             raise _backend_error(self.adapter.name, exc) from exc
         return records[0]
+
+    async def update(
+        self, where: Predicate, values: Mapping[str, Any], expected: Mapping[str, Any]
+    ) -> int:
+        """Set `values` on the rows matching `where` whose columns still hold `expected`.
+
+        One statement in one transaction: the compare-and-set is what keeps two concurrent
+        writers from both acting on the same old value. Returns the number of rows changed.
+        """
+        guard = AllOf(
+            (where, *(IsNull(c) if v is None else Compare(c, "eq", v) for c, v in expected.items()))
+        )
+        statement = update(self.table).where(self.where(guard)).values(dict(values))
+        try:
+            async with self.adapter.engine.begin() as conn:
+                result = await conn.execute(statement)
+        except SQLAlchemyError as exc:
+            raise _backend_error(self.adapter.name, exc) from exc
+        return result.rowcount
 
     async def stream(self, plan: Plan, batch_size: int) -> AsyncIterator[list[dict[str, Any]]]:
         statement = self._ordered(plan).execution_options(yield_per=batch_size)

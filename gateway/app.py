@@ -22,11 +22,13 @@ from adapters.base import Adapter, BackendError, SourceSpecError
 from adapters.registry import build_adapter
 from gateway.config import ConfigError, GatewayConfig
 from gateway.errors import ApiError, error_response
+from gateway.lifecycle import Lifecycle
 from gateway.logs import RequestLogMiddleware
 from gateway.oas import attribute_types
 from gateway.reads import EmptyReader, ResourceReader
-from gateway.resources import RESOURCE_TYPES
+from gateway.resources import BILL_CYCLE, CUSTOMER_BILL, RESOURCE_TYPES
 from gateway.routes import Api, api_routes
+from gateway.writes import ResourcePatcher
 from mappings.compiler import compile_mapping, read_mapping
 from mappings.errors import MappingSpecError
 
@@ -83,6 +85,15 @@ async def open_readers(config: GatewayConfig, api: Api, stack: AsyncExitStack) -
             batch_size=config.scan_batch_size,
         )
         log.info("resource_ready", resource=collection, backend=binding.backend, mapping=file)
+    bills = api.readers.get(CUSTOMER_BILL.collection)
+    if isinstance(bills, ResourceReader) and bills.mapping.writable:
+        cycles = api.readers.get(BILL_CYCLE.collection)
+        api.patchers[CUSTOMER_BILL.collection] = ResourcePatcher(
+            reader=bills,
+            mvo_schema="CustomerBill_MVO",
+            lifecycle=Lifecycle(config.bill_transitions),
+            references={"billCycle.id": cycles} if isinstance(cycles, ResourceReader) else {},
+        )
 
 
 async def _api_error(request: Request, exc: Exception) -> Response:

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gateway.lifecycle import BILL_STATES, DEFAULT_BILL_TRANSITIONS
 from gateway.resources import RESOURCE_TYPES
 from mappings.errors import MappingSpecError
 from mappings.loader import SpecMap, load_yaml
@@ -47,6 +49,9 @@ class GatewayConfig:
     default_limit: int = 20
     max_limit: int = 1000
     scan_batch_size: int = 500
+    bill_transitions: Mapping[str, tuple[str, ...]] = field(
+        default_factory=lambda: dict(DEFAULT_BILL_TRANSITIONS)
+    )
     source: str = "<built-in>"
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -61,7 +66,7 @@ def load_config(path: str | Path = DEFAULT_CONFIG) -> GatewayConfig:
     def fail(place: str, node: SpecMap, key: str, reason: str) -> ConfigError:
         return ConfigError(file, place, node.line_of(key), reason)
 
-    known = {"api", "paging", "backends", "resources"}
+    known = {"api", "paging", "backends", "resources", "lifecycle"}
     for key in data:
         if key not in known:
             raise fail(key, data, key, f"unknown key (known: {', '.join(sorted(known))})")
@@ -103,6 +108,15 @@ def load_config(path: str | Path = DEFAULT_CONFIG) -> GatewayConfig:
         mapping = path.parent / str(_expand(spec["mapping"]))
         resources[collection] = ResourceBinding(collection, spec["backend"], mapping)
 
+    transitions = dict(DEFAULT_BILL_TRANSITIONS)
+    lifecycle = _section(data, "lifecycle", file)
+    for key in lifecycle:
+        if key != "customerBill":
+            raise fail(f"lifecycle.{key}", lifecycle, key, "only customerBill has a lifecycle")
+    table = lifecycle.get("customerBill")
+    if table is not None:
+        transitions = _transitions(table, lifecycle, file)
+
     return GatewayConfig(
         backends=backends,
         resources=resources,
@@ -110,8 +124,27 @@ def load_config(path: str | Path = DEFAULT_CONFIG) -> GatewayConfig:
         default_limit=default_limit,
         max_limit=max_limit,
         scan_batch_size=batch,
+        bill_transitions=transitions,
         source=file,
     )
+
+
+def _transitions(table: Any, parent: SpecMap, file: str) -> dict[str, tuple[str, ...]]:
+    place = "lifecycle.customerBill"
+    if not isinstance(table, SpecMap):
+        raise ConfigError(file, place, parent.line_of("customerBill"), "state: [next states]")
+    out = {}
+    for state, nexts in table.items():
+        nexts = nexts or []
+        if not isinstance(nexts, list):
+            raise ConfigError(file, f"{place}.{state}", table.line_of(state), "a list of states")
+        for name in (state, *nexts):
+            if name not in BILL_STATES:
+                raise ConfigError(
+                    file, f"{place}.{state}", table.line_of(state), f"unknown state {name!r}"
+                )
+        out[state] = tuple(nexts)
+    return out
 
 
 def _section(data: SpecMap, key: str, file: str) -> SpecMap:

@@ -20,7 +20,8 @@ from gateway.fields import compile_fields, project
 from gateway.oas import attribute_types
 from gateway.query import parse_fields, parse_query
 from gateway.reads import Reader
-from gateway.resources import API_PREFIX, RESOURCE_TYPES, ResourceType
+from gateway.resources import API_PREFIX, CUSTOMER_BILL, RESOURCE_TYPES, ResourceType
+from gateway.writes import ResourcePatcher, etag
 
 
 class JSONResponse(Response):
@@ -38,6 +39,7 @@ class Api:
         self.max_limit = max_limit
         self.public_base_url = public_base_url
         self.readers: dict[str, Reader] = {}
+        self.patchers: dict[str, ResourcePatcher] = {}
 
     def base_url(self, request: Request) -> str:
         """The absolute API root for `href`s: the configured public URL, or the request's."""
@@ -74,15 +76,40 @@ def _get_route(api: Api, resource: ResourceType) -> Callable[[Request], Any]:
     async def get_resource(request: Request) -> Response:
         ident = request.path_params["id"]
         fields = parse_fields(request.query_params.get("fields"), attributes)
-        item = await api.readers[resource.collection].get(ident, api.base_url(request))
+        base = api.base_url(request)
+        item = await api.readers[resource.collection].get(ident, base)
         if item is None:
             raise not_found(resource.collection, ident)
+        tag = etag(item, base)
         if fields is not None:
             item = project(item, compile_fields(fields))
-        return JSONResponse(item)
+        return JSONResponse(item, headers={"ETag": tag})
 
     get_resource.__name__ = f"retrieve_{resource.collection}"
     return get_resource
+
+
+def _patch_route(api: Api, resource: ResourceType) -> Callable[[Request], Any]:
+    attributes = attribute_types(resource.schema)
+
+    async def patch_resource(request: Request) -> Response:
+        patcher = api.patchers.get(resource.collection)
+        if patcher is None:
+            raise ApiError(501, "Not implemented", f"No back end offers PATCH of {resource.schema}")
+        fields = parse_fields(request.query_params.get("fields"), attributes)
+        item, tag = await patcher.patch(
+            request.path_params["id"],
+            await request.body(),
+            request.headers.get("content-type"),
+            request.headers.get("if-match"),
+            api.base_url(request),
+        )
+        if fields is not None:
+            item = project(item, compile_fields(fields))
+        return JSONResponse(item, headers={"ETag": tag})
+
+    patch_resource.__name__ = f"patch_{resource.collection}"
+    return patch_resource
 
 
 def _not_implemented(operation: str) -> Callable[[Request], Any]:
@@ -98,7 +125,6 @@ def _not_implemented(operation: str) -> Callable[[Request], Any]:
 
 # Operations of the OAS that later work brings (writes, hub); until then: 501, not 405.
 _PENDING: Mapping[tuple[str, str], str] = {
-    ("/customerBill/{id}", "PATCH"): "patchCustomerBill",
     ("/customerBillOnDemand", "POST"): "createCustomerBillOnDemand",
     ("/hub", "POST"): "registerListener",
     ("/hub/{id}", "DELETE"): "unregisterListener",
@@ -111,6 +137,8 @@ def api_routes(api: Api) -> list[Route]:
         base = f"{API_PREFIX}/{resource.collection}"
         routes.append(Route(base, _list_route(api, resource), methods=["GET"]))
         routes.append(Route(f"{base}/{{id}}", _get_route(api, resource), methods=["GET"]))
+    bills = f"{API_PREFIX}/{CUSTOMER_BILL.collection}/{{id}}"
+    routes.append(Route(bills, _patch_route(api, CUSTOMER_BILL), methods=["PATCH"]))
     for (path, method), operation in _PENDING.items():
         routes.append(Route(f"{API_PREFIX}{path}", _not_implemented(operation), methods=[method]))
     return routes

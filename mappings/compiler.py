@@ -43,7 +43,7 @@ Record = Mapping[str, Any]
 ValueFn = Callable[[Record, str], Any]
 
 _LEAF_KEYS = frozenset({"column", "const", "template", "sum"})
-_TOP_KEYS = frozenset({"resource", "source", "attributes"})
+_TOP_KEYS = frozenset({"resource", "source", "attributes", "writes"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +62,10 @@ class CompiledMapping:
     source_spec: Mapping[str, Any]
     to_tmf: Callable[[Record, str], dict[str, Any]]
     fields: dict[str, FieldRef] = field(default_factory=dict)
+    #: TMF attributes a write may change, each written to its column through its transform.
+    writable: dict[str, FieldRef] = field(default_factory=dict)
+    #: An attribute set to the current time on every write (a legacy "last change" column).
+    stamp: FieldRef | None = None
 
 
 def read_mapping(path: str | Path) -> SpecMap:
@@ -112,6 +116,7 @@ def compile_mapping(
         if key != "id"
     ]
     collection = resource[0].lower() + resource[1:]
+    writable, stamp = _writes(spec, file, compiler.fields)
 
     def to_tmf(record: Record, base: str) -> dict[str, Any]:
         ident = id_fn(record, base)
@@ -132,7 +137,41 @@ def compile_mapping(
         source_spec=spec.get("source") or {},
         to_tmf=to_tmf,
         fields=compiler.fields,
+        writable=writable,
+        stamp=stamp,
     )
+
+
+def _writes(
+    spec: SpecMap, file: str, fields: dict[str, FieldRef]
+) -> tuple[dict[str, FieldRef], FieldRef | None]:
+    """The `writes:` block: `{attributes: [state, billCycle.id], stamp: lastUpdate}`."""
+    writes = spec.get("writes")
+    if writes is None:
+        return {}, None
+    if not isinstance(writes, SpecMap) or set(writes) - {"attributes", "stamp"}:
+        raise MappingSpecError(
+            file, "writes", spec.line_of("writes"), "expected {attributes: [...], stamp: ...}"
+        )
+    paths = writes.get("attributes") or []
+    if not isinstance(paths, list):
+        raise MappingSpecError(file, "writes.attributes", writes.line_of("attributes"), "a list")
+    writable = {}
+    for path in paths:
+        if path not in fields:
+            raise MappingSpecError(
+                file,
+                "writes.attributes",
+                writes.line_of("attributes"),
+                f"{path!r} is not an attribute read straight from a column",
+            )
+        writable[path] = fields[path]
+    stamp = writes.get("stamp")
+    if stamp is not None and stamp not in fields:
+        raise MappingSpecError(
+            file, "writes.stamp", writes.line_of("stamp"), f"{stamp!r} is not a column attribute"
+        )
+    return writable, fields[stamp] if stamp is not None else None
 
 
 def load_mapping(

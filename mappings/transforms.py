@@ -46,6 +46,10 @@ class Transform:
         """The TMF value of `raw` in the comparable form filter values take."""
         return _typed(self.to_tmf(raw))
 
+    def to_raw(self, value: Any) -> Any:
+        """The raw value to write for a TMF value (writes); ValueError when there is none."""
+        return value
+
     def condition(self, column: str, op: str, value: Any) -> Predicate | None:
         if not self.ordered or op not in _RANGE_OPS:
             return None
@@ -99,6 +103,11 @@ class IntegerText(Transform):
     def typed(self, raw: Any) -> Any:
         return self.to_tmf(raw)
 
+    def to_raw(self, value: Any) -> int:
+        if not (isinstance(value, str) and value.isascii() and value.isdigit()):
+            raise ValueError(f"{value!r} is not an id of this back end (digits expected)")
+        return int(value)
+
     def condition(self, column: str, op: str, value: Any) -> Predicate | None:
         if op not in ("eq", "ne"):
             return None
@@ -148,6 +157,11 @@ class DateTime(Transform):
             raise TypeError("date filter needs a date-time")
         return value.astimezone(self.zone).strftime(self.fmt)
 
+    def to_raw(self, value: Any) -> str:
+        if isinstance(value, str):
+            value = datetime.fromisoformat(value)
+        return self.floor_raw(value)
+
 
 class MinorUnits(Transform):
     """Integer minor units (cents) shown as a decimal amount (12.34)."""
@@ -167,6 +181,12 @@ class MinorUnits(Transform):
 
     def floor_raw(self, value: Any) -> int:
         return int((Decimal(value) * self.scale).to_integral_value(rounding=ROUND_FLOOR))
+
+    def to_raw(self, value: Any) -> int:
+        scaled = Decimal(str(value)) * self.scale
+        if scaled != scaled.to_integral_value():
+            raise ValueError(f"{value!r} has more decimals than the back end keeps")
+        return int(scaled)
 
 
 class DecimalText(Transform):
@@ -203,6 +223,13 @@ class Enum(Transform):
             raise ValueError(f"unknown code {raw!r}") from None
         except TypeError:
             raise ValueError(f"unusable code {raw!r}") from None
+
+    def to_raw(self, value: Any) -> Any:
+        """The first code of the table for the value (codes are written as listed)."""
+        codes = self.codes_of.get(_typed(value))
+        if not codes:
+            raise ValueError(f"{value!r} has no code in this back end")
+        return codes[0]
 
     def condition(self, column: str, op: str, value: Any) -> Predicate | None:
         if op not in ("eq", "ne"):

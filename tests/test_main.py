@@ -49,6 +49,14 @@ def wait_ready(url: str, process: subprocess.Popen[str], seconds: float = 20) ->
     raise AssertionError("gateway did not start in time")
 
 
+def stop(process: subprocess.Popen[str]) -> str:
+    """End the gateway and return what it printed (closing its pipe)."""
+    if process.poll() is None:
+        process.terminate()
+    output, _ = process.communicate(timeout=10)
+    return output
+
+
 @pytest.fixture(scope="module")
 def server(demo_db: Path) -> Iterator[tuple[str, subprocess.Popen[str]]]:
     port = free_port()
@@ -58,8 +66,7 @@ def server(demo_db: Path) -> Iterator[tuple[str, subprocess.Popen[str]]]:
         wait_ready(f"{base}{API}/billCycle?limit=1", process)
         yield base, process
     finally:
-        process.terminate()
-        process.wait(timeout=10)
+        stop(process)
 
 
 def test_serves_the_readme_calls(server: tuple[str, subprocess.Popen[str]]) -> None:
@@ -89,8 +96,7 @@ def test_one_json_log_line_per_request_with_request_id(
     assert response.headers["X-Request-ID"] == "trace-abc-123"
     generated = httpx.get(f"{base}{API}/billCycle/999", timeout=5)
     assert len(generated.headers["X-Request-ID"]) == 32
-    process.terminate()
-    output, _ = process.communicate(timeout=10)
+    output = stop(process)
     lines = [json.loads(line) for line in output.splitlines()]  # every line is JSON
     assert len(lines) >= 4, output
     (entry,) = [e for e in lines if e.get("request_id") == "trace-abc-123"]
