@@ -90,6 +90,27 @@ class BackendError(Exception):
         super().__init__(reason)
 
 
+@dataclass(frozen=True, slots=True)
+class ActionResult:
+    """What a back-end action did: `done` with its result, or `rejected` with a reason."""
+
+    outcome: str
+    value: Any = None
+    reason: str | None = None
+
+
+class BackendAction(Protocol):
+    """A declared, parameterised piece of back-end work (e.g. produce a bill now)."""
+
+    async def check(self, params: Mapping[str, Any]) -> str | None:
+        """Why a request must be refused now (None when it may go ahead)."""
+        ...
+
+    async def run(self, params: Mapping[str, Any]) -> ActionResult:
+        """Do the work, all or nothing; safe to run again for the same request."""
+        ...
+
+
 @dataclass(slots=True)
 class SourceColumns:
     """The columns a bound source offers, so a mapping can be checked at start-up."""
@@ -137,4 +158,8 @@ class Adapter(Protocol):
 
     async def bind(self, spec: Mapping[str, Any]) -> Source:
         """Check a mapping's `source:` block against the back end and return the source."""
+        ...
+
+    def action(self, spec: Mapping[str, Any]) -> BackendAction:
+        """Compile a declared action for this back end (raises SourceSpecError)."""
         ...

@@ -49,6 +49,7 @@ from adapters.base import (
     SourceColumns,
     SourceSpecError,
 )
+from adapters.sql_actions import SqlAction
 
 _OPERATORS = {
     "eq": Column.__eq__,
@@ -117,6 +118,9 @@ class SqlAdapter:
                 ]
                 children[name] = _Child(child_table, child_key, order)
         return SqlSource(self, table, key, children)
+
+    def action(self, spec: Mapping[str, Any]) -> SqlAction:
+        return SqlAction(self.name, self.engine, spec)
 
     async def _reflect(self, conn: AsyncConnection, name: Any, place: str) -> Table:
         if not isinstance(name, str) or not name:

@@ -15,7 +15,7 @@ from contextlib import AsyncExitStack
 import structlog
 import uvicorn
 
-from gateway.app import StartupError, create_app, open_readers
+from gateway.app import StartupError, create_app, open_gateway
 from gateway.config import DEFAULT_CONFIG, GatewayConfig, load_config
 from gateway.logs import configure_logging
 from mappings.errors import MappingSpecError
@@ -25,7 +25,7 @@ async def serve(config: GatewayConfig, host: str, port: int) -> int:
     app = create_app(config)
     async with AsyncExitStack() as stack:
         try:
-            await open_readers(config, app.state.api, stack)
+            await open_gateway(config, app.state.api, stack)
         except StartupError as exc:
             print(f"tmf678-gateway: cannot start: {exc}", file=sys.stderr)
             return 3

@@ -7,8 +7,11 @@ the OAS. Any mistake stops start-up with the file, place and reason.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
 
 import structlog
 from starlette.applications import Starlette
@@ -25,12 +28,15 @@ from gateway.errors import ApiError, error_response
 from gateway.lifecycle import Lifecycle
 from gateway.logs import RequestLogMiddleware
 from gateway.oas import attribute_types
+from gateway.on_demand import OnDemandService, worker_settings
 from gateway.reads import EmptyReader, ResourceReader
-from gateway.resources import BILL_CYCLE, CUSTOMER_BILL, RESOURCE_TYPES
+from gateway.resources import BILL_CYCLE, CUSTOMER_BILL, CUSTOMER_BILL_ON_DEMAND, RESOURCE_TYPES
 from gateway.routes import Api, api_routes
+from gateway.store import STORE_BACKEND, GatewayStore
 from gateway.writes import ResourcePatcher
 from mappings.compiler import compile_mapping, read_mapping
 from mappings.errors import MappingSpecError
+from mappings.loader import SpecMap, load_yaml
 
 log = structlog.get_logger("gateway")
 
@@ -39,52 +45,38 @@ class StartupError(Exception):
     """The gateway cannot start: configuration, mapping or back end is wrong."""
 
 
-async def open_readers(config: GatewayConfig, api: Api, stack: AsyncExitStack) -> None:
-    """Open every back end and build every resource's reader into `api.readers`."""
+async def open_gateway(config: GatewayConfig, api: Api, stack: AsyncExitStack) -> None:
+    """Open every back end and the store; build readers, PATCH and on-demand into `api`.
+
+    Everything opened is registered on `stack`, so leaving it closes it (and stops the
+    on-demand worker).
+    """
     adapters: dict[str, Adapter] = {}
-    for name in sorted({b.backend for b in config.resources.values()}):
-        backend = config.backends[name]
+    needed = {b.backend for b in config.resources.values()}
+    if config.on_demand is not None:
+        needed.add(config.on_demand.backend)
+    for name in sorted(needed):
         try:
-            adapter = build_adapter(backend)
+            adapter = build_adapter(config.backends[name])
             await adapter.open()
         except (BackendError, ConfigError) as exc:
             raise StartupError(str(exc)) from exc
         stack.push_async_callback(adapter.close)
         adapters[name] = adapter
-    for collection, resource in RESOURCE_TYPES.items():
-        binding = config.resources.get(collection)
-        if binding is None:
-            api.readers[collection] = EmptyReader()
-            continue
+    for collection, binding in config.resources.items():
         backend = config.backends[binding.backend]
-        file = str(binding.mapping)
-        attributes = attribute_types(resource.schema)
-        try:
-            spec = read_mapping(binding.mapping)
-            if spec["resource"] != resource.schema:
-                raise MappingSpecError(
-                    file, "resource", spec.line_of("resource"), f"expected {resource.schema}"
-                )
-            try:
-                source = await adapters[binding.backend].bind(spec.get("source") or {})
-            except SourceSpecError as exc:
-                raise MappingSpecError(
-                    file, exc.place, spec.line_of("source"), exc.reason
-                ) from None
-            mapping = compile_mapping(
-                spec, file=file, columns=source.columns, attribute_types=attributes.types
-            )
-        except MappingSpecError as exc:
-            raise StartupError(str(exc)) from exc
-        api.readers[collection] = ResourceReader(
-            mapping=mapping,
-            source=source,
-            backend=binding.backend,
-            attributes=attributes,
-            timeout=backend.timeout,
-            batch_size=config.scan_batch_size,
+        api.readers[collection] = await _reader(
+            collection,
+            binding.mapping,
+            adapters[binding.backend],
+            backend.name,
+            backend.timeout,
+            config.scan_batch_size,
         )
-        log.info("resource_ready", resource=collection, backend=binding.backend, mapping=file)
+    if config.on_demand is not None:
+        await _open_on_demand(config, api, adapters, stack)
+    for collection in RESOURCE_TYPES:
+        api.readers.setdefault(collection, EmptyReader())
     bills = api.readers.get(CUSTOMER_BILL.collection)
     if isinstance(bills, ResourceReader) and bills.mapping.writable:
         cycles = api.readers.get(BILL_CYCLE.collection)
@@ -94,6 +86,94 @@ async def open_readers(config: GatewayConfig, api: Api, stack: AsyncExitStack) -
             lifecycle=Lifecycle(config.bill_transitions),
             references={"billCycle.id": cycles} if isinstance(cycles, ResourceReader) else {},
         )
+
+
+async def _reader(
+    collection: str, path: Path, adapter: Adapter, backend: str, timeout: float, batch: int
+) -> ResourceReader:
+    """Bind a mapping's source to its back end and compile the mapping against it."""
+    resource = RESOURCE_TYPES[collection]
+    file = str(path)
+    attributes = attribute_types(resource.schema)
+    try:
+        spec = read_mapping(path)
+        if spec["resource"] != resource.schema:
+            raise MappingSpecError(
+                file, "resource", spec.line_of("resource"), f"expected {resource.schema}"
+            )
+        try:
+            source = await adapter.bind(spec.get("source") or {})
+        except SourceSpecError as exc:
+            raise MappingSpecError(file, exc.place, spec.line_of("source"), exc.reason) from None
+        mapping = compile_mapping(
+            spec, file=file, columns=source.columns, attribute_types=attributes.types
+        )
+    except MappingSpecError as exc:
+        raise StartupError(str(exc)) from exc
+    log.info("resource_ready", resource=collection, backend=backend, mapping=file)
+    return ResourceReader(
+        mapping=mapping,
+        source=source,
+        backend=backend,
+        attributes=attributes,
+        timeout=timeout,
+        batch_size=batch,
+    )
+
+
+async def _open_on_demand(
+    config: GatewayConfig, api: Api, adapters: dict[str, Adapter], stack: AsyncExitStack
+) -> None:
+    settings = config.on_demand
+    assert settings is not None
+    bills = api.readers.get(CUSTOMER_BILL.collection)
+    if not isinstance(bills, ResourceReader) or "id" not in bills.mapping.fields:
+        raise StartupError("on_demand needs customerBill served by a back end (bills it makes)")
+    store = GatewayStore(config.store_url)
+    try:
+        await store.open()
+    except BackendError as exc:
+        raise StartupError(f"gateway store: {exc.reason}") from exc
+    stack.push_async_callback(store.close)
+    api.readers[CUSTOMER_BILL_ON_DEMAND.collection] = await _reader(
+        CUSTOMER_BILL_ON_DEMAND.collection,
+        settings.mapping,
+        store.adapter,
+        STORE_BACKEND,
+        10.0,
+        config.scan_batch_size,
+    )
+    backend = config.backends[settings.backend]
+    file = str(settings.action)
+    try:
+        spec = load_yaml(settings.action)
+        if not isinstance(spec, SpecMap):
+            raise MappingSpecError(file, "", 1, "an action file is a YAML mapping")
+        try:
+            action = adapters[settings.backend].action(spec)
+        except SourceSpecError as exc:
+            raise MappingSpecError(
+                file, exc.place, spec.line_of(exc.place.split(".")[0].split("[")[0]), exc.reason
+            ) from None
+    except MappingSpecError as exc:
+        raise StartupError(str(exc)) from exc
+    service = OnDemandService(
+        store=store,
+        action=action,
+        backend=backend.name,
+        timeout=backend.timeout,
+        bill_id=bills.mapping.fields["id"].transform,
+        settings=worker_settings(settings.worker),
+    )
+    api.on_demand = service
+    worker = asyncio.create_task(service.run_worker(), name="on-demand-worker")
+
+    async def stop_worker() -> None:
+        worker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await worker
+
+    stack.push_async_callback(stop_worker)
 
 
 async def _api_error(request: Request, exc: Exception) -> Response:
@@ -138,7 +218,7 @@ def create_app(config: GatewayConfig) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
-            await open_readers(config, api, stack)
+            await open_gateway(config, api, stack)
             log.info("gateway_started", config=config.source)
             yield
         log.info("gateway_stopped")

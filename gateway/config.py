@@ -42,6 +42,14 @@ class ResourceBinding:
 
 
 @dataclass(frozen=True, slots=True)
+class OnDemandConfig:
+    backend: str
+    action: Path
+    mapping: Path
+    worker: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
 class GatewayConfig:
     backends: dict[str, BackendConfig]
     resources: dict[str, ResourceBinding]
@@ -52,8 +60,9 @@ class GatewayConfig:
     bill_transitions: Mapping[str, tuple[str, ...]] = field(
         default_factory=lambda: dict(DEFAULT_BILL_TRANSITIONS)
     )
+    store_url: str = "sqlite+aiosqlite:///var/gateway_store.sqlite"
+    on_demand: OnDemandConfig | None = None
     source: str = "<built-in>"
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def load_config(path: str | Path = DEFAULT_CONFIG) -> GatewayConfig:
@@ -66,7 +75,7 @@ def load_config(path: str | Path = DEFAULT_CONFIG) -> GatewayConfig:
     def fail(place: str, node: SpecMap, key: str, reason: str) -> ConfigError:
         return ConfigError(file, place, node.line_of(key), reason)
 
-    known = {"api", "paging", "backends", "resources", "lifecycle"}
+    known = {"api", "paging", "backends", "resources", "lifecycle", "store", "on_demand"}
     for key in data:
         if key not in known:
             raise fail(key, data, key, f"unknown key (known: {', '.join(sorted(known))})")
@@ -117,6 +126,13 @@ def load_config(path: str | Path = DEFAULT_CONFIG) -> GatewayConfig:
     if table is not None:
         transitions = _transitions(table, lifecycle, file)
 
+    store = _section(data, "store", file)
+    store_url = str(_expand(store.get("url") or GatewayConfig.store_url))
+    on_demand = None
+    section = data.get("on_demand")
+    if section is not None:
+        on_demand = _on_demand(section, data, backends, path.parent, file)
+
     return GatewayConfig(
         backends=backends,
         resources=resources,
@@ -125,7 +141,46 @@ def load_config(path: str | Path = DEFAULT_CONFIG) -> GatewayConfig:
         max_limit=max_limit,
         scan_batch_size=batch,
         bill_transitions=transitions,
+        store_url=store_url,
+        on_demand=on_demand,
         source=file,
+    )
+
+
+_WORKER_OPTIONS = {
+    "poll_seconds",
+    "lease_seconds",
+    "max_attempts",
+    "retry_base_seconds",
+    "retry_max_seconds",
+    "pause_after_action_seconds",
+}
+
+
+def _on_demand(
+    section: Any, data: SpecMap, backends: dict[str, BackendConfig], root: Path, file: str
+) -> OnDemandConfig:
+    place = "on_demand"
+    if not isinstance(section, SpecMap) or {"backend", "action", "mapping"} - section.keys():
+        raise ConfigError(file, place, data.line_of(place), "expected {backend, action, mapping}")
+    if section["backend"] not in backends:
+        raise ConfigError(
+            file,
+            f"{place}.backend",
+            section.line_of("backend"),
+            f"no back end {section['backend']!r}",
+        )
+    worker = section.get("worker") or SpecMap()
+    for key, value in worker.items():
+        if key not in _WORKER_OPTIONS:
+            raise ConfigError(file, f"{place}.worker.{key}", worker.line_of(key), "unknown option")
+        if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
+            raise ConfigError(file, f"{place}.worker.{key}", worker.line_of(key), "a number >= 0")
+    return OnDemandConfig(
+        backend=section["backend"],
+        action=root / str(_expand(section["action"])),
+        mapping=root / str(_expand(section["mapping"])),
+        worker=dict(worker),
     )
 
 

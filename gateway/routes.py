@@ -18,9 +18,16 @@ from starlette.routing import Route
 from gateway.errors import ApiError, not_found
 from gateway.fields import compile_fields, project
 from gateway.oas import attribute_types
+from gateway.on_demand import OnDemandService
 from gateway.query import parse_fields, parse_query
 from gateway.reads import Reader
-from gateway.resources import API_PREFIX, CUSTOMER_BILL, RESOURCE_TYPES, ResourceType
+from gateway.resources import (
+    API_PREFIX,
+    CUSTOMER_BILL,
+    CUSTOMER_BILL_ON_DEMAND,
+    RESOURCE_TYPES,
+    ResourceType,
+)
 from gateway.writes import ResourcePatcher, etag
 
 
@@ -40,6 +47,7 @@ class Api:
         self.public_base_url = public_base_url
         self.readers: dict[str, Reader] = {}
         self.patchers: dict[str, ResourcePatcher] = {}
+        self.on_demand: OnDemandService | None = None
 
     def base_url(self, request: Request) -> str:
         """The absolute API root for `href`s: the configured public URL, or the request's."""
@@ -112,6 +120,27 @@ def _patch_route(api: Api, resource: ResourceType) -> Callable[[Request], Any]:
     return patch_resource
 
 
+def _create_on_demand_route(api: Api) -> Callable[[Request], Any]:
+    attributes = attribute_types(CUSTOMER_BILL_ON_DEMAND.schema)
+
+    async def create_customer_bill_on_demand(request: Request) -> Response:
+        if api.on_demand is None:
+            raise ApiError(501, "Not implemented", "No back end is configured for bills on demand")
+        fields = parse_fields(request.query_params.get("fields"), attributes)
+        ident = await api.on_demand.accept(await request.body())
+        item = await api.readers[CUSTOMER_BILL_ON_DEMAND.collection].get(
+            ident, api.base_url(request)
+        )
+        if item is None:  # pragma: no cover - just stored
+            raise ApiError(500, "Internal error", "The request was stored but cannot be read")
+        location = item["href"]
+        if fields is not None:
+            item = project(item, compile_fields(fields))
+        return JSONResponse(item, status_code=201, headers={"Location": location})
+
+    return create_customer_bill_on_demand
+
+
 def _not_implemented(operation: str) -> Callable[[Request], Any]:
     async def endpoint(request: Request) -> Response:
         raise ApiError(
@@ -125,7 +154,6 @@ def _not_implemented(operation: str) -> Callable[[Request], Any]:
 
 # Operations of the OAS that later work brings (writes, hub); until then: 501, not 405.
 _PENDING: Mapping[tuple[str, str], str] = {
-    ("/customerBillOnDemand", "POST"): "createCustomerBillOnDemand",
     ("/hub", "POST"): "registerListener",
     ("/hub/{id}", "DELETE"): "unregisterListener",
 }
@@ -139,6 +167,8 @@ def api_routes(api: Api) -> list[Route]:
         routes.append(Route(f"{base}/{{id}}", _get_route(api, resource), methods=["GET"]))
     bills = f"{API_PREFIX}/{CUSTOMER_BILL.collection}/{{id}}"
     routes.append(Route(bills, _patch_route(api, CUSTOMER_BILL), methods=["PATCH"]))
+    requests = f"{API_PREFIX}/{CUSTOMER_BILL_ON_DEMAND.collection}"
+    routes.append(Route(requests, _create_on_demand_route(api), methods=["POST"]))
     for (path, method), operation in _PENDING.items():
         routes.append(Route(f"{API_PREFIX}{path}", _not_implemented(operation), methods=[method]))
     return routes

@@ -19,6 +19,8 @@ from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import orjson
+
 from adapters.base import MATCH_ALL, MATCH_NONE, AllOf, AnyOf, Compare, IsNull, Predicate
 
 
@@ -243,6 +245,19 @@ class Enum(Transform):
         return AnyOf((_all(terms), IsNull(column)))
 
 
+class Json(Transform):
+    """A JSON document kept as text (a sub-object stored whole); read only, never pushed."""
+
+    name = "json"
+    ordered = False
+
+    def to_tmf(self, raw: Any) -> Any:
+        return orjson.loads(raw)
+
+    def to_raw(self, value: Any) -> str:
+        return orjson.dumps(value).decode()
+
+
 def _all(terms: list[Predicate]) -> Predicate:
     return terms[0] if len(terms) == 1 else AllOf(tuple(terms))
 
@@ -287,4 +302,5 @@ TRANSFORMS: dict[str, Callable[[Any], Transform]] = {
     "date": _date,
     "minor_units": lambda args: MinorUnits(args),
     "enum": lambda args: Enum(args),
+    "json": _no_args(Json),
 }

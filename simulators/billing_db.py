@@ -156,6 +156,9 @@ inv_hdr = Table(
     Column("CURR_CD", String(3), nullable=False),
     Column("ARCH_KEY", String(60), nullable=False),
     Column("UPD_TS", _stamp(), nullable=False),
+    # External order reference: who asked for an off-cycle bill (the gateway's on-demand
+    # request id). Unique, so one request can never produce two bills.
+    Column("EXT_REF", String(40), nullable=True, unique=True),
     _code_check("STAT_CD", ("N", "H", "V", "S", "C", "P")),
     _code_check("RUN_TYP", ("C", "D")),
     _code_check("CAT_CD", ("NRM", "DUP", "INT", "CRN")),

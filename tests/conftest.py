@@ -35,11 +35,13 @@ def scratch_db(demo_db: Path, tmp_path: Path) -> Path:
     return copy
 
 
-def gateway_config(db: Path, **overrides: Any) -> GatewayConfig:
-    """The default config file, pointed at `db`."""
+def gateway_config(db: Path, store: Path | None = None, **overrides: Any) -> GatewayConfig:
+    """The default config file, pointed at `db` (and a store file beside it)."""
     config = load_config(ROOT / "config" / "default.yaml")
     backend = config.backends["legacy_billing"]
     backend.options["url"] = f"sqlite+aiosqlite:///{db}"
+    store = store or db.with_name(db.stem + "_store.sqlite")
+    object.__setattr__(config, "store_url", f"sqlite+aiosqlite:///{store}")
     for key, value in overrides.items():
         object.__setattr__(config, key, value)
     return config

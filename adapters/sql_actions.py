@@ -1,0 +1,150 @@
+"""Declared back-end actions for SQL back ends: parameterised statements in one transaction.
+
+An action file (see `mappings/legacy_sql/produce_bill.yaml`) lists statements with
+bound parameters and what each one decides:
+
+- `finish_if_row: true`: a row means the work was already done; commit and return it;
+- `reject_if_empty: reason`: no row means the request cannot be served (nothing written);
+- `bind_row: true`: the row's columns become parameters of the following statements.
+
+`check` statements run when a request is accepted, so a bad request is refused at once;
+`steps` run later, all in one transaction. The action's `result` names the parameter
+returned (for producing a bill: the new bill's key).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from sqlalchemy import TextClause, text
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from adapters.base import ActionResult, BackendError, SourceSpecError
+
+_STEP_KEYS = frozenset({"sql", "finish_if_row", "reject_if_empty", "bind_row"})
+
+
+@dataclass(frozen=True, slots=True)
+class _Step:
+    statement: TextClause
+    finish_if_row: bool
+    reject_if_empty: str | None
+    bind_row: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _NowParam:
+    fmt: str
+    zone: ZoneInfo
+    plus_days: int
+
+    def value(self, now: datetime) -> str:
+        return (now + timedelta(days=self.plus_days)).astimezone(self.zone).strftime(self.fmt)
+
+
+class SqlAction:
+    """One declared action, compiled at start-up."""
+
+    def __init__(self, backend: str, engine: AsyncEngine, spec: Mapping[str, Any]) -> None:
+        self.backend = backend
+        self.engine = engine
+        unknown = set(spec) - {"action", "params", "check", "steps", "result"}
+        if unknown:
+            raise SourceSpecError("action", f"unknown key(s) {sorted(unknown)}")
+        self.name = str(spec.get("action") or "action")
+        self.params = {
+            name: _now_param(f"params.{name}", definition)
+            for name, definition in (spec.get("params") or {}).items()
+        }
+        self.checks = [_step(f"check[{i}]", s) for i, s in enumerate(spec.get("check") or [])]
+        self.steps = [_step(f"steps[{i}]", s) for i, s in enumerate(spec.get("steps") or [])]
+        if not self.steps:
+            raise SourceSpecError("steps", "an action needs at least one step")
+        self.result = spec.get("result")
+        if not isinstance(self.result, str):
+            raise SourceSpecError("result", "name the parameter the action returns")
+
+    def _bindings(self, given: Mapping[str, Any]) -> dict[str, Any]:
+        now = datetime.now(UTC)
+        return {**{n: p.value(now) for n, p in self.params.items()}, **given}
+
+    async def check(self, params: Mapping[str, Any]) -> str | None:
+        """The reason a request must be refused now, or None."""
+        bindings = self._bindings(params)
+        try:
+            async with self.engine.connect() as conn:
+                for step in self.checks:
+                    verdict = await self._run_step(conn, step, bindings)
+                    if verdict is not None:
+                        return verdict.reason
+        except SQLAlchemyError as exc:
+            raise BackendError(f"{self.backend}: {self.name} check failed: {exc}") from exc
+        return None
+
+    async def run(self, params: Mapping[str, Any]) -> ActionResult:
+        """Every step in one transaction; a rejection rolls back whatever was written."""
+        bindings = self._bindings(params)
+        try:
+            async with self.engine.connect() as conn:
+                transaction = await conn.begin()
+                for step in self.steps:
+                    verdict = await self._run_step(conn, step, bindings)
+                    if verdict is not None:
+                        if verdict.outcome == "rejected":
+                            await transaction.rollback()
+                        else:
+                            await transaction.commit()
+                        return verdict
+                await transaction.commit()
+        except SQLAlchemyError as exc:
+            raise BackendError(f"{self.backend}: {self.name} failed: {exc}") from exc
+        if self.result not in bindings:
+            raise BackendError(f"{self.backend}: {self.name} produced no {self.result!r}")
+        return ActionResult("done", bindings[self.result])
+
+    async def _run_step(
+        self, conn: AsyncConnection, step: _Step, bindings: dict[str, Any]
+    ) -> ActionResult | None:
+        result = await conn.execute(step.statement, bindings)
+        row = result.mappings().first() if result.returns_rows else None
+        if step.finish_if_row and row is not None:
+            return ActionResult("done", row.get(self.result, next(iter(row.values()))))
+        if step.reject_if_empty is not None and row is None:
+            return ActionResult("rejected", None, step.reject_if_empty)
+        if step.bind_row:
+            if row is None:
+                raise BackendError(f"{self.backend}: {self.name}: a step returned no row")
+            bindings.update(row)
+        return None
+
+
+def _step(place: str, spec: Any) -> _Step:
+    if not isinstance(spec, Mapping) or "sql" not in spec or set(spec) - _STEP_KEYS:
+        raise SourceSpecError(
+            place, f"a step is {{sql, and one of {sorted(_STEP_KEYS - {'sql'})}}}"
+        )
+    return _Step(
+        statement=text(str(spec["sql"])),
+        finish_if_row=bool(spec.get("finish_if_row")),
+        reject_if_empty=spec.get("reject_if_empty"),
+        bind_row=bool(spec.get("bind_row")),
+    )
+
+
+def _now_param(place: str, spec: Any) -> _NowParam:
+    if (
+        not isinstance(spec, Mapping)
+        or "now" not in spec
+        or set(spec) - {"now", "zone", "plus_days"}
+    ):
+        raise SourceSpecError(place, "a parameter is {now: strftime format, zone, plus_days}")
+    try:
+        zone = ZoneInfo(str(spec.get("zone", "UTC")))
+    except (ZoneInfoNotFoundError, ValueError):
+        raise SourceSpecError(place, f"unknown time zone {spec.get('zone')!r}") from None
+    return _NowParam(str(spec["now"]), zone, int(spec.get("plus_days", 0)))

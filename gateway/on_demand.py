@@ -1,0 +1,163 @@
+"""Bills on demand: accept a request, keep it in the store, produce the bill in the back end.
+
+POST validates the body against `CustomerBillOnDemand_FVO`, asks the back end's declared
+action whether the request can be served (an unknown billing account is refused at
+once), and stores it `inProgress`. A worker then runs the action. It is leased, so a
+request is never run by two workers at once, and a request whose worker died is
+picked up again when the lease runs out; the action itself is idempotent per request
+(the bundled one records the request id on the bill), so a crash at any point yields
+exactly one bill.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from adapters.base import BackendAction, BackendError
+from gateway.calls import backend_call
+from gateway.errors import ApiError
+from gateway.oas import schema_errors
+from gateway.patch import invalid, parse_body
+from gateway.store import GatewayStore
+from mappings.transforms import Transform
+
+log = structlog.get_logger("gateway.on_demand")
+
+_SET_BY_GATEWAY = ("id", "href", "customerBill")
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSettings:
+    poll_seconds: float = 1.0
+    lease_seconds: float = 30.0
+    max_attempts: int = 5
+    retry_base_seconds: float = 1.0
+    retry_max_seconds: float = 300.0
+    #: Failure drills only: hold the lease this long after the back end committed.
+    pause_after_action_seconds: float = 0.0
+
+
+class OnDemandService:
+    def __init__(
+        self,
+        store: GatewayStore,
+        action: BackendAction,
+        backend: str,
+        timeout: float,
+        bill_id: Transform,
+        settings: WorkerSettings,
+    ) -> None:
+        self.store = store
+        self.action = action
+        self.backend = backend
+        self.timeout = timeout
+        self.bill_id = bill_id  # the customerBill mapping's id transform: key -> TMF id
+        self.settings = settings
+        self.owner = str(uuid.uuid4())
+        self._wake = asyncio.Event()
+
+    async def accept(self, body: bytes) -> str:
+        """Validate and store a request; returns its id. 400 for anything wrong."""
+        request = parse_body(body)
+        if not isinstance(request, dict):
+            raise invalid("Invalid body", "A CustomerBillOnDemand is a JSON object")
+        given = [key for key in _SET_BY_GATEWAY if key in request]
+        if given:
+            raise invalid("Attribute not allowed", f"{', '.join(given)}: set by the gateway")
+        if request.get("state", "inProgress") != "inProgress":
+            raise invalid("Attribute not allowed", "a new request's state is inProgress")
+        # The OAS requires @type; a missing one is taken as the only possible value.
+        request.setdefault("@type", "CustomerBillOnDemand")
+        account = request.get("billingAccount")
+        if isinstance(account, dict):
+            account.setdefault("@type", "BillingAccountRef")
+        errors = schema_errors("CustomerBillOnDemand_FVO", request)
+        if errors:
+            raise invalid("Invalid CustomerBillOnDemand", "; ".join(errors[:5]))
+        if request["@type"] != "CustomerBillOnDemand":
+            raise invalid("Invalid CustomerBillOnDemand", "@type must be CustomerBillOnDemand")
+        async with backend_call(self.backend, self.timeout):
+            refusal = await self.action.check({"account_id": account["id"], "request_id": ""})
+        if refusal is not None:
+            raise ApiError(
+                400,
+                "Billing account not usable",
+                f"billingAccount {account['id']!r}: {refusal}",
+                code="INVALID_BILLING_ACCOUNT",
+            )
+        ident = await self.store.create_on_demand(
+            account_id=account["id"],
+            account_name=account.get("name"),
+            name=request.get("name"),
+            description=request.get("description"),
+            related_party=request.get("relatedParty"),
+        )
+        log.info("on_demand_accepted", request=ident, account=account["id"])
+        self._wake.set()
+        return ident
+
+    async def run_worker(self) -> None:
+        """Work until cancelled: claim, run, record; sleep when there is nothing to do."""
+        while True:
+            try:
+                worked = await self.work_once()
+            except BackendError as exc:
+                log.error("on_demand_store_unavailable", detail=exc.reason)
+                worked = False
+            if not worked:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.settings.poll_seconds)
+
+    async def work_once(self) -> bool:
+        """Run one due request, if any; True when one was run."""
+        claimed = await self.store.claim_on_demand(self.owner, self.settings.lease_seconds)
+        if claimed is None:
+            return False
+        params = {"request_id": claimed.id, "account_id": claimed.account_id}
+        try:
+            async with asyncio.timeout(self.timeout):
+                result = await self.action.run(params)
+        except (BackendError, TimeoutError) as exc:
+            reason = exc.reason if isinstance(exc, BackendError) else "the back end timed out"
+            await self._failed(claimed.id, claimed.attempts, reason)
+            return True
+        if self.settings.pause_after_action_seconds:
+            await asyncio.sleep(self.settings.pause_after_action_seconds)
+        if result.outcome == "rejected":
+            await self.store.finish_on_demand(
+                claimed.id, self.owner, "rejected", description=result.reason
+            )
+            log.info("on_demand_rejected", request=claimed.id, reason=result.reason)
+            return True
+        bill = self.bill_id.to_tmf(result.value)
+        await self.store.finish_on_demand(claimed.id, self.owner, "done", customer_bill_id=bill)
+        log.info("on_demand_done", request=claimed.id, customer_bill=bill)
+        return True
+
+    async def _failed(self, ident: str, attempts: int, reason: str) -> None:
+        log.warning("on_demand_attempt_failed", request=ident, attempt=attempts, detail=reason)
+        if attempts >= self.settings.max_attempts:
+            await self.store.finish_on_demand(
+                ident,
+                self.owner,
+                "terminatedWithError",
+                description=f"The billing back end could not produce the bill ({attempts} tries)",
+            )
+            return
+        delay = min(
+            self.settings.retry_max_seconds, self.settings.retry_base_seconds * 2 ** (attempts - 1)
+        )
+        await self.store.retry_on_demand_later(ident, self.owner, delay * random.uniform(0.5, 1))
+
+
+def worker_settings(options: Mapping[str, Any]) -> WorkerSettings:
+    return WorkerSettings(**{k: v for k, v in options.items() if v is not None})
