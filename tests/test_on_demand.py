@@ -48,6 +48,7 @@ def wait_until_finished(get: Any, url: str, seconds: float = 20) -> dict[str, An
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         body = get(url).json()
+        assert_valid("CustomerBillOnDemand", body)
         if body["state"] != "inProgress":
             return body
         time.sleep(0.05)

@@ -44,11 +44,13 @@ def bill_in(client: TestClient, state: str, skip: int = 0) -> str:
 
 def patch(client: TestClient, bill: str, body: Any, content_type: str, **headers: str):
     data = body if isinstance(body, bytes) else orjson.dumps(body)
-    return client.patch(
+    response = client.patch(
         f"{API}/customerBill/{bill}",
         content=data,
         headers={"Content-Type": content_type, **headers},
     )
+    assert_valid("CustomerBill" if response.status_code == 200 else "Error", response.json())
+    return response
 
 
 @pytest.mark.parametrize(
@@ -264,7 +266,7 @@ async def _concurrently(
     base: str, bill: str, bodies: list[tuple[str, Any]]
 ) -> list[httpx.Response]:
     async with httpx.AsyncClient(timeout=30) as client:
-        return await asyncio.gather(
+        responses = await asyncio.gather(
             *(
                 client.patch(
                     f"{base}/customerBill/{bill}",
@@ -274,6 +276,9 @@ async def _concurrently(
                 for content_type, body in bodies
             )
         )
+    for response in responses:
+        assert_valid("CustomerBill" if response.status_code == 200 else "Error", response.json())
+    return responses
 
 
 def test_concurrent_conditional_patches_exactly_one_wins(live: tuple[str, Path]) -> None:
