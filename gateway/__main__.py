@@ -22,7 +22,7 @@ from mappings.errors import MappingSpecError
 
 
 async def serve(config: GatewayConfig, host: str, port: int) -> int:
-    app = create_app(config)
+    app = create_app(config, event_base_url=f"http://{host}:{port}")
     async with AsyncExitStack() as stack:
         try:
             await open_gateway(config, app.state.api, stack)

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import structlog
 from starlette.applications import Starlette
@@ -23,8 +24,12 @@ from starlette.routing import Match, Route
 
 from adapters.base import Adapter, BackendError, SourceSpecError
 from adapters.registry import build_adapter
+from gateway.callbacks import CallbackPolicy
 from gateway.config import ConfigError, GatewayConfig
+from gateway.delivery import DeliveryWorker
+from gateway.detector import ChangeDetector
 from gateway.errors import ApiError, error_response
+from gateway.events import DeliverySettings, EventPublisher, HubService
 from gateway.lifecycle import Lifecycle
 from gateway.logs import RequestLogMiddleware
 from gateway.oas import attribute_types
@@ -73,8 +78,15 @@ async def open_gateway(config: GatewayConfig, api: Api, stack: AsyncExitStack) -
             backend.timeout,
             config.scan_batch_size,
         )
+    store = publisher = None
+    if config.on_demand is not None or config.events is not None:
+        store = await _open_store(config, stack)
+    if config.events is not None:
+        assert store is not None
+        publisher = await _open_events(config, api, store, stack)
     if config.on_demand is not None:
-        await _open_on_demand(config, api, adapters, stack)
+        assert store is not None
+        await _open_on_demand(config, api, adapters, store, publisher, stack)
     for collection in RESOURCE_TYPES:
         api.readers.setdefault(collection, EmptyReader())
     bills = api.readers.get(CUSTOMER_BILL.collection)
@@ -85,7 +97,64 @@ async def open_gateway(config: GatewayConfig, api: Api, stack: AsyncExitStack) -
             mvo_schema="CustomerBill_MVO",
             lifecycle=Lifecycle(config.bill_transitions),
             references={"billCycle.id": cycles} if isinstance(cycles, ResourceReader) else {},
+            publisher=publisher,
         )
+
+
+def _run_in_background(stack: AsyncExitStack, work: Coroutine[Any, Any, None], name: str) -> None:
+    """Start a long-running task now; the stack cancels it on the way out."""
+    task = asyncio.create_task(work, name=name)
+
+    async def stop() -> None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    stack.push_async_callback(stop)
+
+
+async def _open_store(config: GatewayConfig, stack: AsyncExitStack) -> GatewayStore:
+    store = GatewayStore(config.store_url)
+    try:
+        await store.open()
+    except BackendError as exc:
+        raise StartupError(f"gateway store: {exc.reason}") from exc
+    stack.push_async_callback(store.close)
+    return store
+
+
+async def _open_events(
+    config: GatewayConfig, api: Api, store: GatewayStore, stack: AsyncExitStack
+) -> EventPublisher:
+    events = config.events
+    assert events is not None
+    settings = DeliverySettings(**events.delivery)
+    policy = CallbackPolicy(events.allow_callback_networks)
+    publisher = EventPublisher(store, settings, api.event_base_url)
+    worker = DeliveryWorker(store, settings, policy)
+    publisher.wake = worker.wake
+    stack.push_async_callback(worker.close)
+    _run_in_background(stack, worker.run(), "event-delivery")
+    api.hubs = HubService(store, policy)
+    for collection, (attribute, interval) in events.change_detection.items():
+        reader = api.readers.get(collection)
+        ref = reader.mapping.fields.get(attribute) if isinstance(reader, ResourceReader) else None
+        if ref is None or not ref.transform.ordered or not reader.source.can_sort(ref.column):
+            raise StartupError(
+                f"{config.source}: events.change_detection.{collection}: {attribute!r} must be"
+                " read from a back-end column that sorts like the instants it holds"
+            )
+        detector = ChangeDetector(
+            collection=collection,
+            event_prefix=reader.mapping.resource,
+            reader=reader,
+            store=store,
+            publisher=publisher,
+            attribute=attribute,
+            interval=interval,
+        )
+        _run_in_background(stack, detector.run(), f"detector-{collection}")
+    return publisher
 
 
 async def _reader(
@@ -122,20 +191,19 @@ async def _reader(
 
 
 async def _open_on_demand(
-    config: GatewayConfig, api: Api, adapters: dict[str, Adapter], stack: AsyncExitStack
+    config: GatewayConfig,
+    api: Api,
+    adapters: dict[str, Adapter],
+    store: GatewayStore,
+    publisher: EventPublisher | None,
+    stack: AsyncExitStack,
 ) -> None:
     settings = config.on_demand
     assert settings is not None
     bills = api.readers.get(CUSTOMER_BILL.collection)
     if not isinstance(bills, ResourceReader) or "id" not in bills.mapping.fields:
         raise StartupError("on_demand needs customerBill served by a back end (bills it makes)")
-    store = GatewayStore(config.store_url)
-    try:
-        await store.open()
-    except BackendError as exc:
-        raise StartupError(f"gateway store: {exc.reason}") from exc
-    stack.push_async_callback(store.close)
-    api.readers[CUSTOMER_BILL_ON_DEMAND.collection] = await _reader(
+    requests = await _reader(
         CUSTOMER_BILL_ON_DEMAND.collection,
         settings.mapping,
         store.adapter,
@@ -143,6 +211,7 @@ async def _open_on_demand(
         10.0,
         config.scan_batch_size,
     )
+    api.readers[CUSTOMER_BILL_ON_DEMAND.collection] = requests
     backend = config.backends[settings.backend]
     file = str(settings.action)
     try:
@@ -152,9 +221,8 @@ async def _open_on_demand(
         try:
             action = adapters[settings.backend].action(spec)
         except SourceSpecError as exc:
-            raise MappingSpecError(
-                file, exc.place, spec.line_of(exc.place.split(".")[0].split("[")[0]), exc.reason
-            ) from None
+            key = exc.place.split(".")[0].split("[")[0]
+            raise MappingSpecError(file, exc.place, spec.line_of(key), exc.reason) from None
     except MappingSpecError as exc:
         raise StartupError(str(exc)) from exc
     service = OnDemandService(
@@ -162,18 +230,13 @@ async def _open_on_demand(
         action=action,
         backend=backend.name,
         timeout=backend.timeout,
-        bill_id=bills.mapping.fields["id"].transform,
+        bills=bills,
+        requests=requests.mapping,
         settings=worker_settings(settings.worker),
+        publisher=publisher,
     )
     api.on_demand = service
-    worker = asyncio.create_task(service.run_worker(), name="on-demand-worker")
-
-    async def stop_worker() -> None:
-        worker.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await worker
-
-    stack.push_async_callback(stop_worker)
+    _run_in_background(stack, service.run_worker(), "on-demand-worker")
 
 
 async def _api_error(request: Request, exc: Exception) -> Response:
@@ -208,11 +271,13 @@ def _allowed_methods(request: Request) -> list[str]:
     return sorted(methods)
 
 
-def create_app(config: GatewayConfig) -> Starlette:
+def create_app(config: GatewayConfig, *, event_base_url: str | None = None) -> Starlette:
+    """The application; `event_base_url` is where it is reached (for hrefs in events)."""
     api = Api(
         default_limit=config.default_limit,
         max_limit=config.max_limit,
         public_base_url=config.public_base_url,
+        **({"event_base_url": event_base_url} if event_base_url else {}),
     )
 
     @asynccontextmanager

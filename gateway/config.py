@@ -6,6 +6,7 @@ Strings may use `${NAME}` or `${NAME:-default}` to take a value from the environ
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -50,6 +51,14 @@ class OnDemandConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class EventsConfig:
+    delivery: dict[str, Any]
+    allow_callback_networks: tuple[str, ...]
+    #: collection -> (last-change attribute, poll interval in seconds)
+    change_detection: dict[str, tuple[str, float]]
+
+
+@dataclass(frozen=True, slots=True)
 class GatewayConfig:
     backends: dict[str, BackendConfig]
     resources: dict[str, ResourceBinding]
@@ -62,6 +71,7 @@ class GatewayConfig:
     )
     store_url: str = "sqlite+aiosqlite:///var/gateway_store.sqlite"
     on_demand: OnDemandConfig | None = None
+    events: EventsConfig | None = None
     source: str = "<built-in>"
 
 
@@ -75,7 +85,7 @@ def load_config(path: str | Path = DEFAULT_CONFIG) -> GatewayConfig:
     def fail(place: str, node: SpecMap, key: str, reason: str) -> ConfigError:
         return ConfigError(file, place, node.line_of(key), reason)
 
-    known = {"api", "paging", "backends", "resources", "lifecycle", "store", "on_demand"}
+    known = {"api", "paging", "backends", "resources", "lifecycle", "store", "on_demand", "events"}
     for key in data:
         if key not in known:
             raise fail(key, data, key, f"unknown key (known: {', '.join(sorted(known))})")
@@ -133,6 +143,10 @@ def load_config(path: str | Path = DEFAULT_CONFIG) -> GatewayConfig:
     if section is not None:
         on_demand = _on_demand(section, data, backends, path.parent, file)
 
+    events = None
+    if data.get("events") is not None:
+        events = _events(_section(data, "events", file), resources, file)
+
     return GatewayConfig(
         backends=backends,
         resources=resources,
@@ -143,6 +157,7 @@ def load_config(path: str | Path = DEFAULT_CONFIG) -> GatewayConfig:
         bill_transitions=transitions,
         store_url=store_url,
         on_demand=on_demand,
+        events=events,
         source=file,
     )
 
@@ -182,6 +197,53 @@ def _on_demand(
         mapping=root / str(_expand(section["mapping"])),
         worker=dict(worker),
     )
+
+
+_DELIVERY_OPTIONS = {
+    "timeout_seconds": (int, float),
+    "max_attempts": (int,),
+    "max_age_seconds": (int, float),
+    "retry_base_seconds": (int, float),
+    "retry_max_seconds": (int, float),
+    "concurrency": (int,),
+    "poll_seconds": (int, float),
+    "post_to": (str,),
+}
+
+
+def _events(section: SpecMap, resources: dict[str, ResourceBinding], file: str) -> EventsConfig:
+    for key in section:
+        if key not in ("delivery", "allow_callback_networks", "change_detection"):
+            raise ConfigError(file, f"events.{key}", section.line_of(key), "unknown key")
+    delivery = section.get("delivery") or SpecMap()
+    for key, value in delivery.items():
+        place = f"events.delivery.{key}"
+        kinds = _DELIVERY_OPTIONS.get(key)
+        if kinds is None:
+            raise ConfigError(file, place, delivery.line_of(key), "unknown option")
+        if not isinstance(value, kinds) or isinstance(value, bool):
+            raise ConfigError(file, place, delivery.line_of(key), "wrong type")
+        if key == "post_to" and value not in ("listener", "callback"):
+            raise ConfigError(file, place, delivery.line_of(key), "listener or callback")
+    networks = section.get("allow_callback_networks") or []
+    for network in networks:
+        try:
+            ipaddress.ip_network(str(network), strict=False)
+        except ValueError:
+            line = section.line_of("allow_callback_networks")
+            raise ConfigError(
+                file, "events.allow_callback_networks", line, f"not a network: {network!r}"
+            ) from None
+    detection = {}
+    for collection, spec in (section.get("change_detection") or SpecMap()).items():
+        place = f"events.change_detection.{collection}"
+        line = section.line_of("change_detection")
+        if collection not in resources:
+            raise ConfigError(file, place, line, "not a resource served from a back end")
+        if not isinstance(spec, SpecMap) or "attribute" not in spec:
+            raise ConfigError(file, place, line, "expected {attribute, interval_seconds}")
+        detection[collection] = (str(spec["attribute"]), float(spec.get("interval_seconds", 5)))
+    return EventsConfig(dict(delivery), tuple(str(n) for n in networks), detection)
 
 
 def _transitions(table: Any, parent: SpecMap, file: str) -> dict[str, tuple[str, ...]]:

@@ -118,7 +118,9 @@ def attribute_types(schema_name: str, max_depth: int = 4) -> AttributeTypes:
         props = dict(schema.get("properties", {}))
         for part in (*schema.get("allOf", ()), *schema.get("oneOf", ())):
             for key, value in properties(part, seen).items():
-                props.setdefault(key, value)
+                # A subtype's `$ref` refines a base's bare `type: object` (Event.event).
+                if key not in props or ("$ref" in value and "$ref" not in props[key]):
+                    props[key] = value
         return props
 
     def kind(schema: Mapping[str, Any]) -> tuple[str, Mapping[str, Any] | None]:

@@ -24,10 +24,12 @@ import structlog
 from adapters.base import BackendAction, BackendError
 from gateway.calls import backend_call
 from gateway.errors import ApiError
+from gateway.events import EventPublisher, build_event
 from gateway.oas import schema_errors
 from gateway.patch import invalid, parse_body
+from gateway.reads import ResourceReader
 from gateway.store import GatewayStore
-from mappings.transforms import Transform
+from mappings.compiler import CompiledMapping
 
 log = structlog.get_logger("gateway.on_demand")
 
@@ -52,15 +54,20 @@ class OnDemandService:
         action: BackendAction,
         backend: str,
         timeout: float,
-        bill_id: Transform,
+        bills: ResourceReader,
+        requests: CompiledMapping,
         settings: WorkerSettings,
+        publisher: EventPublisher | None = None,
     ) -> None:
         self.store = store
         self.action = action
         self.backend = backend
         self.timeout = timeout
-        self.bill_id = bill_id  # the customerBill mapping's id transform: key -> TMF id
+        self.bills = bills  # where the produced bills are read, for their events
+        self.bill_id = bills.mapping.fields["id"].transform  # back-end key -> TMF id
+        self.requests = requests  # the on-demand mapping, for events about requests
         self.settings = settings
+        self.publisher = publisher
         self.owner = str(uuid.uuid4())
         self._wake = asyncio.Event()
 
@@ -93,13 +100,16 @@ class OnDemandService:
                 f"billingAccount {account['id']!r}: {refusal}",
                 code="INVALID_BILLING_ACCOUNT",
             )
-        ident = await self.store.create_on_demand(
-            account_id=account["id"],
-            account_name=account.get("name"),
-            name=request.get("name"),
-            description=request.get("description"),
-            related_party=request.get("relatedParty"),
-        )
+        async with self.store.transaction() as conn:
+            ident = await self.store.create_on_demand(
+                conn,
+                account_id=account["id"],
+                account_name=account.get("name"),
+                name=request.get("name"),
+                description=request.get("description"),
+                related_party=request.get("relatedParty"),
+            )
+            await self._publish(conn, ident, "CustomerBillOnDemandCreateEvent")
         log.info("on_demand_accepted", request=ident, account=account["id"])
         self._wake.set()
         return ident
@@ -133,22 +143,58 @@ class OnDemandService:
         if self.settings.pause_after_action_seconds:
             await asyncio.sleep(self.settings.pause_after_action_seconds)
         if result.outcome == "rejected":
-            await self.store.finish_on_demand(
-                claimed.id, self.owner, "rejected", description=result.reason
-            )
+            await self._finish(claimed.id, "rejected", description=result.reason)
             log.info("on_demand_rejected", request=claimed.id, reason=result.reason)
             return True
-        bill = self.bill_id.to_tmf(result.value)
-        await self.store.finish_on_demand(claimed.id, self.owner, "done", customer_bill_id=bill)
-        log.info("on_demand_done", request=claimed.id, customer_bill=bill)
+        bill_id = self.bill_id.to_tmf(result.value)
+        bill = None
+        if self.publisher is not None:
+            bill = await self.bills.get(bill_id, self.publisher.base_url)
+        await self._finish(claimed.id, "done", customer_bill_id=bill_id, bill=bill)
+        log.info("on_demand_done", request=claimed.id, customer_bill=bill_id)
         return True
+
+    async def _finish(
+        self,
+        ident: str,
+        state: str,
+        *,
+        customer_bill_id: str | None = None,
+        description: str | None = None,
+        bill: dict[str, Any] | None = None,
+    ) -> None:
+        """The outcome, its events and (for a new bill) its first sighting: one transaction."""
+        async with self.store.transaction() as conn:
+            finished = await self.store.finish_on_demand(
+                conn,
+                ident,
+                self.owner,
+                state,
+                customer_bill_id=customer_bill_id,
+                description=description,
+            )
+            if not finished:
+                return  # our lease ran out and another worker owns the request now
+            await self._publish(conn, ident, "CustomerBillOnDemandStateChangeEvent")
+            if bill is not None and self.publisher is not None:
+                seen = await self.publisher.observe(conn, "customerBill", bill["id"], bill["state"])
+                if seen == "CreateEvent":
+                    await self.publisher.publish(
+                        conn, [build_event("CustomerBillCreateEvent", bill)]
+                    )
+
+    async def _publish(self, conn: Any, ident: str, event_type: str) -> None:
+        if self.publisher is None:
+            return
+        row = await self.store.on_demand_row(conn, ident)
+        resource = self.requests.to_tmf(row, self.publisher.base_url)
+        await self.publisher.publish(conn, [build_event(event_type, resource)])
 
     async def _failed(self, ident: str, attempts: int, reason: str) -> None:
         log.warning("on_demand_attempt_failed", request=ident, attempt=attempts, detail=reason)
         if attempts >= self.settings.max_attempts:
-            await self.store.finish_on_demand(
+            await self._finish(
                 ident,
-                self.owner,
                 "terminatedWithError",
                 description=f"The billing back end could not produce the bill ({attempts} tries)",
             )

@@ -1,13 +1,12 @@
 """HTTP routes of the TMF678 API: one list and one read route per resource type.
 
 A route parses the TMF630 query, asks the resource's reader, projects `fields`, and
-serialises. Operations the OAS defines but this gateway does not offer yet answer 501,
-and methods the OAS does not define on a path answer 405, both as TMF `Error`s.
+serialises. Methods the OAS does not define on a path answer 405, as a TMF `Error`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -16,6 +15,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway.errors import ApiError, not_found
+from gateway.events import HubService
 from gateway.fields import compile_fields, project
 from gateway.oas import attribute_types
 from gateway.on_demand import OnDemandService
@@ -41,13 +41,23 @@ class JSONResponse(Response):
 class Api:
     """What the routes need at request time; the readers are filled in at start-up."""
 
-    def __init__(self, *, default_limit: int, max_limit: int, public_base_url: str | None) -> None:
+    def __init__(
+        self,
+        *,
+        default_limit: int,
+        max_limit: int,
+        public_base_url: str | None,
+        event_base_url: str = "http://localhost:8678",
+    ) -> None:
         self.default_limit = default_limit
         self.max_limit = max_limit
         self.public_base_url = public_base_url
+        #: Events leave outside any request: their hrefs use this API root.
+        self.event_base_url = (public_base_url or event_base_url.rstrip("/")) + API_PREFIX
         self.readers: dict[str, Reader] = {}
         self.patchers: dict[str, ResourcePatcher] = {}
         self.on_demand: OnDemandService | None = None
+        self.hubs: HubService | None = None
 
     def base_url(self, request: Request) -> str:
         """The absolute API root for `href`s: the configured public URL, or the request's."""
@@ -141,22 +151,26 @@ def _create_on_demand_route(api: Api) -> Callable[[Request], Any]:
     return create_customer_bill_on_demand
 
 
-def _not_implemented(operation: str) -> Callable[[Request], Any]:
-    async def endpoint(request: Request) -> Response:
-        raise ApiError(
-            501,
-            "Not implemented",
-            f"{operation} is part of TMF678 but not offered by this gateway yet",
-        )
+def _hub_routes(api: Api) -> list[Route]:
+    def hubs() -> HubService:
+        if api.hubs is None:
+            raise ApiError(501, "Not implemented", "Event notifications are not configured")
+        return api.hubs
 
-    return endpoint
+    async def register_listener(request: Request) -> Response:
+        hub = await hubs().register(await request.body())
+        location = f"{api.base_url(request)}/hub/{hub['id']}"
+        body = {**hub, "href": location}
+        return JSONResponse(body, status_code=201, headers={"Location": location})
 
+    async def unregister_listener(request: Request) -> Response:
+        await hubs().unregister(request.path_params["id"])
+        return Response(status_code=204)
 
-# Operations of the OAS that later work brings (writes, hub); until then: 501, not 405.
-_PENDING: Mapping[tuple[str, str], str] = {
-    ("/hub", "POST"): "registerListener",
-    ("/hub/{id}", "DELETE"): "unregisterListener",
-}
+    return [
+        Route(f"{API_PREFIX}/hub", register_listener, methods=["POST"]),
+        Route(f"{API_PREFIX}/hub/{{id}}", unregister_listener, methods=["DELETE"]),
+    ]
 
 
 def api_routes(api: Api) -> list[Route]:
@@ -169,6 +183,5 @@ def api_routes(api: Api) -> list[Route]:
     routes.append(Route(bills, _patch_route(api, CUSTOMER_BILL), methods=["PATCH"]))
     requests = f"{API_PREFIX}/{CUSTOMER_BILL_ON_DEMAND.collection}"
     routes.append(Route(requests, _create_on_demand_route(api), methods=["POST"]))
-    for (path, method), operation in _PENDING.items():
-        routes.append(Route(f"{API_PREFIX}{path}", _not_implemented(operation), methods=[method]))
+    routes.extend(_hub_routes(api))
     return routes

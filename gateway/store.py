@@ -10,7 +10,8 @@ workers never run the same request at once, and a crashed worker's claim runs ou
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,11 +23,13 @@ from sqlalchemy import (
     Column,
     Connection,
     Float,
+    Index,
     Integer,
     MetaData,
     String,
     Table,
     Text,
+    delete,
     insert,
     or_,
     select,
@@ -34,6 +37,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from adapters.base import BackendError
 from adapters.sql import SqlAdapter
@@ -70,12 +74,62 @@ bill_on_demand = Table(
 )
 
 
+hub = Table(
+    "hub",
+    metadata,
+    Column("seq", Integer, primary_key=True),
+    Column("id", String(36), nullable=False, unique=True),
+    Column("callback", Text, nullable=False),
+    Column("query", Text),
+    Column("created_at", String(20), nullable=False),
+)
+
+# The transactional outbox: one row per (event, subscriber), written in the same store
+# transaction as the change it reports, delivered at least once by the delivery worker.
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("seq", Integer, primary_key=True),
+    Column("event_id", String(36), nullable=False),
+    Column("hub_id", String(36), nullable=False, index=True),
+    Column("url", Text, nullable=False),
+    Column("event_type", String(60), nullable=False),
+    Column("payload", Text, nullable=False),
+    Column("state", String(12), nullable=False),  # pending, delivered, dead
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("due_at", Float, nullable=False),  # epoch seconds: next attempt, or lease end
+    Column("created_at", Float, nullable=False),
+    Column("last_error", Text),
+    Index("ix_outbox_due", "state", "due_at"),
+)
+
+# What the change detector last saw of each back-end resource, and how far it has read.
+seen_state = Table(
+    "seen_state",
+    metadata,
+    Column("resource", String(40), primary_key=True),
+    Column("key", String(64), primary_key=True),
+    Column("state", String(40)),
+)
+watermark = Table(
+    "watermark",
+    metadata,
+    Column("name", String(60), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+
 def _migration_1(conn: Connection) -> None:
     bill_on_demand.create(conn)
 
 
+def _migration_2(conn: Connection) -> None:
+    for table in (hub, outbox, seen_state, watermark):
+        table.create(conn)
+
+
 #: Append only: each entry runs once, in order, in its own transaction.
-MIGRATIONS: list[Callable[[Connection], None]] = [_migration_1]
+MIGRATIONS: list[Callable[[Connection], None]] = [_migration_1, _migration_2]
 
 
 def now_text() -> str:
@@ -99,6 +153,9 @@ class GatewayStore:
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
         await self.adapter.open()
         async with self.adapter.engine.begin() as conn:
+            if url.drivername.startswith("sqlite"):
+                # Readers never block the writer, and other gateway processes may share it.
+                await conn.exec_driver_sql("PRAGMA journal_mode=WAL")
             await conn.run_sync(_migrate)
 
     async def close(self) -> None:
@@ -106,6 +163,7 @@ class GatewayStore:
 
     async def create_on_demand(
         self,
+        conn: AsyncConnection,
         *,
         account_id: str,
         account_name: str | None,
@@ -127,7 +185,7 @@ class GatewayStore:
             "updated_at": stamp,
             "attempts": 0,
         }
-        await self._execute(insert(bill_on_demand).values(row))
+        await conn.execute(insert(bill_on_demand).values(row))
         return ident
 
     async def claim_on_demand(self, owner: str, lease_seconds: float) -> OnDemandRequest | None:
@@ -169,6 +227,7 @@ class GatewayStore:
 
     async def finish_on_demand(
         self,
+        conn: AsyncConnection,
         ident: str,
         owner: str,
         state: str,
@@ -182,7 +241,7 @@ class GatewayStore:
             values["customer_bill_id"] = customer_bill_id
         if description is not None:
             values["description"] = description
-        result = await self._execute(
+        result = await conn.execute(
             update(bill_on_demand)
             .where(
                 (bill_on_demand.c.id == ident)
@@ -193,6 +252,10 @@ class GatewayStore:
         )
         return result.rowcount == 1
 
+    async def on_demand_row(self, conn: AsyncConnection, ident: str) -> dict[str, Any]:
+        row = await conn.execute(select(bill_on_demand).where(bill_on_demand.c.id == ident))
+        return dict(row.mappings().one())
+
     async def retry_on_demand_later(self, ident: str, owner: str, delay: float) -> None:
         """Give the request back, not to be claimed before `delay` seconds from now."""
         await self._execute(
@@ -200,6 +263,82 @@ class GatewayStore:
             .where((bill_on_demand.c.id == ident) & (bill_on_demand.c.lease_owner == owner))
             .values(lease_until=time() + delay, updated_at=now_text())
         )
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncConnection]:
+        """One store transaction: committed when the block ends, rolled back if it raises."""
+        try:
+            async with self.adapter.engine.begin() as conn:
+                yield conn
+        except SQLAlchemyError as exc:
+            raise BackendError(f"gateway store: {exc}", status=503) from exc
+
+    # The outbox, for the delivery worker.
+
+    async def hubs_with_due_events(self) -> list[str]:
+        due = (outbox.c.state == "pending") & (outbox.c.due_at <= time())
+        async with self.transaction() as conn:
+            rows = await conn.execute(select(outbox.c.hub_id).where(due).distinct())
+            return [r[0] for r in rows]
+
+    async def claim_events(self, hub_id: str, lease: float, limit: int) -> list[dict[str, Any]]:
+        """Due events of one hub, oldest first, leased so no other worker sends them now."""
+        now = time()
+        due = (outbox.c.hub_id == hub_id) & (outbox.c.state == "pending") & (outbox.c.due_at <= now)
+        async with self.transaction() as conn:
+            seqs = select(outbox.c.seq).where(due).order_by(outbox.c.seq).limit(limit)
+            rows = await conn.execute(
+                update(outbox)
+                .where(outbox.c.seq.in_(seqs.scalar_subquery()) & (outbox.c.due_at <= now))
+                .values(due_at=now + lease)
+                .returning(outbox)
+            )
+            return sorted((dict(r) for r in rows.mappings()), key=lambda r: r["seq"])
+
+    async def settle_events(
+        self, delivered: list[int], retry: list[tuple[int, float, str]], dead: list[tuple[int, str]]
+    ) -> None:
+        """Record delivery outcomes: sent, to try again at a time, or given up."""
+        async with self.transaction() as conn:
+            if delivered:
+                await conn.execute(
+                    update(outbox)
+                    .where(outbox.c.seq.in_(delivered))
+                    .values(state="delivered", attempts=outbox.c.attempts + 1, last_error=None)
+                )
+            for seq, due_at, error in retry:
+                await conn.execute(
+                    update(outbox)
+                    .where(outbox.c.seq == seq)
+                    .values(due_at=due_at, attempts=outbox.c.attempts + 1, last_error=error)
+                )
+            for seq, error in dead:
+                await conn.execute(
+                    update(outbox)
+                    .where(outbox.c.seq == seq)
+                    .values(state="dead", attempts=outbox.c.attempts + 1, last_error=error)
+                )
+
+    async def postpone_events(self, seqs: list[int], due_at: float) -> None:
+        """Move events behind a failed one (not an attempt of their own)."""
+        async with self.transaction() as conn:
+            await conn.execute(update(outbox).where(outbox.c.seq.in_(seqs)).values(due_at=due_at))
+
+    async def purge_delivered(self, older_than: float) -> None:
+        async with self.transaction() as conn:
+            await conn.execute(
+                delete(outbox).where(
+                    (outbox.c.state == "delivered") & (outbox.c.created_at < older_than)
+                )
+            )
+
+    # The change detector's position.
+
+    async def get_watermark(self, name: str) -> str | None:
+        async with self.transaction() as conn:
+            row = await conn.execute(select(watermark.c.value).where(watermark.c.name == name))
+            found = row.first()
+            return found[0] if found else None
 
     async def _execute(self, statement: Any) -> Any:
         try:
@@ -217,3 +356,12 @@ def _migrate(conn: Connection) -> None:
             continue
         migration(conn)
         conn.execute(insert(schema_version).values(version=number, applied_at=now_text()))
+
+
+async def set_watermark(conn: AsyncConnection, name: str, value: str) -> None:
+    """Move a named position, inside the caller's transaction."""
+    moved = await conn.execute(
+        update(watermark).where(watermark.c.name == name).values(value=value)
+    )
+    if not moved.rowcount:
+        await conn.execute(insert(watermark).values(name=name, value=value))

@@ -18,6 +18,7 @@ import orjson
 
 from gateway.calls import backend_call
 from gateway.errors import ApiError, not_found
+from gateway.events import EventPublisher, build_event
 from gateway.lifecycle import Lifecycle
 from gateway.oas import load_spec, schema_errors
 from gateway.patch import apply_patch, invalid
@@ -66,6 +67,7 @@ class ResourcePatcher:
     lifecycle: Lifecycle | None = None
     #: Writable references that must resolve, e.g. `billCycle.id` -> the billCycle reader.
     references: dict[str, Reader] = field(default_factory=dict)
+    publisher: EventPublisher | None = None
 
     async def patch(
         self, ident: str, body: bytes, content_type: str | None, if_match: str | None, base: str
@@ -105,10 +107,29 @@ class ResourcePatcher:
             raise ApiError(
                 409, "Concurrent update", "The resource kept changing; try again", code="CONFLICT"
             )
-        fresh = await self.reader.get(ident, base)
-        if fresh is None:
+        async with backend_call(self.reader.backend, self.reader.timeout):
+            record = await source.one(by_id)
+        if record is None:
             raise not_found(mapping.collection, ident)
+        fresh = mapping.to_tmf(record, base)
+        if self.publisher is not None and fresh.get("state") != current.get("state"):
+            await self._state_changed(mapping.to_tmf(record, self.publisher.base_url))
         return fresh, etag(fresh, base)
+
+    async def _state_changed(self, resource: Resource) -> None:
+        """Report the new state, unless the change detector already has (it shares the log)."""
+        assert self.publisher is not None
+        async with self.publisher.store.transaction() as conn:
+            kind = await self.publisher.observe(
+                conn,
+                self.reader.mapping.collection,
+                resource["id"],
+                resource["state"],
+                existed=True,
+            )
+            if kind is not None:
+                event_type = f"{self.reader.mapping.resource}{kind}"
+                await self.publisher.publish(conn, [build_event(event_type, resource)])
 
     async def _changes(
         self, current: Resource, updated: Resource, base: str

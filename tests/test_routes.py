@@ -168,10 +168,18 @@ def test_allow_header_lists_every_method_of_the_path(client: TestClient) -> None
 
 @pytest.mark.parametrize(
     ("method", "path"),
-    [("POST", "/hub"), ("DELETE", "/hub/1")],
+    [("POST", "/hub"), ("DELETE", "/hub/1"), ("POST", "/customerBillOnDemand")],
 )
-def test_operations_not_offered_yet_are_501(client: TestClient, method: str, path: str) -> None:
-    response = client.request(method, f"{API}{path}", json={})
+def test_operations_without_configured_support_are_501(
+    demo_db: Path, method: str, path: str
+) -> None:
+    from gateway.app import create_app
+    from tests.conftest import gateway_config
+
+    config = gateway_config(demo_db, on_demand=None, events=None)
+    with TestClient(create_app(config)) as bare:
+        response = bare.request(method, f"{API}{path}", json={"callback": "http://x"})
+        assert bare.get(f"{API}/customerBillOnDemand").json() == []
     assert response.status_code == 501
     assert_valid("Error", response.json())
 

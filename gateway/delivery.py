@@ -1,0 +1,164 @@
+"""Delivery of queued events to subscribers: at least once, each hub on its own.
+
+Each hub with due events gets its own task, which sends that hub's events in order
+with a timeout; a slow or dead subscriber therefore only ever delays itself. Failures
+are retried with exponential backoff and jitter; after `max_attempts` or `max_age_seconds`
+an event is dead-lettered (kept with its last error). Claims are leases in the store, so
+events a killed gateway was sending are sent again after the lease: receivers
+de-duplicate by `eventId`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import uuid
+from time import time
+from typing import Any
+
+import httpx
+import structlog
+
+from adapters.base import BackendError
+from gateway.callbacks import CallbackPolicy, CallbackRefused
+from gateway.events import DeliverySettings
+from gateway.store import GatewayStore
+
+log = structlog.get_logger("gateway.delivery")
+
+# Events claimed at once per hub. The claim's lease covers sending all of them, so it
+# bounds how long events a killed gateway had claimed wait: (batch + 1) x timeout.
+_BATCH = 10
+
+
+class DeliveryWorker:
+    def __init__(
+        self, store: GatewayStore, settings: DeliverySettings, policy: CallbackPolicy
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.policy = policy
+        self.owner = str(uuid.uuid4())
+        self._wake = asyncio.Event()
+        self._running: dict[str, asyncio.Task[None]] = {}
+        self._slots = asyncio.Semaphore(settings.concurrency)
+        self._client = httpx.AsyncClient(
+            timeout=httpx.Timeout(settings.timeout_seconds),
+            limits=httpx.Limits(max_connections=settings.concurrency * 2),
+            follow_redirects=False,  # a redirect could lead past the callback check
+        )
+        self._checked: dict[str, float] = {}
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def close(self) -> None:
+        for task in self._running.values():
+            task.cancel()
+        for task in list(self._running.values()):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self._client.aclose()
+
+    async def run(self) -> None:
+        """Start a sender for each hub with due events; forever, until cancelled."""
+        last_purge = 0.0
+        while True:
+            try:
+                for hub_id in await self.store.hubs_with_due_events():
+                    if hub_id not in self._running:
+                        task = asyncio.create_task(self._send_hub(hub_id))
+                        self._running[hub_id] = task
+                        task.add_done_callback(lambda _, h=hub_id: self._running.pop(h, None))
+                if time() - last_purge > 3600:
+                    await self.store.purge_delivered(time() - 86400)
+                    last_purge = time()
+            except BackendError as exc:
+                log.error("delivery_store_unavailable", detail=exc.reason)
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.settings.poll_seconds)
+
+    async def _send_hub(self, hub_id: str) -> None:
+        try:
+            await self._send_due(hub_id)
+        except Exception:  # never lose the sender silently; the lease brings the events back
+            log.exception("delivery_failed", hub=hub_id)
+
+    async def _send_due(self, hub_id: str) -> None:
+        lease = self.settings.timeout_seconds * (_BATCH + 1)
+        async with self._slots:
+            while True:
+                try:
+                    events = await self.store.claim_events(hub_id, lease, _BATCH)
+                except BackendError as exc:
+                    log.error("delivery_store_unavailable", detail=exc.reason)
+                    return
+                if not events:
+                    return
+                delivered: list[int] = []
+                retry: list[tuple[int, float, str]] = []
+                dead: list[tuple[int, str]] = []
+                held: list[int] = []
+                retry_at = 0.0
+                for index, event in enumerate(events):
+                    outcome = await self._post(event)
+                    if outcome is None:
+                        delivered.append(event["seq"])
+                        continue
+                    error, final = outcome
+                    attempts = event["attempts"] + 1
+                    too_old = time() - event["created_at"] > self.settings.max_age_seconds
+                    if final or too_old or attempts >= self.settings.max_attempts:
+                        dead.append((event["seq"], error))
+                        log.warning(
+                            "event_dead_lettered",
+                            hub=hub_id,
+                            event_id=event["event_id"],
+                            attempts=attempts,
+                            error=error,
+                        )
+                        continue
+                    retry_at = time() + self._backoff(attempts)
+                    retry.append((event["seq"], retry_at, error))
+                    # Keep the hub's order: what follows waits behind the failed event.
+                    held = [later["seq"] for later in events[index + 1 :]]
+                    break
+                try:
+                    await self.store.settle_events(delivered, retry, dead)
+                    if held:
+                        await self.store.postpone_events(held, retry_at)
+                except BackendError as exc:
+                    log.error("delivery_store_unavailable", detail=exc.reason)
+                    return
+                if retry:
+                    return
+
+    def _backoff(self, attempts: int) -> float:
+        delay = self.settings.retry_base_seconds * 2 ** (attempts - 1)
+        return min(self.settings.retry_max_seconds, delay) * random.uniform(0.5, 1.0)
+
+    async def _post(self, event: dict[str, Any]) -> tuple[str, bool] | None:
+        """None when delivered; else (error, final) where final means never retry."""
+        url = event["url"]
+        host_key = url.split("/", 3)[2] if "://" in url else url
+        if time() - self._checked.get(host_key, 0) > 60:
+            try:
+                await self.policy.check(url)
+            except CallbackRefused as exc:
+                return exc.reason, True
+            self._checked[host_key] = time()
+        try:
+            response = await self._client.post(
+                url,
+                content=event["payload"],
+                headers={"Content-Type": "application/json", "X-Event-Id": event["event_id"]},
+            )
+        except httpx.TimeoutException:
+            return f"no answer within {self.settings.timeout_seconds:g} s", False
+        except httpx.HTTPError as exc:
+            return f"{type(exc).__name__}: {exc}", False
+        if 200 <= response.status_code < 300:
+            return None
+        return f"HTTP {response.status_code}", False
