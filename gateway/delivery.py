@@ -1,7 +1,7 @@
 """Delivery of queued events to subscribers: at least once, each hub on its own.
 
-Each hub with due events gets its own task, which sends that hub's events in order
-with a timeout; a slow or dead subscriber therefore only ever delays itself. Failures
+Each hub with due events gets its own task, which sends that hub's events in order,
+each with a timeout; a slow or dead subscriber therefore only ever delays itself. Failures
 are retried with exponential backoff and jitter; after `max_attempts` or `max_age_seconds`
 an event is dead-lettered (kept with its last error). Claims are leases in the store, so
 events a killed gateway was sending are sent again after the lease: receivers
@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import random
 import uuid
-from time import time
+from time import monotonic, time
 from typing import Any
 
 import httpx
@@ -27,9 +27,8 @@ from gateway.store import GatewayStore
 
 log = structlog.get_logger("gateway.delivery")
 
-# Events claimed at once per hub. The claim's lease covers sending all of them, so it
-# bounds how long events a killed gateway had claimed wait: (batch + 1) x timeout.
-_BATCH = 10
+# Events claimed at once per subscriber, then sent one after the other, oldest first.
+_BATCH = 50
 
 
 class DeliveryWorker:
@@ -87,7 +86,10 @@ class DeliveryWorker:
             log.exception("delivery_failed", hub=hub_id)
 
     async def _send_due(self, hub_id: str) -> None:
-        lease = self.settings.timeout_seconds * (_BATCH + 1)
+        timeout = self.settings.timeout_seconds
+        # Sending stops after two timeouts' worth of work and the lease allows three, so
+        # events a killed gateway had claimed are due again within 3 x timeout + 1 s.
+        lease = timeout * 3 + 1
         async with self._slots:
             while True:
                 try:
@@ -97,12 +99,15 @@ class DeliveryWorker:
                     return
                 if not events:
                     return
+                stop_at = monotonic() + timeout * 2
                 delivered: list[int] = []
                 retry: list[tuple[int, float, str]] = []
                 dead: list[tuple[int, str]] = []
-                held: list[int] = []
-                retry_at = 0.0
+                unsent: list[int] = []
                 for index, event in enumerate(events):
+                    if monotonic() > stop_at:
+                        unsent = [e["seq"] for e in events[index:]]
+                        break
                     outcome = await self._post(event)
                     if outcome is None:
                         delivered.append(event["seq"])
@@ -120,20 +125,20 @@ class DeliveryWorker:
                             error=error,
                         )
                         continue
-                    retry_at = time() + self._backoff(attempts)
-                    retry.append((event["seq"], retry_at, error))
-                    # Keep the hub's order: what follows waits behind the failed event.
-                    held = [later["seq"] for later in events[index + 1 :]]
+                    retry.append((event["seq"], time() + self._backoff(attempts), error))
+                    # A failing subscriber: the rest wait with it (not counted as attempts).
+                    unsent = [e["seq"] for e in events[index + 1 :]]
                     break
                 try:
                     await self.store.settle_events(delivered, retry, dead)
-                    if held:
-                        await self.store.postpone_events(held, retry_at)
+                    if unsent:
+                        due = retry[0][1] if retry else time()
+                        await self.store.release_events(unsent, due)
                 except BackendError as exc:
                     log.error("delivery_store_unavailable", detail=exc.reason)
                     return
                 if retry:
-                    return
+                    return  # back off; the slot goes to other subscribers
 
     def _backoff(self, attempts: int) -> float:
         delay = self.settings.retry_base_seconds * 2 ** (attempts - 1)

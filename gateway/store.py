@@ -30,6 +30,7 @@ from sqlalchemy import (
     Table,
     Text,
     delete,
+    event,
     insert,
     or_,
     select,
@@ -152,6 +153,9 @@ class GatewayStore:
         if url.drivername.startswith("sqlite") and url.database not in (None, "", ":memory:"):
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
         await self.adapter.open()
+        if url.drivername.startswith("sqlite"):
+            event.listen(self.adapter.engine.sync_engine, "connect", _sqlite_durability)
+            await self.adapter.engine.dispose()  # reconnect with the setting applied
         async with self.adapter.engine.begin() as conn:
             if url.drivername.startswith("sqlite"):
                 # Readers never block the writer, and other gateway processes may share it.
@@ -319,8 +323,8 @@ class GatewayStore:
                     .values(state="dead", attempts=outbox.c.attempts + 1, last_error=error)
                 )
 
-    async def postpone_events(self, seqs: list[int], due_at: float) -> None:
-        """Move events behind a failed one (not an attempt of their own)."""
+    async def release_events(self, seqs: list[int], due_at: float) -> None:
+        """Give claimed events back unsent, due at `due_at` (not counted as attempts)."""
         async with self.transaction() as conn:
             await conn.execute(update(outbox).where(outbox.c.seq.in_(seqs)).values(due_at=due_at))
 
@@ -346,6 +350,14 @@ class GatewayStore:
                 return await conn.execute(statement)
         except SQLAlchemyError as exc:
             raise BackendError(f"gateway store: {exc}", status=503) from exc
+
+
+def _sqlite_durability(dbapi_connection: Any, _: Any) -> None:
+    # In WAL mode, NORMAL survives a crash of the gateway (kill -9) and loses at most the
+    # last commits on a power cut; FULL would fsync every outbox write.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
 
 
 def _migrate(conn: Connection) -> None:
