@@ -42,6 +42,7 @@ bench-db: install
 bench: install
 	@test -f var/bench_billing.sqlite || $(MAKE) bench-db
 	$(PY) bench/read_latency.py --db var/bench_billing.sqlite
+	$(PY) bench/event_delivery.py --events 2000
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache *.egg-info

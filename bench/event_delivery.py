@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 from gateway.app import create_app, open_gateway  # noqa: E402
 from gateway.config import load_config  # noqa: E402
 from gateway.events import build_event  # noqa: E402
+from gateway.logs import configure_logging  # noqa: E402
 from simulators.billing_db import ensure_demo_database  # noqa: E402
 
 LISTENER = """
@@ -58,6 +59,7 @@ def free_port() -> int:
 
 
 async def main(events: int) -> None:
+    configure_logging("WARNING")
     port = free_port()
     listener = subprocess.Popen([sys.executable, "-c", LISTENER, str(port)])
     base = f"http://127.0.0.1:{port}"
@@ -103,7 +105,6 @@ async def main(events: int) -> None:
                         break
                     await asyncio.sleep(0.05)
                 elapsed = time.perf_counter() - started
-            print("closing", file=sys.stderr)
     finally:
         listener.kill()  # it holds the never-answering subscriber's request open
         listener.wait(timeout=10)
