@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import uuid
 from time import monotonic, time
 from typing import Any
@@ -21,6 +20,7 @@ import httpx
 import structlog
 
 from adapters.base import BackendError
+from gateway.backoff import backoff_seconds
 from gateway.callbacks import CallbackPolicy, CallbackRefused
 from gateway.events import DeliverySettings
 from gateway.store import GatewayStore
@@ -125,7 +125,10 @@ class DeliveryWorker:
                             error=error,
                         )
                         continue
-                    retry.append((event["seq"], time() + self._backoff(attempts), error))
+                    delay = backoff_seconds(
+                        attempts, self.settings.retry_base_seconds, self.settings.retry_max_seconds
+                    )
+                    retry.append((event["seq"], time() + delay, error))
                     # A failing subscriber: the rest wait with it (not counted as attempts).
                     unsent = [e["seq"] for e in events[index + 1 :]]
                     break
@@ -139,10 +142,6 @@ class DeliveryWorker:
                     return
                 if retry:
                     return  # back off; the slot goes to other subscribers
-
-    def _backoff(self, attempts: int) -> float:
-        delay = self.settings.retry_base_seconds * 2 ** (attempts - 1)
-        return min(self.settings.retry_max_seconds, delay) * random.uniform(0.5, 1.0)
 
     async def _post(self, event: dict[str, Any]) -> tuple[str, bool] | None:
         """None when delivered; else (error, final) where final means never retry."""

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from typing import Any
 import structlog
 
 from adapters.base import BackendAction, BackendError
+from gateway.backoff import backoff_seconds
 from gateway.calls import backend_call
 from gateway.errors import ApiError
 from gateway.events import EventPublisher, build_event
@@ -199,10 +199,10 @@ class OnDemandService:
                 description=f"The billing back end could not produce the bill ({attempts} tries)",
             )
             return
-        delay = min(
-            self.settings.retry_max_seconds, self.settings.retry_base_seconds * 2 ** (attempts - 1)
+        delay = backoff_seconds(
+            attempts, self.settings.retry_base_seconds, self.settings.retry_max_seconds
         )
-        await self.store.retry_on_demand_later(ident, self.owner, delay * random.uniform(0.5, 1))
+        await self.store.retry_on_demand_later(ident, self.owner, delay)
 
 
 def worker_settings(options: Mapping[str, Any]) -> WorkerSettings:
