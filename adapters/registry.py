@@ -15,7 +15,7 @@ from gateway.config import BackendConfig, ConfigError
 
 ENTRY_POINT_GROUP = "tmf678_gateway.adapters"
 
-_BUNDLED = {"sql": "adapters.sql:SqlAdapter"}
+_BUNDLED = {"sql": "adapters.sql:SqlAdapter", "rest": "adapters.rest:RestAdapter"}
 
 
 def adapter_class(kind: str) -> type[Any]:

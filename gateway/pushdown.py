@@ -32,13 +32,13 @@ def plan_read(query: Query, mapping: CompiledMapping, source: Source) -> ReadPla
     residual: list[Filter] = []
     for flt in query.filters:
         predicate = reverse_filter(flt, mapping, source)
-        if predicate is None:
-            residual.append(flt)
-        else:
+        if predicate is not None and _runnable(_all([*pushed, predicate]), source):
             pushed.append(predicate)
+        else:
+            residual.append(flt)
     order = _reverse_sort(query, mapping, source)
     sort_in_gateway = order is None
-    where = pushed[0] if len(pushed) == 1 else AllOf(tuple(pushed))
+    where = _all(pushed)
     if not residual and not sort_in_gateway:
         backend = Plan(where, order or (), query.offset, query.limit)
     else:
@@ -51,24 +51,41 @@ def reverse_filter(flt: Filter, mapping: CompiledMapping, source: Source) -> Pre
     ref = mapping.fields.get(flt.path)
     if ref is None or flt.op == "regex":
         return None
-    terms = []
+    terms: list[Predicate] = []
     for value in flt.values:
         predicate = ref.transform.condition(ref.column, flt.op, value)
-        if predicate is None or not _runnable(predicate, source):
+        if predicate is None:
             return None
-        terms.append(predicate)
+        # Several values: any of them (one flat OR), except for `ne`: different from all.
+        if flt.op != "ne" and isinstance(predicate, AnyOf):
+            terms.extend(predicate.terms)
+        else:
+            terms.append(predicate)
     if len(terms) == 1:
-        return terms[0]
-    # Several values: any of them, except for `ne` where the record must differ from all.
-    return AllOf(tuple(terms)) if flt.op == "ne" else AnyOf(tuple(terms))
+        combined = terms[0]
+    else:
+        combined = AllOf(tuple(terms)) if flt.op == "ne" else AnyOf(tuple(terms))
+    return combined if _runnable(combined, source) else None
+
+
+def _all(predicates: list[Predicate]) -> Predicate:
+    return predicates[0] if len(predicates) == 1 else AllOf(tuple(predicates))
 
 
 def _runnable(predicate: Predicate, source: Source) -> bool:
+    """Whether the back end can evaluate the predicate (its own judgement, if it has one)."""
+    accepts = getattr(source, "accepts", None)
+    if accepts is not None:
+        return accepts(predicate)
+    return _each_term_runnable(predicate, source)
+
+
+def _each_term_runnable(predicate: Predicate, source: Source) -> bool:
     if isinstance(predicate, Compare):
         return source.can_push(predicate.column, predicate.op)
     if isinstance(predicate, IsNull):
         return source.can_push(predicate.column, "eq")
-    return all(_runnable(term, source) for term in predicate.terms)
+    return all(_each_term_runnable(term, source) for term in predicate.terms)
 
 
 def _reverse_sort(

@@ -150,9 +150,7 @@ def test_plan_reverses_values_through_transforms(bill_mapping) -> None:
     assert plan.residual == () and not plan.sort_in_gateway
     assert plan.backend.where == AllOf(
         (
-            AnyOf(
-                (AnyOf((Compare("STAT_CD", "eq", "S"),)), AnyOf((Compare("STAT_CD", "eq", "C"),)))
-            ),
+            AnyOf((Compare("STAT_CD", "eq", "S"), Compare("STAT_CD", "eq", "C"))),
             AllOf(
                 (
                     AnyOf((Compare("STAT_CD", "ne", "N"), IsNull("STAT_CD"))),

@@ -1,0 +1,435 @@
+"""REST back ends through one pooled httpx `AsyncClient` per back end.
+
+The back end's config block gives `base_url`, `auth` and limits; a mapping's `source:`
+says where its records are:
+
+    source:
+      key: invoice_id
+      list:
+        path: /api/v1/invoices
+        records: items                 # where the records are in the reply (dotted)
+        total: total_items             # the reply's count of all matches
+        paging: {style: page, page: page, size: size, first: 1, max_size: 100}
+                # or {style: offset, offset: offset, limit: limit, max_size: 100}
+                # or {style: next, next: links.next, size: per_page, max_size: 100}
+        filters:                       # columns the API filters on by equality
+          status: {param: status, multiple: true}    # several values, comma-separated
+          account_id: {param: account_id}
+        sort: {param: sort, columns: [issued_on, invoice_id], descending_prefix: "-"}
+      get: {path: "/api/v1/invoices/{key}"}
+      update: {method: PATCH, path: "/api/v1/invoices/{key}", expected_prefix: expected_}
+
+Records are flattened (`period.from` for `{"period": {"from": ...}}`) so mappings name
+nested fields by dotted paths; lists of objects stay lists (child rows).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import httpx
+
+from adapters.base import (
+    MATCH_ALL,
+    ActionResult,
+    AllOf,
+    AnyOf,
+    BackendError,
+    Compare,
+    Page,
+    Plan,
+    Predicate,
+    SourceSpecError,
+)
+
+Record = dict[str, Any]
+
+
+class RestAdapter:
+    def __init__(
+        self,
+        name: str,
+        base_url: str,
+        auth: Mapping[str, Any] | None = None,
+        timeout_seconds: float = 10.0,
+        max_connections: int = 100,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self.name = name
+        self.base_url = base_url.rstrip("/")
+        self._auth_spec = dict(auth or {})
+        self._timeout = timeout_seconds
+        self._limits = httpx.Limits(max_connections=max_connections)
+        self._headers = dict(headers or {})
+        self._client: httpx.AsyncClient | None = None
+        self._token: tuple[str, float] | None = None
+        self._token_lock = asyncio.Lock()
+
+    async def open(self) -> None:
+        auth = None
+        kind = self._auth_spec.get("type")
+        if kind == "basic":
+            auth = httpx.BasicAuth(self._auth_spec["username"], self._auth_spec["password"])
+        elif kind == "header":
+            self._headers[self._auth_spec["name"]] = self._auth_spec["value"]
+        elif kind not in (None, "oauth2_client_credentials"):
+            raise BackendError(f"back end {self.name!r}: unknown auth type {kind!r}")
+        self._client = httpx.AsyncClient(
+            base_url=self.base_url,
+            auth=auth,
+            headers=self._headers,
+            timeout=httpx.Timeout(self._timeout),
+            limits=self._limits,
+        )
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    async def bind(self, spec: Mapping[str, Any]) -> RestSource:
+        return RestSource(self, spec)
+
+    def action(self, spec: Mapping[str, Any]) -> RestAction:
+        return RestAction(self, spec)
+
+    async def _bearer(self, refresh: bool = False) -> str | None:
+        """An OAuth2 client-credentials token, cached until shortly before it expires."""
+        if self._auth_spec.get("type") != "oauth2_client_credentials":
+            return None
+        async with self._token_lock:
+            if not refresh and self._token and self._token[1] > time.monotonic():
+                return self._token[0]
+            spec = self._auth_spec
+            reply = await self._send(
+                "POST",
+                spec["token_url"],
+                data={
+                    "grant_type": "client_credentials",
+                    **({"scope": spec["scope"]} if spec.get("scope") else {}),
+                },
+                auth=httpx.BasicAuth(spec["client_id"], spec["client_secret"]),
+            )
+            if reply.status_code != 200:
+                raise BackendError(f"back end {self.name!r}: token request got {reply.status_code}")
+            body = _json(self.name, reply)
+            lifetime = float(body.get("expires_in", 300))
+            self._token = (
+                body["access_token"],
+                time.monotonic() + max(lifetime - 30, lifetime / 2),
+            )
+            return self._token[0]
+
+    async def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """One call to the back end, with auth; a 401 refreshes the token once."""
+        token = await self._bearer()
+        reply = await self._send(method, path, token=token, **kwargs)
+        if reply.status_code == 401 and token is not None:
+            reply = await self._send(method, path, token=await self._bearer(refresh=True), **kwargs)
+        return reply
+
+    async def _send(
+        self, method: str, path: str, token: str | None = None, **kwargs: Any
+    ) -> httpx.Response:
+        if self._client is None:
+            raise RuntimeError(f"back end {self.name!r} is not open")
+        headers = {"Authorization": f"Bearer {token}"} if token else None
+        try:
+            return await self._client.request(method, path, headers=headers, **kwargs)
+        except httpx.TimeoutException as exc:
+            raise BackendError(f"back end {self.name!r}: no answer ({exc!r})", status=504) from exc
+        except httpx.HTTPError as exc:
+            raise BackendError(f"back end {self.name!r}: {exc!r}", status=503) from exc
+
+
+def _json(backend: str, reply: httpx.Response) -> Any:
+    try:
+        return reply.json()
+    except ValueError:
+        raise BackendError(
+            f"back end {backend!r}: reply to {reply.request.url.path} is not JSON"
+        ) from None
+
+
+def _at(document: Any, path: str | None) -> Any:
+    if not path:
+        return document
+    for part in path.split("."):
+        document = document.get(part) if isinstance(document, dict) else None
+    return document
+
+
+def flatten(record: Mapping[str, Any], prefix: str = "") -> Record:
+    """`{"a": {"b": 1}}` as `{"a.b": 1}`; lists of objects stay lists of flat records."""
+    out: Record = {}
+    for key, value in record.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{name}."))
+        elif isinstance(value, list):
+            out[name] = [flatten(v) if isinstance(v, dict) else v for v in value]
+        else:
+            out[name] = value
+    return out
+
+
+class RestSource:
+    columns = None  # a REST API cannot be asked for its fields: checked when records arrive
+
+    def __init__(self, adapter: RestAdapter, spec: Mapping[str, Any]) -> None:
+        self.adapter = adapter
+        unknown = set(spec) - {"key", "list", "get", "update"}
+        if unknown:
+            raise SourceSpecError("source", f"unknown key(s) {sorted(unknown)}")
+        if not isinstance(spec.get("key"), str):
+            raise SourceSpecError("source.key", "name the field that identifies a record")
+        self.key_column = spec["key"]
+        listing = spec.get("list") or {}
+        if "path" not in listing:
+            raise SourceSpecError("source.list", "a list needs {path, records, paging}")
+        self.list_path = listing["path"]
+        self.records_at = listing.get("records")
+        self.total_at = listing.get("total")
+        self.paging = dict(listing.get("paging") or {"style": "page"})
+        if self.paging.get("style") not in ("page", "offset", "next"):
+            raise SourceSpecError("source.list.paging", "style is page, offset or next")
+        if self.paging["style"] != "next" and not self.total_at:
+            raise SourceSpecError("source.list.total", "page/offset paging needs the total")
+        self.max_size = int(self.paging.get("max_size", 100))
+        self.filters = dict(listing.get("filters") or {})
+        self.sort = dict(listing.get("sort") or {})
+        self.get_path = (spec.get("get") or {}).get("path")
+        self.update_spec = dict(spec.get("update") or {})
+
+    # What the API can take.
+
+    def can_push(self, column: str, op: str) -> bool:
+        return op == "eq" and column in self.filters
+
+    def accepts(self, predicate: Predicate) -> bool:
+        """Equality on filterable fields; several values only where the API takes a list."""
+        return self._params(predicate) is not None
+
+    def can_sort(self, column: str) -> bool:
+        return column in self.sort.get("columns", ())
+
+    def _params(self, predicate: Predicate) -> dict[str, str] | None:
+        if predicate == MATCH_ALL:
+            return {}
+        if isinstance(predicate, AllOf):
+            params: dict[str, str] = {}
+            for term in predicate.terms:
+                found = self._params(term)
+                if found is None or params.keys() & found.keys():
+                    return None
+                params.update(found)
+            return params
+        terms = predicate.terms if isinstance(predicate, AnyOf) else (predicate,)
+        if not terms or not all(isinstance(t, Compare) and t.op == "eq" for t in terms):
+            return None
+        columns = {t.column for t in terms}  # type: ignore[union-attr]
+        if len(columns) != 1:
+            return None
+        spec = self.filters.get(columns.pop())
+        if spec is None or (len(terms) > 1 and not spec.get("multiple")):
+            return None
+        return {spec["param"]: ",".join(str(t.value) for t in terms)}  # type: ignore[union-attr]
+
+    def _sort_param(self, plan: Plan) -> dict[str, str]:
+        if not plan.order_by or not self.sort:
+            return {}
+        prefix = self.sort.get("descending_prefix", "-")
+        keys = [f"{prefix if k.descending else ''}{k.column}" for k in plan.order_by]
+        if self.key_column not in [k.column for k in plan.order_by]:
+            keys.append(self.key_column)
+        return {self.sort["param"]: ",".join(keys)}
+
+    # Reading.
+
+    async def _fetch(self, url: str, params: dict[str, Any]) -> tuple[list[Record], Any]:
+        reply = await self.adapter.request("GET", url, params=params)
+        if reply.status_code != 200:
+            raise BackendError(
+                f"back end {self.adapter.name!r}: GET {url} answered {reply.status_code}"
+            )
+        body = _json(self.adapter.name, reply)
+        records = _at(body, self.records_at)
+        if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+            raise BackendError(
+                f"back end {self.adapter.name!r}: no list of records at {self.records_at!r}"
+            )
+        return [flatten(r) for r in records], body
+
+    async def _pages(self, plan: Plan, start: int) -> AsyncIterator[tuple[list[Record], Any]]:
+        """Pages of matches from record index `start` (rounded down to a page)."""
+        params = self._params(plan.where)
+        if params is None:
+            raise BackendError(f"back end {self.adapter.name!r}: filter not supported")
+        params.update(self._sort_param(plan))
+        paging, size = self.paging, self.max_size
+        if paging["style"] == "page":
+            number = start // size
+            while True:
+                first = int(paging.get("first", 1))
+                query = {
+                    **params,
+                    paging.get("page", "page"): number + first,
+                    paging.get("size", "size"): size,
+                }
+                records, body = await self._fetch(self.list_path, query)
+                yield records, body
+                if len(records) < size:
+                    return
+                number += 1
+        elif paging["style"] == "offset":
+            offset = start
+            while True:
+                query = {
+                    **params,
+                    paging.get("offset", "offset"): offset,
+                    paging.get("limit", "limit"): size,
+                }
+                records, body = await self._fetch(self.list_path, query)
+                yield records, body
+                if len(records) < size:
+                    return
+                offset += len(records)
+        else:
+            url: str | None = self.list_path
+            query = {**params, **({paging["size"]: size} if paging.get("size") else {})}
+            while url:
+                records, body = await self._fetch(url, query)
+                yield records, body
+                url, query = _at(body, paging.get("next", "next")), {}
+
+    def _skip(self, start: int) -> int:
+        """Records of the first page that lie before `start`."""
+        style = self.paging["style"]
+        if style == "page":
+            return start % self.max_size
+        return 0 if style == "offset" else start
+
+    async def page(self, plan: Plan) -> Page:
+        skip = self._skip(plan.offset)
+        wanted = plan.limit
+        out: list[Record] = []
+        total = None
+        seen = 0
+        async for records, body in self._pages(plan, plan.offset):
+            if total is None and self.total_at:
+                total = _at(body, self.total_at)
+                if not isinstance(total, int):
+                    raise BackendError(
+                        f"back end {self.adapter.name!r}: no total at {self.total_at!r}"
+                    )
+            seen += len(records)
+            out.extend(records)
+            if wanted is not None and len(out) - skip >= wanted and total is not None:
+                break
+        window = out[skip:]
+        if wanted is not None:
+            window = window[:wanted]
+        if total is None:  # next-link paging: everything was read
+            total = seen
+        return Page(window, total)
+
+    async def one(self, where: Predicate) -> Record | None:
+        if (
+            self.get_path
+            and isinstance(where, Compare)
+            and where.column == self.key_column
+            and where.op == "eq"
+        ):
+            reply = await self.adapter.request("GET", self.get_path.format(key=where.value))
+            if reply.status_code == 404:
+                return None
+            if reply.status_code != 200:
+                raise BackendError(
+                    f"back end {self.adapter.name!r}: GET one answered {reply.status_code}"
+                )
+            body = _json(self.adapter.name, reply)
+            if not isinstance(body, dict):
+                raise BackendError(f"back end {self.adapter.name!r}: a record is not an object")
+            return flatten(body)
+        found = await self.page(Plan(where=where, limit=1))
+        return found.records[0] if found.records else None
+
+    async def stream(self, plan: Plan, batch_size: int) -> AsyncIterator[list[Record]]:
+        async for records, _ in self._pages(plan, 0):
+            if records:
+                yield records
+
+    async def update(
+        self, where: Predicate, values: Mapping[str, Any], expected: Mapping[str, Any]
+    ) -> int:
+        spec = self.update_spec
+        if not spec or not (isinstance(where, Compare) and where.column == self.key_column):
+            raise BackendError(f"back end {self.adapter.name!r}: updates are not configured")
+        prefix = spec.get("expected_prefix", "expected_")
+        body = {**values, **{f"{prefix}{k}": v for k, v in expected.items()}}
+        reply = await self.adapter.request(
+            spec.get("method", "PATCH"), spec["path"].format(key=where.value), json=body
+        )
+        if reply.status_code in (404, 409, 412):
+            return 0
+        if not 200 <= reply.status_code < 300:
+            raise BackendError(
+                f"back end {self.adapter.name!r}: update answered {reply.status_code}"
+            )
+        return 1
+
+
+class RestAction:
+    """A declared REST call: `check` when a request arrives, `run` to do the work.
+
+    check: {method: GET, path: "/api/v1/accounts/{account_id}", reject: {404: unknown account}}
+    run: {method: POST, path: "/api/v1/accounts/{account_id}/bill-now",
+          body: {reference: "{request_id}"}, result: invoice_id,
+          reject: {422: nothing to bill}}
+    """
+
+    def __init__(self, adapter: RestAdapter, spec: Mapping[str, Any]) -> None:
+        self.adapter = adapter
+        unknown = set(spec) - {"action", "check", "run"}
+        if unknown:
+            raise SourceSpecError("action", f"unknown key(s) {sorted(unknown)}")
+        if not isinstance(spec.get("run"), Mapping) or "path" not in spec["run"]:
+            raise SourceSpecError("run", "an action needs run: {method, path, result}")
+        self.check_spec = spec.get("check")
+        self.run_spec = spec["run"]
+
+    async def _call(self, spec: Mapping[str, Any], params: Mapping[str, Any]) -> tuple[int, Any]:
+        body = spec.get("body")
+        if isinstance(body, Mapping):
+            body = {k: str(v).format(**params) for k, v in body.items()}
+        reply = await self.adapter.request(
+            spec.get("method", "GET"), spec["path"].format(**params), json=body
+        )
+        rejected = (spec.get("reject") or {}).get(reply.status_code)
+        if rejected is not None:
+            return reply.status_code, str(rejected)
+        if not 200 <= reply.status_code < 300:
+            raise BackendError(
+                f"back end {self.adapter.name!r}: {spec['path']} answered {reply.status_code}"
+            )
+        return reply.status_code, _json(self.adapter.name, reply)
+
+    async def check(self, params: Mapping[str, Any]) -> str | None:
+        if not self.check_spec:
+            return None
+        _, outcome = await self._call(self.check_spec, params)
+        return outcome if isinstance(outcome, str) else None
+
+    async def run(self, params: Mapping[str, Any]) -> ActionResult:
+        _, outcome = await self._call(self.run_spec, params)
+        if isinstance(outcome, str):
+            return ActionResult("rejected", None, outcome)
+        result = _at(outcome, self.run_spec.get("result"))
+        if result is None:
+            raise BackendError(
+                f"back end {self.adapter.name!r}: no {self.run_spec.get('result')!r}"
+            )
+        return ActionResult("done", result)
