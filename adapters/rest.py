@@ -211,7 +211,16 @@ class RestSource:
 
     def accepts(self, predicate: Predicate) -> bool:
         """Equality on filterable fields; several values only where the API takes a list."""
-        return self._params(predicate) is not None
+        return self._by_key(predicate) or self._params(predicate) is not None
+
+    def _by_key(self, predicate: Predicate) -> bool:
+        """A lookup by the record's key, which the API answers at its `get` path."""
+        return (
+            self.get_path is not None
+            and isinstance(predicate, Compare)
+            and predicate.column == self.key_column
+            and predicate.op == "eq"
+        )
 
     def can_sort(self, column: str) -> bool:
         return column in self.sort.get("columns", ())
@@ -313,6 +322,11 @@ class RestSource:
         return 0 if style == "offset" else start
 
     async def page(self, plan: Plan) -> Page:
+        if self._by_key(plan.where):
+            found = await self.one(plan.where)
+            records = [found] if found is not None else []
+            window = records[plan.offset :][: plan.limit] if plan.limit is not None else records
+            return Page(window, len(records))
         skip = self._skip(plan.offset)
         wanted = plan.limit
         out: list[Record] = []
@@ -337,12 +351,8 @@ class RestSource:
         return Page(window, total)
 
     async def one(self, where: Predicate) -> Record | None:
-        if (
-            self.get_path
-            and isinstance(where, Compare)
-            and where.column == self.key_column
-            and where.op == "eq"
-        ):
+        if self._by_key(where):
+            assert isinstance(where, Compare) and self.get_path is not None
             reply = await self.adapter.request("GET", self.get_path.format(key=where.value))
             if reply.status_code == 404:
                 return None
@@ -358,6 +368,11 @@ class RestSource:
         return found.records[0] if found.records else None
 
     async def stream(self, plan: Plan, batch_size: int) -> AsyncIterator[list[Record]]:
+        if self._by_key(plan.where):
+            found = await self.one(plan.where)
+            if found is not None:
+                yield [found]
+            return
         async for records, _ in self._pages(plan, 0):
             if records:
                 yield records
@@ -408,7 +423,7 @@ class RestAction:
         reply = await self.adapter.request(
             spec.get("method", "GET"), spec["path"].format(**params), json=body
         )
-        rejected = (spec.get("reject") or {}).get(reply.status_code)
+        rejected = (spec.get("reject") or {}).get(str(reply.status_code))
         if rejected is not None:
             return reply.status_code, str(rejected)
         if not 200 <= reply.status_code < 300:

@@ -47,7 +47,8 @@ async def receive(request):
     return Response(status_code=204)
 async def stats(request):
     return JSONResponse(counts)
-app = Starlette(routes=[Route("/stats", stats), Route("/{hub}/listener/{name}", receive, methods=["POST"])])
+routes = [Route("/stats", stats), Route("/{hub}/listener/{name}", receive, methods=["POST"])]
+app = Starlette(routes=routes)
 uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
 """
 
@@ -109,7 +110,9 @@ async def main(events: int) -> None:
         listener.kill()  # it holds the never-answering subscriber's request open
         listener.wait(timeout=10)
     print(f"{events} events x 10 subscribers ({queued} outbox rows; one subscriber never answers)")
-    print(f"queued in {queue_seconds:.2f} s; all {healthy} healthy deliveries done in {elapsed:.2f} s")
+    print(
+        f"queued in {queue_seconds:.2f} s; all {healthy} healthy deliveries done in {elapsed:.2f} s"
+    )
     print(f"healthy deliveries/s: {healthy / elapsed:,.0f} (target >= 500)")
     print(f"per healthy subscriber: {events / elapsed:,.0f} events/s")
 

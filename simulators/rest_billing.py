@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
+from urllib.parse import parse_qs
 
 import uvicorn
 from starlette.applications import Starlette
@@ -114,7 +115,7 @@ def create_app(data: BillingData | None = None) -> Starlette:
         return data.tokens.get(token, 0) > time.time()
 
     async def token(request: Request) -> Response:
-        form = await request.form()
+        form = {k: v[0] for k, v in parse_qs((await request.body()).decode()).items()}
         client_id, client_secret = form.get("client_id"), form.get("client_secret")
         basic = request.headers.get("authorization", "")
         if basic.startswith("Basic "):

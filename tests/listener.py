@@ -9,18 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import re
-import socket
 import threading
 import time
 from collections import Counter
 from typing import Any
 
 import orjson
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+
+from tests.servers import ThreadedServer
 
 
 class Listener:
@@ -28,34 +28,17 @@ class Listener:
         self.received: list[dict[str, Any]] = []  # {"hub", "path", "event"}
         self.attempts: Counter[tuple[str, str]] = Counter()
         self._lock = threading.Lock()
-        app = Starlette(routes=[Route("/{rest:path}", self._handle, methods=["POST"])])
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
-        self.base = f"http://127.0.0.1:{self.port}"
-        self._server = uvicorn.Server(
-            uvicorn.Config(
-                app,
-                host="127.0.0.1",
-                port=self.port,
-                log_level="warning",
-                timeout_graceful_shutdown=1,
-                lifespan="off",
-            )
+        self._server = ThreadedServer(
+            Starlette(routes=[Route("/{rest:path}", self._handle, methods=["POST"])])
         )
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self.base = self._server.base
 
     def __enter__(self) -> Listener:
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            assert time.monotonic() < deadline, "listener did not start"
-            time.sleep(0.02)
+        self._server.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._server.should_exit = True
-        self._thread.join(timeout=10)
+        self._server.__exit__(*exc)
 
     async def _handle(self, request: Request) -> Response:
         path = "/" + request.path_params["rest"]

@@ -1,0 +1,362 @@
+"""The REST adapter: respx for the HTTP layer, the REST simulator for the whole path."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import respx
+from starlette.testclient import TestClient
+
+from adapters.base import AnyOf, BackendError, Compare, Plan, SortKey
+from adapters.rest import RestAdapter, RestSource, flatten
+from gateway.app import create_app
+from gateway.config import load_config
+from simulators.rest_billing import create_app as create_simulator
+from simulators.rest_billing import seed
+from tests.conftest import API, ROOT, assert_valid, fetch_all
+from tests.servers import ThreadedServer
+
+BASE = "http://billing.test"
+SPEC = {
+    "key": "id",
+    "list": {
+        "path": "/items",
+        "records": "data",
+        "total": "meta.total",
+        "paging": {"style": "page", "page": "p", "size": "n", "first": 1, "max_size": 2},
+        "filters": {"status": {"param": "st", "multiple": True}, "acct": {"param": "a"}},
+        "sort": {"param": "order", "columns": ["id", "when"], "descending_prefix": "-"},
+    },
+    "get": {"path": "/items/{key}"},
+    "update": {"method": "PATCH", "path": "/items/{key}"},
+}
+ITEMS = [{"id": f"i{n}", "status": "A" if n % 2 else "B", "nested": {"x": n}} for n in range(5)]
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+async def with_source(work: Any, spec: dict[str, Any] = SPEC, **options: Any) -> Any:
+    adapter = RestAdapter("billing", BASE, **options)
+    await adapter.open()
+    try:
+        return await work(await adapter.bind(spec))
+    finally:
+        await adapter.close()
+
+
+def paged(request: httpx.Request) -> httpx.Response:
+    page, size = int(request.url.params["p"]), int(request.url.params["n"])
+    chunk = ITEMS[(page - 1) * size : page * size]
+    return httpx.Response(200, json={"data": chunk, "meta": {"total": len(ITEMS)}})
+
+
+@respx.mock
+def test_page_paging_windows_across_pages() -> None:
+    route = respx.get(f"{BASE}/items").mock(side_effect=paged)
+    page = run(with_source(lambda s: s.page(Plan(offset=1, limit=3))))
+    assert [r["id"] for r in page.records] == ["i1", "i2", "i3"]
+    assert page.total == 5
+    assert [c.request.url.params["p"] for c in route.calls] == ["1", "2"]
+    assert page.records[0]["nested.x"] == 1  # nested fields are flattened
+
+
+@respx.mock
+def test_offset_and_next_link_paging() -> None:
+    def by_offset(request: httpx.Request) -> httpx.Response:
+        start, limit = int(request.url.params["from"]), int(request.url.params["max"])
+        return httpx.Response(200, json={"rows": ITEMS[start : start + limit], "count": 5})
+
+    respx.get(f"{BASE}/off").mock(side_effect=by_offset)
+    spec = {
+        **SPEC,
+        "list": {
+            "path": "/off",
+            "records": "rows",
+            "total": "count",
+            "paging": {"style": "offset", "offset": "from", "limit": "max", "max_size": 2},
+        },
+    }
+    page = run(with_source(lambda s: s.page(Plan(offset=3, limit=5)), spec))
+    assert [r["id"] for r in page.records] == ["i3", "i4"] and page.total == 5
+
+    respx.get(f"{BASE}/next").mock(
+        return_value=httpx.Response(
+            200, json={"rows": ITEMS[:3], "links": {"next": f"{BASE}/next2"}}
+        )
+    )
+    respx.get(f"{BASE}/next2").mock(
+        return_value=httpx.Response(200, json={"rows": ITEMS[3:], "links": {"next": None}})
+    )
+    spec = {
+        **SPEC,
+        "list": {
+            "path": "/next",
+            "records": "rows",
+            "paging": {"style": "next", "next": "links.next"},
+        },
+    }
+    page = run(with_source(lambda s: s.page(Plan(offset=2, limit=2)), spec))
+    assert [r["id"] for r in page.records] == ["i2", "i3"] and page.total == 5
+
+
+@respx.mock
+def test_filters_and_sort_become_query_parameters() -> None:
+    route = respx.get(f"{BASE}/items").mock(side_effect=paged)
+    where = AnyOf((Compare("status", "eq", "A"), Compare("status", "eq", "B")))
+    plan = Plan(where=where, order_by=(SortKey("when", True),), limit=1)
+    run(with_source(lambda s: s.page(plan)))
+    params = route.calls[0].request.url.params
+    assert params["st"] == "A,B" and params["order"] == "-when,id"
+
+
+def test_what_the_api_accepts() -> None:
+    source = RestSource(RestAdapter("b", BASE), SPEC)
+    assert source.accepts(Compare("acct", "eq", "x"))
+    assert source.accepts(AnyOf((Compare("status", "eq", "A"), Compare("status", "eq", "B"))))
+    assert not source.accepts(AnyOf((Compare("acct", "eq", "x"), Compare("acct", "eq", "y"))))
+    assert not source.accepts(Compare("status", "ne", "A"))
+    assert not source.accepts(Compare("other", "eq", "A"))
+    assert source.can_sort("when") and not source.can_sort("status")
+
+
+@respx.mock
+def test_get_one_update_and_not_found() -> None:
+    respx.get(f"{BASE}/items/i1").mock(return_value=httpx.Response(200, json=ITEMS[1]))
+    respx.get(f"{BASE}/items/zz").mock(return_value=httpx.Response(404, json={}))
+    patch = respx.patch(f"{BASE}/items/i1").mock(return_value=httpx.Response(200, json={}))
+    respx.patch(f"{BASE}/items/i2").mock(return_value=httpx.Response(409, json={}))
+
+    async def work(source: RestSource) -> tuple[Any, ...]:
+        return (
+            await source.one(Compare("id", "eq", "i1")),
+            await source.one(Compare("id", "eq", "zz")),
+            await source.update(Compare("id", "eq", "i1"), {"status": "B"}, {"status": "A"}),
+            await source.update(Compare("id", "eq", "i2"), {"status": "B"}, {"status": "A"}),
+        )
+
+    found, missing, written, conflict = run(with_source(work))
+    assert found["nested.x"] == 1 and missing is None and (written, conflict) == (1, 0)
+    assert patch.calls[0].request.content == b'{"status":"B","expected_status":"A"}'
+
+
+@respx.mock
+@pytest.mark.parametrize(
+    ("reply", "status", "words"),
+    [
+        (httpx.Response(200, text="<html>oops</html>"), 502, "not JSON"),
+        (httpx.Response(200, json={"data": {"id": 1}, "meta": {"total": 1}}), 502, "no list"),
+        (httpx.Response(200, json={"data": [], "meta": {}}), 502, "no total"),
+        (httpx.Response(500, json={"error": "x"}), 502, "answered 500"),
+        (httpx.TimeoutException("slow"), 504, "no answer"),
+        (httpx.ConnectError("refused"), 503, "refused"),
+    ],
+)
+def test_bad_replies_are_backend_errors(reply: Any, status: int, words: str) -> None:
+    respx.get(f"{BASE}/items").mock(side_effect=[reply])
+    with pytest.raises(BackendError) as info:
+        run(with_source(lambda s: s.page(Plan(limit=1))))
+    assert info.value.status == status and words in info.value.reason
+
+
+@respx.mock
+def test_static_header_and_basic_auth() -> None:
+    route = respx.get(f"{BASE}/items").mock(side_effect=paged)
+    run(
+        with_source(
+            lambda s: s.page(Plan(limit=1)),
+            auth={"type": "header", "name": "X-Api-Key", "value": "k1"},
+        )
+    )
+    assert route.calls[-1].request.headers["X-Api-Key"] == "k1"
+    run(
+        with_source(
+            lambda s: s.page(Plan(limit=1)),
+            auth={"type": "basic", "username": "u", "password": "p"},
+        )
+    )
+    assert route.calls[-1].request.headers["Authorization"].startswith("Basic ")
+
+
+@respx.mock
+def test_oauth2_tokens_are_cached_and_refreshed_on_401() -> None:
+    tokens = iter(["t1", "t2"])
+    token_route = respx.post(f"{BASE}/token").mock(
+        side_effect=lambda r: httpx.Response(
+            200, json={"access_token": next(tokens), "expires_in": 300}
+        )
+    )
+    seen: list[str] = []
+
+    def items(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers["Authorization"])
+        if request.headers["Authorization"] == "Bearer t1" and len(seen) > 2:
+            return httpx.Response(401, json={})  # t1 revoked after two calls
+        return paged(request)
+
+    respx.get(f"{BASE}/items").mock(side_effect=items)
+    auth = {
+        "type": "oauth2_client_credentials",
+        "token_url": "/token",
+        "client_id": "c",
+        "client_secret": "s",
+    }
+
+    async def work(source: RestSource) -> None:
+        for _ in range(4):
+            await source.page(Plan(limit=1))
+
+    run(with_source(work, auth=auth))
+    assert seen == ["Bearer t1", "Bearer t1", "Bearer t1", "Bearer t2", "Bearer t2"]
+    assert token_route.call_count == 2
+    assert token_route.calls[0].request.headers["Authorization"].startswith("Basic ")
+
+
+def test_flatten() -> None:
+    assert flatten({"a": {"b": 1, "c": {"d": 2}}, "l": [{"x": {"y": 3}}], "s": [1]}) == {
+        "a.b": 1,
+        "a.c.d": 2,
+        "l": [{"x.y": 3}],
+        "s": [1],
+    }
+
+
+# The whole path: gateway -> REST adapter -> the REST simulator on loopback.
+
+STATES = {
+    "OPEN": "new",
+    "ON_HOLD": "onHold",
+    "APPROVED": "validated",
+    "ISSUED": "sent",
+    "PAID": "settled",
+    "PART_PAID": "partiallyPaid",
+}
+
+
+@pytest.fixture
+def rest_gateway(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
+    simulator = create_simulator(seed())
+    with ThreadedServer(simulator) as server:
+        monkeypatch.setenv("ENTERPRISE_URL", server.base)
+        monkeypatch.setenv("GATEWAY_STORE", str(tmp_path / "store.sqlite"))
+        config = load_config(ROOT / "config" / "rest.yaml")
+        config.on_demand.worker.update(poll_seconds=0.05)
+        with TestClient(create_app(config)) as client:
+            client.simulator = simulator.state.data  # type: ignore[attr-defined]
+            yield client
+
+
+def test_reads_through_the_rest_back_end(rest_gateway: TestClient) -> None:
+    data = rest_gateway.simulator
+    invoices = sorted(data.invoices.values(), key=lambda i: i["invoice_id"])
+    bills = fetch_all(rest_gateway, "customerBill")
+    assert [b["id"] for b in bills] == [i["invoice_id"] for i in invoices]
+    for bill in bills:
+        assert_valid("CustomerBill", bill)
+    first = invoices[0]
+    bill = rest_gateway.get(f"{API}/customerBill/{first['invoice_id']}").json()
+    assert bill["state"] == STATES[first["status"]]
+    assert bill["amountDue"]["value"] == first["total_cents"] / 100
+    assert bill["billingPeriod"]["startDateTime"].startswith(first["period"]["from"])
+    assert rest_gateway.get(f"{API}/customerBill/EI-999999").status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("params", "oracle"),
+    [
+        ("state=new,sent", lambda i: i["status"] in ("OPEN", "ISSUED")),
+        ("billingAccount.id=ENT-0003", lambda i: i["account_id"] == "ENT-0003"),
+        (
+            "state=settled&billingAccount.id=ENT-0007",
+            lambda i: i["status"] == "PAID" and i["account_id"] == "ENT-0007",
+        ),
+        ("amountDue.value.gt=10000", lambda i: i["total_cents"] > 1_000_000),  # residual
+        ("billDate.gte=2024-10-01", lambda i: i["issued_on"] >= "2024-10-01"),  # residual
+    ],
+)
+def test_filters_push_down_where_the_api_can(
+    rest_gateway: TestClient, params: str, oracle: Any
+) -> None:
+    invoices = sorted(rest_gateway.simulator.invoices.values(), key=lambda i: i["invoice_id"])
+    expected = [i["invoice_id"] for i in invoices if oracle(i)]
+    assert 0 < len(expected) < len(invoices)
+    got = fetch_all(rest_gateway, "customerBill", params)
+    assert [b["id"] for b in got] == expected
+    page = rest_gateway.get(f"{API}/customerBill?{params}&offset=1&limit=2")
+    assert page.headers["X-Total-Count"] == str(len(expected))
+    assert [b["id"] for b in page.json()] == expected[1:3]
+
+
+def test_sort_and_paging_through_the_api(rest_gateway: TestClient) -> None:
+    invoices = sorted(rest_gateway.simulator.invoices.values(), key=lambda i: i["invoice_id"])
+    expected = [
+        i["invoice_id"] for i in sorted(invoices, key=lambda i: i["issued_on"], reverse=True)
+    ]
+    pages = []
+    for offset in range(0, len(invoices), 7):
+        page = rest_gateway.get(f"{API}/customerBill?sort=-billDate&offset={offset}&limit=7")
+        pages.extend(b["id"] for b in page.json())
+    ranked = {i: n for n, i in enumerate(expected)}
+    dates = {i["invoice_id"]: i["issued_on"] for i in invoices}
+    assert sorted(pages) == sorted(expected)
+    assert [dates[p] for p in pages] == sorted((dates[p] for p in pages), reverse=True)
+    assert len(ranked) == len(pages)
+
+
+def test_patch_and_bill_on_demand_through_the_rest_back_end(rest_gateway: TestClient) -> None:
+    data = rest_gateway.simulator
+    ident = next(i for i, v in sorted(data.invoices.items()) if v["status"] == "OPEN")
+    response = rest_gateway.patch(
+        f"{API}/customerBill/{ident}",
+        json={"state": "onHold"},
+        headers={"Content-Type": "application/merge-patch+json"},
+    )
+    assert response.status_code == 200, response.text
+    assert_valid("CustomerBill", response.json())
+    assert data.invoices[ident]["status"] == "ON_HOLD"
+    illegal = rest_gateway.patch(
+        f"{API}/customerBill/{ident}",
+        json={"state": "settled"},
+        headers={"Content-Type": "application/merge-patch+json"},
+    )
+    assert illegal.status_code == 409
+
+    account = next(a for a, cents in sorted(data.unbilled_cents.items()) if cents > 0)
+    created = rest_gateway.post(
+        f"{API}/customerBillOnDemand", json={"billingAccount": {"id": account}}
+    )
+    assert created.status_code == 201, created.text
+    for _ in range(200):
+        request = rest_gateway.get(created.headers["Location"]).json()
+        if request["state"] != "inProgress":
+            break
+        asyncio.run(asyncio.sleep(0.02))
+    assert request["state"] == "done", request
+    assert_valid("CustomerBillOnDemand", request)
+    bill = rest_gateway.get(request["customerBill"]["href"]).json()
+    assert_valid("CustomerBill", bill)
+    assert bill["runType"] == "offCycle" and bill["billingAccount"]["id"] == account
+    unknown = rest_gateway.post(
+        f"{API}/customerBillOnDemand", json={"billingAccount": {"id": "ENT-9999"}}
+    )
+    assert unknown.status_code == 400 and "unknown billing account" in unknown.json()["message"]
+
+
+def test_a_record_that_does_not_fit_is_a_502(rest_gateway: TestClient) -> None:
+    data = rest_gateway.simulator
+    ident = sorted(data.invoices)[0]
+    broken = copy.deepcopy(data.invoices[ident])
+    broken["total_cents"] = "lots"
+    data.invoices[ident] = broken
+    response = rest_gateway.get(f"{API}/customerBill/{ident}")
+    assert response.status_code == 502
+    assert_valid("Error", response.json())
+    assert "enterprise" in response.json()["message"]
+    assert "amountDue.value" in response.json()["message"]
