@@ -15,7 +15,11 @@ from gateway.config import BackendConfig, ConfigError
 
 ENTRY_POINT_GROUP = "tmf678_gateway.adapters"
 
-_BUNDLED = {"sql": "adapters.sql:SqlAdapter", "rest": "adapters.rest:RestAdapter"}
+_BUNDLED = {
+    "sql": "adapters.sql:SqlAdapter",
+    "rest": "adapters.rest:RestAdapter",
+    "soap": "adapters.soap:SoapAdapter",
+}
 
 
 def adapter_class(kind: str) -> type[Any]:
