@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import AsyncIterator, Coroutine
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -20,16 +21,18 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Match, Route
+from starlette.routing import Match
+from starlette.routing import Route as HttpRoute
 
 from adapters.base import Adapter, BackendError, SourceSpecError
 from adapters.registry import build_adapter
 from gateway.callbacks import CallbackPolicy
-from gateway.config import ConfigError, GatewayConfig
+from gateway.config import ConfigError, GatewayConfig, ResourceBinding
 from gateway.delivery import DeliveryWorker
 from gateway.detector import ChangeDetector
 from gateway.errors import ApiError, error_response
 from gateway.events import DeliverySettings, EventPublisher, HubService
+from gateway.federation import FederatedPatcher, FederatedReader, Route
 from gateway.lifecycle import Lifecycle
 from gateway.logs import RequestLogMiddleware
 from gateway.oas import attribute_types
@@ -58,6 +61,7 @@ async def open_gateway(config: GatewayConfig, api: Api, stack: AsyncExitStack) -
     """
     adapters: dict[str, Adapter] = {}
     needed = {b.backend for b in config.resources.values()}
+    needed |= {b.backend for routes in config.federated.values() for b in routes}
     if config.on_demand is not None:
         needed.add(config.on_demand.backend)
     for name in sorted(needed):
@@ -78,6 +82,8 @@ async def open_gateway(config: GatewayConfig, api: Api, stack: AsyncExitStack) -
             backend.timeout,
             config.scan_batch_size,
         )
+    for collection, bindings in config.federated.items():
+        api.readers[collection] = await _federated(config, collection, bindings, adapters, api)
     store = publisher = None
     if config.on_demand is not None or config.events is not None:
         store = await _open_store(config, stack)
@@ -91,14 +97,48 @@ async def open_gateway(config: GatewayConfig, api: Api, stack: AsyncExitStack) -
         api.readers.setdefault(collection, EmptyReader())
     bills = api.readers.get(CUSTOMER_BILL.collection)
     if isinstance(bills, ResourceReader) and bills.mapping.writable:
-        cycles = api.readers.get(BILL_CYCLE.collection)
-        api.patchers[CUSTOMER_BILL.collection] = ResourcePatcher(
-            reader=bills,
-            mvo_schema="CustomerBill_MVO",
-            lifecycle=Lifecycle(config.bill_transitions),
-            references={"billCycle.id": cycles} if isinstance(cycles, ResourceReader) else {},
-            publisher=publisher,
+        api.patchers[CUSTOMER_BILL.collection] = _bill_patcher(config, api, bills, publisher)
+    elif isinstance(bills, FederatedReader):
+        for route in bills.routes:
+            if route.reader.mapping.writable:
+                route.patcher = _bill_patcher(config, api, route.reader, publisher)
+        api.patchers[CUSTOMER_BILL.collection] = FederatedPatcher(bills)
+
+
+def _bill_patcher(
+    config: GatewayConfig, api: Api, bills: ResourceReader, publisher: EventPublisher | None
+) -> ResourcePatcher:
+    cycles = api.readers.get(BILL_CYCLE.collection)
+    return ResourcePatcher(
+        reader=bills,
+        mvo_schema="CustomerBill_MVO",
+        lifecycle=Lifecycle(config.bill_transitions),
+        references={"billCycle.id": cycles} if isinstance(cycles, ResourceReader) else {},
+        publisher=publisher,
+    )
+
+
+async def _federated(
+    config: GatewayConfig,
+    collection: str,
+    bindings: list[ResourceBinding],
+    adapters: dict[str, Adapter],
+    api: Api,
+) -> FederatedReader:
+    routes = []
+    for binding in bindings:
+        backend = config.backends[binding.backend]
+        reader = await _reader(
+            collection,
+            binding.mapping,
+            adapters[binding.backend],
+            backend.name,
+            backend.timeout,
+            config.scan_batch_size,
         )
+        pattern = re.compile(binding.accounts) if binding.accounts else None
+        routes.append(Route(binding.backend, binding.id_prefix, reader, pattern))
+    return FederatedReader(collection, routes, attribute_types(RESOURCE_TYPES[collection].schema))
 
 
 def _run_in_background(stack: AsyncExitStack, work: Coroutine[Any, Any, None], name: str) -> None:
@@ -266,7 +306,7 @@ def _allowed_methods(request: Request) -> list[str]:
     methods: set[str] = set()
     for route in request.app.routes:
         match, _ = route.matches({**request.scope, "method": "\0"})
-        if match is Match.PARTIAL and isinstance(route, Route) and route.methods:
+        if match is Match.PARTIAL and isinstance(route, HttpRoute) and route.methods:
             methods |= route.methods
     return sorted(methods)
 

@@ -40,6 +40,8 @@ class ResourceBinding:
     collection: str
     backend: str
     mapping: Path
+    id_prefix: str = ""
+    accounts: str | None = None  # pattern of billingAccount ids this back end holds
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +64,8 @@ class EventsConfig:
 class GatewayConfig:
     backends: dict[str, BackendConfig]
     resources: dict[str, ResourceBinding]
+    #: Resources served by several back ends at once (federation), in route order.
+    federated: dict[str, list[ResourceBinding]] = field(default_factory=dict)
     public_base_url: str | None = None
     default_limit: int = 20
     max_limit: int = 1000
@@ -115,17 +119,24 @@ def load_config(path: str | Path = DEFAULT_CONFIG) -> GatewayConfig:
         backends[name] = BackendConfig(name, str(spec["kind"]), float(timeout), options)
 
     resources: dict[str, ResourceBinding] = {}
+    federated: dict[str, list[ResourceBinding]] = {}
     section = _section(data, "resources", file)
     for collection, spec in section.items():
         place = f"resources.{collection}"
         if collection not in RESOURCE_TYPES:
             raise fail(place, section, collection, "not a TMF678 resource collection")
-        if not isinstance(spec, SpecMap) or {"backend", "mapping"} - spec.keys():
-            raise fail(place, section, collection, "expected {backend: ..., mapping: ...}")
-        if spec["backend"] not in backends:
-            raise fail(f"{place}.backend", spec, "backend", f"no back end {spec['backend']!r}")
-        mapping = path.parent / str(_expand(spec["mapping"]))
-        resources[collection] = ResourceBinding(collection, spec["backend"], mapping)
+        if isinstance(spec, list):
+            routes = [
+                _binding(collection, item, f"{place}[{i}]", backends, path, file, federated=True)
+                for i, item in enumerate(spec)
+            ]
+            prefixes = [r.id_prefix for r in routes]
+            for a in prefixes:
+                if any(a != b and b.startswith(a) for b in prefixes) or prefixes.count(a) > 1:
+                    raise fail(place, section, collection, f"id_prefix {a!r} is not distinct")
+            federated[collection] = routes
+        else:
+            resources[collection] = _binding(collection, spec, place, backends, path, file)
 
     transitions = dict(DEFAULT_BILL_TRANSITIONS)
     lifecycle = _section(data, "lifecycle", file)
@@ -150,6 +161,7 @@ def load_config(path: str | Path = DEFAULT_CONFIG) -> GatewayConfig:
     return GatewayConfig(
         backends=backends,
         resources=resources,
+        federated=federated,
         public_base_url=str(public_base_url).rstrip("/") if public_base_url else None,
         default_limit=default_limit,
         max_limit=max_limit,
@@ -160,6 +172,44 @@ def load_config(path: str | Path = DEFAULT_CONFIG) -> GatewayConfig:
         events=events,
         source=file,
     )
+
+
+def _binding(
+    collection: str,
+    spec: Any,
+    place: str,
+    backends: dict[str, BackendConfig],
+    path: Path,
+    file: str,
+    federated: bool = False,
+) -> ResourceBinding:
+    line = spec.line if isinstance(spec, SpecMap) else None
+    allowed = (
+        {"backend", "mapping", "id_prefix", "accounts"} if federated else {"backend", "mapping"}
+    )
+    if (
+        not isinstance(spec, SpecMap)
+        or {"backend", "mapping"} - spec.keys()
+        or spec.keys() - allowed
+    ):
+        raise ConfigError(file, place, line, f"expected {{{', '.join(sorted(allowed))}}}")
+    if spec["backend"] not in backends:
+        raise ConfigError(
+            file, f"{place}.backend", spec.line_of("backend"), f"no back end {spec['backend']!r}"
+        )
+    prefix = str(spec.get("id_prefix") or "")
+    if federated and not prefix:
+        raise ConfigError(file, f"{place}.id_prefix", line, "each federated back end needs one")
+    accounts = spec.get("accounts")
+    if accounts is not None:
+        try:
+            re.compile(str(accounts))
+        except re.error as exc:
+            raise ConfigError(
+                file, f"{place}.accounts", spec.line_of("accounts"), str(exc)
+            ) from None
+    mapping = path.parent / str(_expand(spec["mapping"]))
+    return ResourceBinding(collection, spec["backend"], mapping, prefix, accounts)
 
 
 _WORKER_OPTIONS = {

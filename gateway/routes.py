@@ -7,7 +7,7 @@ serialises. Methods the OAS does not define on a path answer 405, as a TMF `Erro
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from starlette.requests import Request
@@ -28,7 +28,13 @@ from gateway.resources import (
     RESOURCE_TYPES,
     ResourceType,
 )
-from gateway.writes import ResourcePatcher, etag
+from gateway.writes import etag
+
+
+class Patcher(Protocol):
+    async def patch(
+        self, ident: str, body: bytes, content_type: str | None, if_match: str | None, base: str
+    ) -> tuple[dict[str, Any], str]: ...
 
 
 class JSONResponse(Response):
@@ -55,7 +61,7 @@ class Api:
         #: Events leave outside any request: their hrefs use this API root.
         self.event_base_url = (public_base_url or event_base_url.rstrip("/")) + API_PREFIX
         self.readers: dict[str, Reader] = {}
-        self.patchers: dict[str, ResourcePatcher] = {}
+        self.patchers: dict[str, Patcher] = {}
         self.on_demand: OnDemandService | None = None
         self.hubs: HubService | None = None
 

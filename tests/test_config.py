@@ -62,7 +62,7 @@ def test_environment_values_and_defaults(tmp_path: Path, monkeypatch: pytest.Mon
         (
             "backends: {b: {kind: sql}}\nresources:\n  billCycle: {backend: b}\n",
             3,
-            "expected {backend: ..., mapping: ...}",
+            "expected {backend, mapping}",
         ),
         ("backends: [1, 2]\n", 1, "backends: must be a mapping"),
     ],

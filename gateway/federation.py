@@ -1,0 +1,133 @@
+"""One TMF resource served by several back ends at once.
+
+Each back end (a route) owns an id prefix, so ids stay unique and stable across back
+ends (`L-42`, `E-EI-000007`); a read or PATCH by id goes to the route its prefix names.
+A list goes to the routes a `billingAccount.id` filter can reach (a route may declare
+the accounts it holds as a pattern) and otherwise to all of them; the gateway asks each
+route for its first `offset + limit` matches in the requested order, merges them on the
+same sort keys (ties keep route order, then each back end's own order), and adds the
+routes' totals, so `X-Total-Count`, `offset` and `limit` mean what they mean for one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import heapq
+import re
+from dataclasses import dataclass
+from itertools import islice
+from typing import Any
+
+from gateway.errors import ApiError, bad_request, not_found
+from gateway.oas import AttributeTypes
+from gateway.query import Filter, Query
+from gateway.reads import ResourceReader
+from gateway.residual import sort_key
+from gateway.writes import ResourcePatcher, etag, matches_if_match
+
+Resource = dict[str, Any]
+
+
+@dataclass(slots=True)
+class Route:
+    backend: str
+    prefix: str
+    reader: ResourceReader
+    accounts: re.Pattern[str] | None = None
+    patcher: ResourcePatcher | None = None
+
+
+class FederatedReader:
+    def __init__(self, collection: str, routes: list[Route], attributes: AttributeTypes) -> None:
+        self.collection = collection
+        self.routes = routes
+        self.attributes = attributes
+
+    def route_of(self, ident: str) -> tuple[Route, str] | None:
+        for route in self.routes:
+            if ident.startswith(route.prefix):
+                return route, ident[len(route.prefix) :]
+        return None
+
+    def tag(self, route: Route, item: Resource, base: str) -> Resource:
+        """The back end's resource with the federated id (and the href that goes with it)."""
+        ident = route.prefix + str(item["id"])
+        return {**item, "id": ident, "href": f"{base}/{self.collection}/{ident}"}
+
+    async def get(self, ident: str, base: str) -> Resource | None:
+        found = self.route_of(ident)
+        if found is None:
+            return None
+        route, local = found
+        item = await route.reader.get(local, base)
+        return None if item is None else self.tag(route, item, base)
+
+    async def list(self, query: Query, base: str) -> tuple[list[Resource], int]:
+        plans = [(route, q) for route in self.routes if (q := self._for_route(route, query))]
+        window = query.offset + query.limit
+        results = await asyncio.gather(
+            *(
+                route.reader.list(dataclasses.replace(q, offset=0, limit=window), base)
+                for route, q in plans
+            )
+        )
+        total = sum(count for _, count in results)
+        lists = [
+            [self.tag(route, item, base) for item in items]
+            for (route, _), (items, _) in zip(plans, results, strict=True)
+        ]
+        key = sort_key(query.sort, self.attributes.types) if query.sort else None
+        merged = heapq.merge(*lists, key=key) if key else (i for items in lists for i in items)
+        return list(islice(merged, query.offset, window)), total
+
+    def _for_route(self, route: Route, query: Query) -> Query | None:
+        """The query as this route must see it, or None when it cannot match there."""
+        filters = []
+        for flt in query.filters:
+            if flt.path == "id":
+                if flt.op not in ("eq", "ne"):
+                    raise bad_request(
+                        "Invalid filter", f"{flt.param!r}: ids take eq or ne across back ends"
+                    )
+                local = tuple(
+                    v[len(route.prefix) :] for v in flt.values if v.startswith(route.prefix)
+                )
+                if flt.op == "eq" and not local:
+                    return None  # none of the wanted ids lives here
+                if local:
+                    filters.append(Filter(flt.path, flt.op, local, flt.param))
+                continue
+            if flt.path == "billingAccount.id" and flt.op == "eq" and route.accounts:
+                mine = tuple(v for v in flt.values if route.accounts.search(v))
+                if not mine:
+                    return None  # these accounts are held elsewhere
+                filters.append(Filter(flt.path, flt.op, mine, flt.param))
+                continue
+            filters.append(flt)
+        return dataclasses.replace(query, filters=tuple(filters))
+
+
+class FederatedPatcher:
+    """PATCH by federated id: the route's own patcher, on the back end's id."""
+
+    def __init__(self, reader: FederatedReader) -> None:
+        self.reader = reader
+
+    async def patch(
+        self, ident: str, body: bytes, content_type: str | None, if_match: str | None, base: str
+    ) -> tuple[Resource, str]:
+        found = self.reader.route_of(ident)
+        if found is None or found[0].patcher is None:
+            raise not_found(self.reader.collection, ident)
+        route, local = found
+        if if_match is not None:
+            # ETags are over the federated resource; the route's write still compares-and-sets.
+            current = await self.reader.get(ident, base)
+            if current is None:
+                raise not_found(self.reader.collection, ident)
+            if not matches_if_match(if_match, etag(current, base)):
+                raise ApiError(412, "Precondition failed", "The resource changed since that ETag")
+        item, _ = await route.patcher.patch(local, body, content_type, None, base)
+        tagged = self.reader.tag(route, item, base)
+        return tagged, etag(tagged, base)
