@@ -8,7 +8,7 @@ PORT   ?= 8678
 DEMO_DB ?= var/legacy_billing.sqlite
 BILLS  ?= 1000000
 
-.PHONY: install run test lint format bench bench-db clean
+.PHONY: install run demo test lint format bench bench-db clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ $(DEMO_DB): | $(VENV)/.installed
 
 run: install $(DEMO_DB)
 	LEGACY_DB=$(DEMO_DB) HOST=$(HOST) PORT=$(PORT) $(PY) -m gateway
+
+# The bundled SQL, REST and SOAP back ends behind one gateway (config/federated.yaml).
+demo: install
+	LEGACY_DB=$(DEMO_DB) HOST=$(HOST) PORT=$(PORT) $(PY) -m simulators.demo
 
 test: install
 	$(PY) -m pytest
