@@ -42,9 +42,10 @@ def test_unknown_kind_lists_the_known_ones() -> None:
 
 def test_a_plugin_kind_serves_the_api(installed_plugin: None, tmp_path: Path) -> None:
     config = tmp_path / "gateway.yaml"
+    mapping = PLUGIN / "customer_bill.yaml"
     config.write_text(
         f"backends:\n  kiosk: {{kind: csv, directory: {PLUGIN / 'data'}}}\n"
-        f"resources:\n  customerBill: {{backend: kiosk, mapping: {PLUGIN / 'customer_bill.yaml'}}}\n"
+        f"resources:\n  customerBill: {{backend: kiosk, mapping: {mapping}}}\n"
     )
     assert adapter_class("csv").__name__ == "CsvAdapter"
     with TestClient(create_app(load_config(config))) as client:
