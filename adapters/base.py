@@ -66,6 +66,37 @@ class Plan:
     limit: int | None = None
 
 
+def equalities(predicate: Predicate) -> dict[str, list[Any]] | None:
+    """An AND of per-column ORs of equalities, as {column: values}; None for anything else.
+
+    This is all that query-parameter APIs (REST, SOAP) can usually take.
+    """
+    if predicate == MATCH_ALL:
+        return {}
+    if isinstance(predicate, AllOf):
+        out: dict[str, list[Any]] = {}
+        for term in predicate.terms:
+            found = equalities(term)
+            if found is None or out.keys() & found.keys():
+                return None
+            out.update(found)
+        return out
+    terms = predicate.terms if isinstance(predicate, AnyOf) else (predicate,)
+    if not terms or not all(isinstance(t, Compare) and t.op == "eq" for t in terms):
+        return None
+    columns = {t.column for t in terms}  # type: ignore[union-attr]
+    if len(columns) != 1:
+        return None
+    return {columns.pop(): [t.value for t in terms]}  # type: ignore[union-attr]
+
+
+def key_lookup(predicate: Predicate, key_column: str) -> Any | None:
+    """The key value when the predicate asks for one record by its key, else None."""
+    if isinstance(predicate, Compare) and predicate.column == key_column and predicate.op == "eq":
+        return predicate.value
+    return None
+
+
 @dataclass(slots=True)
 class Page:
     records: list[dict[str, Any]]

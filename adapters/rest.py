@@ -33,16 +33,15 @@ from typing import Any
 import httpx
 
 from adapters.base import (
-    MATCH_ALL,
     ActionResult,
-    AllOf,
-    AnyOf,
     BackendError,
     Compare,
     Page,
     Plan,
     Predicate,
     SourceSpecError,
+    equalities,
+    key_lookup,
 )
 
 Record = dict[str, Any]
@@ -215,37 +214,22 @@ class RestSource:
 
     def _by_key(self, predicate: Predicate) -> bool:
         """A lookup by the record's key, which the API answers at its `get` path."""
-        return (
-            self.get_path is not None
-            and isinstance(predicate, Compare)
-            and predicate.column == self.key_column
-            and predicate.op == "eq"
-        )
+        return self.get_path is not None and key_lookup(predicate, self.key_column) is not None
 
     def can_sort(self, column: str) -> bool:
         return column in self.sort.get("columns", ())
 
     def _params(self, predicate: Predicate) -> dict[str, str] | None:
-        if predicate == MATCH_ALL:
-            return {}
-        if isinstance(predicate, AllOf):
-            params: dict[str, str] = {}
-            for term in predicate.terms:
-                found = self._params(term)
-                if found is None or params.keys() & found.keys():
-                    return None
-                params.update(found)
-            return params
-        terms = predicate.terms if isinstance(predicate, AnyOf) else (predicate,)
-        if not terms or not all(isinstance(t, Compare) and t.op == "eq" for t in terms):
+        wanted = equalities(predicate)
+        if wanted is None:
             return None
-        columns = {t.column for t in terms}  # type: ignore[union-attr]
-        if len(columns) != 1:
-            return None
-        spec = self.filters.get(columns.pop())
-        if spec is None or (len(terms) > 1 and not spec.get("multiple")):
-            return None
-        return {spec["param"]: ",".join(str(t.value) for t in terms)}  # type: ignore[union-attr]
+        params = {}
+        for column, values in wanted.items():
+            spec = self.filters.get(column)
+            if spec is None or (len(values) > 1 and not spec.get("multiple")):
+                return None
+            params[spec["param"]] = ",".join(str(v) for v in values)
+        return params
 
     def _sort_param(self, plan: Plan) -> dict[str, str]:
         if not plan.order_by or not self.sort:

@@ -42,16 +42,15 @@ from lxml import etree
 from zeep.transports import AsyncTransport
 
 from adapters.base import (
-    MATCH_ALL,
     ActionResult,
-    AllOf,
-    AnyOf,
     BackendError,
     Compare,
     Page,
     Plan,
     Predicate,
     SourceSpecError,
+    equalities,
+    key_lookup,
 )
 
 Record = dict[str, Any]
@@ -220,35 +219,24 @@ class SoapSource:
         return self._by_key(predicate) or self._request(predicate) is not None
 
     def _by_key(self, predicate: Predicate) -> bool:
-        return (
-            self.get_operation is not None
-            and isinstance(predicate, Compare)
-            and predicate.column == self.key_column
-            and predicate.op == "eq"
-        )
+        return self.get_operation is not None and key_lookup(predicate, self.key_column) is not None
 
     def _request(self, predicate: Predicate) -> dict[str, Any] | None:
-        if predicate == MATCH_ALL:
-            return {}
-        if isinstance(predicate, AllOf):
-            out: dict[str, Any] = {}
-            for term in predicate.terms:
-                found = self._request(term)
-                if found is None or out.keys() & found.keys():
-                    return None
-                out.update(found)
-            return out
-        terms = predicate.terms if isinstance(predicate, AnyOf) else (predicate,)
-        if not terms or not all(isinstance(t, Compare) and t.op == "eq" for t in terms):
+        wanted = equalities(predicate)
+        if wanted is None:
             return None
-        columns = {t.column for t in terms}  # type: ignore[union-attr]
-        spec = self.filters.get(columns.pop()) if len(columns) == 1 else None
-        if spec is None:
-            return None
-        values = [t.value for t in terms]  # type: ignore[union-attr]
-        if spec.get("multiple"):
-            return {spec["element"]: values}
-        return {spec["element"]: values[0]} if len(values) == 1 else None
+        request: dict[str, Any] = {}
+        for column, values in wanted.items():
+            spec = self.filters.get(column)
+            if spec is None:
+                return None
+            if spec.get("multiple"):
+                request[spec["element"]] = values
+            elif len(values) == 1:
+                request[spec["element"]] = values[0]
+            else:
+                return None
+        return request
 
     async def _list(self, where: Predicate, offset: int, limit: int) -> tuple[list[Record], int]:
         filters = self._request(where)

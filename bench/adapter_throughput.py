@@ -126,10 +126,16 @@ async def bench_kind(kind: str, total: int, work: Path) -> list[tuple[str, float
 
         rows = []
         for name, via_gateway, direct in (
-            ("GET /customerBill/{id}",
-             lambda c, n: c.get(f"{gw}/customerBill/{ids[n % len(ids)]}"), direct_one),
-            ("GET /customerBill?limit=50",
-             lambda c, n: c.get(f"{gw}/customerBill?limit=50"), direct_list),
+            (
+                "GET /customerBill/{id}",
+                lambda c, n: c.get(f"{gw}/customerBill/{ids[n % len(ids)]}"),
+                direct_one,
+            ),
+            (
+                "GET /customerBill?limit=50",
+                lambda c, n: c.get(f"{gw}/customerBill?limit=50"),
+                direct_list,
+            ),
         ):
             ours = await drive(via_gateway, total)
             theirs = await drive(direct, total)
@@ -157,7 +163,7 @@ def soap_parsing(records: int = 500) -> tuple[float, float]:
         + "</cb:ListInvoicesResponse>"
     )
     client = zeep.Client(str(WSDL))
-    element = client.get_element("{%s}ListInvoicesResponse" % NS)
+    element = client.get_element(f"{{{NS}}}ListInvoicesResponse")
     node = etree.fromstring(body)
     rounds = 20
     started = time.perf_counter()

@@ -115,9 +115,7 @@ def main() -> int:
     config = yaml.safe_load((ROOT / "config" / "default.yaml").read_text())
     config.pop("events", None)
     bench_config = db.parent / "bench_gateway.yaml"
-    bench_config.write_text(
-        yaml.safe_dump(config).replace("../mappings/", f"{ROOT}/mappings/")
-    )
+    bench_config.write_text(yaml.safe_dump(config).replace("../mappings/", f"{ROOT}/mappings/"))
     env = {
         **os.environ,
         "LEGACY_DB": str(db),
