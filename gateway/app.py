@@ -36,7 +36,7 @@ from gateway.federation import FederatedPatcher, FederatedReader, Route
 from gateway.lifecycle import Lifecycle
 from gateway.logs import RequestLogMiddleware
 from gateway.oas import attribute_types
-from gateway.on_demand import OnDemandService, worker_settings
+from gateway.on_demand import BillMaker, OnDemandService, worker_settings
 from gateway.reads import EmptyReader, ResourceReader
 from gateway.resources import BILL_CYCLE, CUSTOMER_BILL, CUSTOMER_BILL_ON_DEMAND, RESOURCE_TYPES
 from gateway.routes import Api, api_routes
@@ -63,7 +63,7 @@ async def open_gateway(config: GatewayConfig, api: Api, stack: AsyncExitStack) -
     needed = {b.backend for b in config.resources.values()}
     needed |= {b.backend for routes in config.federated.values() for b in routes}
     if config.on_demand is not None:
-        needed.add(config.on_demand.backend)
+        needed |= config.on_demand.actions.keys()
     for name in sorted(needed):
         try:
             adapter = build_adapter(config.backends[name])
@@ -101,12 +101,16 @@ async def open_gateway(config: GatewayConfig, api: Api, stack: AsyncExitStack) -
     elif isinstance(bills, FederatedReader):
         for route in bills.routes:
             if route.reader.mapping.writable:
-                route.patcher = _bill_patcher(config, api, route.reader, publisher)
+                route.patcher = _bill_patcher(config, api, route.reader, publisher, route.prefix)
         api.patchers[CUSTOMER_BILL.collection] = FederatedPatcher(bills)
 
 
 def _bill_patcher(
-    config: GatewayConfig, api: Api, bills: ResourceReader, publisher: EventPublisher | None
+    config: GatewayConfig,
+    api: Api,
+    bills: ResourceReader,
+    publisher: EventPublisher | None,
+    id_prefix: str = "",
 ) -> ResourcePatcher:
     cycles = api.readers.get(BILL_CYCLE.collection)
     return ResourcePatcher(
@@ -115,6 +119,7 @@ def _bill_patcher(
         lifecycle=Lifecycle(config.bill_transitions),
         references={"billCycle.id": cycles} if isinstance(cycles, ResourceReader) else {},
         publisher=publisher,
+        id_prefix=id_prefix,
     )
 
 
@@ -178,22 +183,34 @@ async def _open_events(
     api.hubs = HubService(store, policy)
     for collection, (attribute, interval) in events.change_detection.items():
         reader = api.readers.get(collection)
-        ref = reader.mapping.fields.get(attribute) if isinstance(reader, ResourceReader) else None
-        if ref is None or not ref.transform.ordered or not reader.source.can_sort(ref.column):
-            raise StartupError(
-                f"{config.source}: events.change_detection.{collection}: {attribute!r} must be"
-                " read from a back-end column that sorts like the instants it holds"
-            )
-        detector = ChangeDetector(
-            collection=collection,
-            event_prefix=reader.mapping.resource,
-            reader=reader,
-            store=store,
-            publisher=publisher,
-            attribute=attribute,
-            interval=interval,
+        federated = isinstance(reader, FederatedReader)
+        routes = (
+            reader.routes
+            if isinstance(reader, FederatedReader)
+            else [
+                Route(getattr(reader, "backend", "?"), "", reader)  # type: ignore[arg-type]
+            ]
         )
-        _run_in_background(stack, detector.run(), f"detector-{collection}")
+        for route in routes:
+            if not _detectable(route.reader, attribute):
+                if federated:  # the other back ends are still watched
+                    log.warning("change_detection_unavailable", backend=route.backend)
+                    continue
+                raise StartupError(
+                    f"{config.source}: events.change_detection.{collection}: {attribute!r} must"
+                    " be read from a back-end column that sorts like the instants it holds"
+                )
+            detector = ChangeDetector(
+                collection=collection,
+                event_prefix=route.reader.mapping.resource,
+                reader=route.reader,
+                store=store,
+                publisher=publisher,
+                attribute=attribute,
+                interval=interval,
+                id_prefix=route.prefix,
+            )
+            _run_in_background(stack, detector.run(), f"detector-{collection}-{route.backend}")
     return publisher
 
 
@@ -241,8 +258,7 @@ async def _open_on_demand(
     settings = config.on_demand
     assert settings is not None
     bills = api.readers.get(CUSTOMER_BILL.collection)
-    if not isinstance(bills, ResourceReader) or "id" not in bills.mapping.fields:
-        raise StartupError("on_demand needs customerBill served by a back end (bills it makes)")
+    routes = _bill_routes(bills)
     requests = await _reader(
         CUSTOMER_BILL_ON_DEMAND.collection,
         settings.mapping,
@@ -252,24 +268,24 @@ async def _open_on_demand(
         config.scan_batch_size,
     )
     api.readers[CUSTOMER_BILL_ON_DEMAND.collection] = requests
-    backend = config.backends[settings.backend]
-    file = str(settings.action)
-    try:
-        spec = load_yaml(settings.action)
-        if not isinstance(spec, SpecMap):
-            raise MappingSpecError(file, "", 1, "an action file is a YAML mapping")
-        try:
-            action = adapters[settings.backend].action(spec)
-        except SourceSpecError as exc:
-            key = exc.place.split(".")[0].split("[")[0]
-            raise MappingSpecError(file, exc.place, spec.line_of(key), exc.reason) from None
-    except MappingSpecError as exc:
-        raise StartupError(str(exc)) from exc
+    makers = []
+    for name, path in settings.actions.items():
+        route = routes.get(name)
+        if route is None or "id" not in route.reader.mapping.fields:
+            raise StartupError(f"on_demand: back end {name!r} does not serve customerBill")
+        makers.append(
+            BillMaker(
+                backend=name,
+                action=_action(adapters[name], path),
+                timeout=config.backends[name].timeout,
+                bill_id=route.reader.mapping.fields["id"].transform,
+                prefix=route.prefix,
+                accounts=route.accounts,
+            )
+        )
     service = OnDemandService(
         store=store,
-        action=action,
-        backend=backend.name,
-        timeout=backend.timeout,
+        makers=makers,
         bills=bills,
         requests=requests.mapping,
         settings=worker_settings(settings.worker),
@@ -277,6 +293,39 @@ async def _open_on_demand(
     )
     api.on_demand = service
     _run_in_background(stack, service.run_worker(), "on-demand-worker")
+
+
+def _detectable(reader: Any, attribute: str) -> bool:
+    """Whether changes can be found by reading the attribute in order from the back end."""
+    if not isinstance(reader, ResourceReader):
+        return False
+    ref = reader.mapping.fields.get(attribute)
+    return ref is not None and ref.transform.ordered and reader.source.can_sort(ref.column)
+
+
+def _bill_routes(bills: Any) -> dict[str, Route]:
+    """customerBill's back ends by name: one unprefixed route, or the federated ones."""
+    if isinstance(bills, FederatedReader):
+        return {route.backend: route for route in bills.routes}
+    if isinstance(bills, ResourceReader):
+        return {bills.backend: Route(bills.backend, "", bills)}
+    raise StartupError("on_demand needs customerBill served by a back end (bills it makes)")
+
+
+def _action(adapter: Adapter, path: Path) -> Any:
+    """A declared back-end action, compiled at start-up; mistakes name file and line."""
+    file = str(path)
+    try:
+        spec = load_yaml(path)
+        if not isinstance(spec, SpecMap):
+            raise MappingSpecError(file, "", 1, "an action file is a YAML mapping")
+        try:
+            return adapter.action(spec)
+        except SourceSpecError as exc:
+            key = exc.place.split(".")[0].split("[")[0]
+            raise MappingSpecError(file, exc.place, spec.line_of(key), exc.reason) from None
+    except MappingSpecError as exc:
+        raise StartupError(str(exc)) from exc
 
 
 async def _api_error(request: Request, exc: Exception) -> Response:

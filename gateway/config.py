@@ -46,8 +46,8 @@ class ResourceBinding:
 
 @dataclass(frozen=True, slots=True)
 class OnDemandConfig:
-    backend: str
-    action: Path
+    #: back end -> its "bill now" action file; with several, accounts decide (federation)
+    actions: dict[str, Path]
     mapping: Path
     worker: dict[str, Any]
 
@@ -156,7 +156,7 @@ def load_config(path: str | Path = DEFAULT_CONFIG) -> GatewayConfig:
 
     events = None
     if data.get("events") is not None:
-        events = _events(_section(data, "events", file), resources, file)
+        events = _events(_section(data, "events", file), {**resources, **federated}, file)
 
     return GatewayConfig(
         backends=backends,
@@ -226,15 +226,20 @@ def _on_demand(
     section: Any, data: SpecMap, backends: dict[str, BackendConfig], root: Path, file: str
 ) -> OnDemandConfig:
     place = "on_demand"
-    if not isinstance(section, SpecMap) or {"backend", "action", "mapping"} - section.keys():
-        raise ConfigError(file, place, data.line_of(place), "expected {backend, action, mapping}")
-    if section["backend"] not in backends:
+    single = isinstance(section, SpecMap) and {"backend", "action"} <= section.keys()
+    several = isinstance(section, SpecMap) and isinstance(section.get("actions"), SpecMap)
+    if not isinstance(section, SpecMap) or "mapping" not in section or single == several:
         raise ConfigError(
             file,
-            f"{place}.backend",
-            section.line_of("backend"),
-            f"no back end {section['backend']!r}",
+            place,
+            data.line_of(place),
+            "expected {backend, action, mapping} or {actions: {back end: action}, mapping}",
         )
+    named = {section["backend"]: section["action"]} if single else dict(section["actions"])
+    for backend in named:
+        if backend not in backends:
+            line = section.line_of("backend" if single else "actions")
+            raise ConfigError(file, f"{place}.backend", line, f"no back end {backend!r}")
     worker = section.get("worker") or SpecMap()
     for key, value in worker.items():
         if key not in _WORKER_OPTIONS:
@@ -242,8 +247,7 @@ def _on_demand(
         if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
             raise ConfigError(file, f"{place}.worker.{key}", worker.line_of(key), "a number >= 0")
     return OnDemandConfig(
-        backend=section["backend"],
-        action=root / str(_expand(section["action"])),
+        actions={b: root / str(_expand(a)) for b, a in named.items()},
         mapping=root / str(_expand(section["mapping"])),
         worker=dict(worker),
     )
@@ -261,7 +265,7 @@ _DELIVERY_OPTIONS = {
 }
 
 
-def _events(section: SpecMap, resources: dict[str, ResourceBinding], file: str) -> EventsConfig:
+def _events(section: SpecMap, resources: dict[str, Any], file: str) -> EventsConfig:
     for key in section:
         if key not in ("delivery", "allow_callback_networks", "change_detection"):
             raise ConfigError(file, f"events.{key}", section.line_of(key), "unknown key")

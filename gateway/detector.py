@@ -45,6 +45,7 @@ class ChangeDetector:
         publisher: EventPublisher,
         attribute: str,
         interval: float,
+        id_prefix: str = "",
     ) -> None:
         self.collection = collection
         self.event_prefix = event_prefix  # "CustomerBill" -> CustomerBillCreateEvent, ...
@@ -53,7 +54,8 @@ class ChangeDetector:
         self.publisher = publisher
         self.attribute = attribute
         self.interval = interval
-        self.mark_name = f"detector:{collection}"
+        self.id_prefix = id_prefix  # a federated route's prefix, for the ids it reports
+        self.mark_name = f"detector:{collection}:{reader.backend}"
 
     async def run(self) -> None:
         while True:
@@ -68,7 +70,7 @@ class ChangeDetector:
     def _map(self, record: dict[str, Any]) -> dict[str, Any] | None:
         """A record as the API shows it; a record its mapping cannot read is skipped."""
         try:
-            return self.reader.mapping.to_tmf(record, self.publisher.base_url)
+            item = self.reader.mapping.to_tmf(record, self.publisher.base_url)
         except RecordMappingError as exc:
             log.warning(
                 "change_detection_skipped_record",
@@ -78,6 +80,14 @@ class ChangeDetector:
                 detail=exc.reason,
             )
             return None
+        if self.id_prefix:
+            ident = self.id_prefix + item["id"]
+            item = {
+                **item,
+                "id": ident,
+                "href": f"{self.publisher.base_url}/{self.collection}/{ident}",
+            }
+        return item
 
     async def poll_once(self) -> int:
         """Report what changed since the watermark; the number of events queued."""
@@ -128,7 +138,13 @@ class ChangeDetector:
         newest: datetime | None = None
         count = 0
         async with self.store.transaction() as conn:
-            await conn.execute(delete(seen_state).where(seen_state.c.resource == self.collection))
+            # Only this back end's share (a federated route's ids carry its prefix).
+            await conn.execute(
+                delete(seen_state).where(
+                    (seen_state.c.resource == self.collection)
+                    & seen_state.c.key.startswith(self.id_prefix, autoescape=True)
+                )
+            )
             async for records in source.stream(Plan(), 1000):
                 rows = []
                 for item in map(self._map, records):

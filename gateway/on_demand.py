@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -27,9 +28,10 @@ from gateway.errors import ApiError
 from gateway.events import EventPublisher, build_event
 from gateway.oas import schema_errors
 from gateway.patch import invalid, parse_body
-from gateway.reads import ResourceReader
+from gateway.reads import Reader
 from gateway.store import GatewayStore
 from mappings.compiler import CompiledMapping
+from mappings.transforms import Transform
 
 log = structlog.get_logger("gateway.on_demand")
 
@@ -47,24 +49,34 @@ class WorkerSettings:
     pause_after_action_seconds: float = 0.0
 
 
+@dataclass(frozen=True, slots=True)
+class BillMaker:
+    """A back end that makes bills on demand, and which billing accounts it holds."""
+
+    backend: str
+    action: BackendAction
+    timeout: float
+    bill_id: Transform  # the back end's bill key -> its TMF id
+    prefix: str = ""  # the federated id prefix of its bills
+    accounts: re.Pattern[str] | None = None
+
+    def holds(self, account: str) -> bool:
+        return self.accounts is None or self.accounts.search(account) is not None
+
+
 class OnDemandService:
     def __init__(
         self,
         store: GatewayStore,
-        action: BackendAction,
-        backend: str,
-        timeout: float,
-        bills: ResourceReader,
+        makers: list[BillMaker],
+        bills: Reader,
         requests: CompiledMapping,
         settings: WorkerSettings,
         publisher: EventPublisher | None = None,
     ) -> None:
         self.store = store
-        self.action = action
-        self.backend = backend
-        self.timeout = timeout
+        self.makers = makers
         self.bills = bills  # where the produced bills are read, for their events
-        self.bill_id = bills.mapping.fields["id"].transform  # back-end key -> TMF id
         self.requests = requests  # the on-demand mapping, for events about requests
         self.settings = settings
         self.publisher = publisher
@@ -91,8 +103,16 @@ class OnDemandService:
             raise invalid("Invalid CustomerBillOnDemand", "; ".join(errors[:5]))
         if request["@type"] != "CustomerBillOnDemand":
             raise invalid("Invalid CustomerBillOnDemand", "@type must be CustomerBillOnDemand")
-        async with backend_call(self.backend, self.timeout):
-            refusal = await self.action.check({"account_id": account["id"], "request_id": ""})
+        maker = next((m for m in self.makers if m.holds(account["id"])), None)
+        if maker is None:
+            raise ApiError(
+                400,
+                "Billing account not usable",
+                f"billingAccount {account['id']!r}: no back end holds this account",
+                code="INVALID_BILLING_ACCOUNT",
+            )
+        async with backend_call(maker.backend, maker.timeout):
+            refusal = await maker.action.check({"account_id": account["id"], "request_id": ""})
         if refusal is not None:
             raise ApiError(
                 400,
@@ -103,6 +123,7 @@ class OnDemandService:
         async with self.store.transaction() as conn:
             ident = await self.store.create_on_demand(
                 conn,
+                backend=maker.backend,
                 account_id=account["id"],
                 account_name=account.get("name"),
                 name=request.get("name"),
@@ -132,10 +153,11 @@ class OnDemandService:
         claimed = await self.store.claim_on_demand(self.owner, self.settings.lease_seconds)
         if claimed is None:
             return False
+        maker = next((m for m in self.makers if m.backend == claimed.backend), self.makers[0])
         params = {"request_id": claimed.id, "account_id": claimed.account_id}
         try:
-            async with asyncio.timeout(self.timeout):
-                result = await self.action.run(params)
+            async with asyncio.timeout(maker.timeout):
+                result = await maker.action.run(params)
         except (BackendError, TimeoutError) as exc:
             reason = exc.reason if isinstance(exc, BackendError) else "the back end timed out"
             await self._failed(claimed.id, claimed.attempts, reason)
@@ -146,7 +168,7 @@ class OnDemandService:
             await self._finish(claimed.id, "rejected", description=result.reason)
             log.info("on_demand_rejected", request=claimed.id, reason=result.reason)
             return True
-        bill_id = self.bill_id.to_tmf(result.value)
+        bill_id = maker.prefix + maker.bill_id.to_tmf(result.value)
         bill = None
         if self.publisher is not None:
             bill = await self.bills.get(bill_id, self.publisher.base_url)

@@ -32,8 +32,10 @@ from sqlalchemy import (
     delete,
     event,
     insert,
+    inspect,
     or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.engine import make_url
@@ -72,6 +74,7 @@ bill_on_demand = Table(
     Column("attempts", Integer, nullable=False, default=0),
     Column("lease_owner", String(36)),
     Column("lease_until", Float, index=True),  # epoch seconds; also "not before" for retries
+    Column("backend", String(60)),  # which back end makes the bill (several may be able to)
 )
 
 
@@ -129,8 +132,14 @@ def _migration_2(conn: Connection) -> None:
         table.create(conn)
 
 
+def _migration_3(conn: Connection) -> None:
+    # Stores created by migration 1 before `backend` existed lack the column.
+    if "backend" not in {c["name"] for c in inspect(conn).get_columns("bill_on_demand")}:
+        conn.execute(text("ALTER TABLE bill_on_demand ADD COLUMN backend VARCHAR(60)"))
+
+
 #: Append only: each entry runs once, in order, in its own transaction.
-MIGRATIONS: list[Callable[[Connection], None]] = [_migration_1, _migration_2]
+MIGRATIONS: list[Callable[[Connection], None]] = [_migration_1, _migration_2, _migration_3]
 
 
 def now_text() -> str:
@@ -142,6 +151,7 @@ class OnDemandRequest:
     id: str
     account_id: str
     attempts: int
+    backend: str | None
 
 
 class GatewayStore:
@@ -169,6 +179,7 @@ class GatewayStore:
         self,
         conn: AsyncConnection,
         *,
+        backend: str,
         account_id: str,
         account_name: str | None,
         name: str | None,
@@ -188,6 +199,7 @@ class GatewayStore:
             "created_at": stamp,
             "updated_at": stamp,
             "attempts": 0,
+            "backend": backend,
         }
         await conn.execute(insert(bill_on_demand).values(row))
         return ident
@@ -227,7 +239,9 @@ class GatewayStore:
             raise BackendError(f"gateway store: {exc}", status=503) from exc
         if claimed.rowcount != 1:
             return None  # another worker was quicker
-        return OnDemandRequest(row["id"], row["billing_account_id"], row["attempts"] + 1)
+        return OnDemandRequest(
+            row["id"], row["billing_account_id"], row["attempts"] + 1, row["backend"]
+        )
 
     async def finish_on_demand(
         self,

@@ -68,6 +68,8 @@ class ResourcePatcher:
     #: Writable references that must resolve, e.g. `billCycle.id` -> the billCycle reader.
     references: dict[str, Reader] = field(default_factory=dict)
     publisher: EventPublisher | None = None
+    #: A federated route's id prefix: events and the change log use the federated ids.
+    id_prefix: str = ""
 
     async def patch(
         self, ident: str, body: bytes, content_type: str | None, if_match: str | None, base: str
@@ -113,7 +115,14 @@ class ResourcePatcher:
             raise not_found(mapping.collection, ident)
         fresh = mapping.to_tmf(record, base)
         if self.publisher is not None and fresh.get("state") != current.get("state"):
-            await self._state_changed(mapping.to_tmf(record, self.publisher.base_url))
+            event_resource = mapping.to_tmf(record, self.publisher.base_url)
+            if self.id_prefix:
+                federated_id = self.id_prefix + event_resource["id"]
+                event_resource["href"] = (
+                    event_resource["href"].removesuffix(event_resource["id"]) + federated_id
+                )
+                event_resource["id"] = federated_id
+            await self._state_changed(event_resource)
         return fresh, etag(fresh, base)
 
     async def _state_changed(self, resource: Resource) -> None:

@@ -310,11 +310,17 @@ def test_no_event_is_lost_when_the_gateway_is_killed_during_delivery(
         wait_ready(f"http://127.0.0.1:{port}{API}/customerBill?limit=1", second)
         a = listener.wait_for("flaky1-a", 8, seconds=30)
         b = listener.wait_for("ok-b", 8, seconds=30)
+        deadline = time.monotonic() + 10  # the last batch is recorded just after it is sent
+        while time.monotonic() < deadline:
+            with sqlite3.connect(store) as conn:
+                states = {r[0] for r in conn.execute("SELECT state FROM outbox")}
+            if states == {"delivered"}:
+                break
+            time.sleep(0.05)
     finally:
         stop(second)
     with sqlite3.connect(store) as conn:
         queued = {r[0] for r in conn.execute("SELECT event_id FROM outbox")}
-        states = {r[0] for r in conn.execute("SELECT state FROM outbox")}
     assert len(queued) == 8 and states == {"delivered"}
     assert {e["eventId"] for e in a} == queued == {e["eventId"] for e in b}
     for event in a:

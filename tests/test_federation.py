@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,17 +18,26 @@ from simulators.rest_billing import seed as rest_seed
 from simulators.soap_billing import create_app as soap_simulator
 from simulators.soap_billing import seed as soap_seed
 from tests.conftest import API, ROOT, assert_valid, fetch_all
+from tests.listener import Listener
 from tests.servers import ThreadedServer
 
 
 @pytest.fixture
-def federated(scratch_db: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
+def federated(
+    scratch_db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[TestClient]:
     rest, soap = rest_simulator(rest_seed()), soap_simulator(soap_seed())
     with ThreadedServer(rest) as rest_server, ThreadedServer(soap) as soap_server:
         monkeypatch.setenv("LEGACY_DB", str(scratch_db))
         monkeypatch.setenv("ENTERPRISE_URL", rest_server.base)
         monkeypatch.setenv("CONSUMER_WSDL", f"{soap_server.base}/billing.wsdl")
-        with TestClient(create_app(load_config(ROOT / "config" / "federated.yaml"))) as client:
+        monkeypatch.setenv("GATEWAY_STORE", str(tmp_path / "store.sqlite"))
+        config = load_config(ROOT / "config" / "federated.yaml")
+        config.on_demand.worker.update(poll_seconds=0.05)
+        config.events.delivery.update(poll_seconds=0.05, timeout_seconds=1)
+        config.events.change_detection["customerBill"] = ("lastUpdate", 0.1)
+        with TestClient(create_app(config)) as client:
+            client.store = tmp_path / "store.sqlite"  # type: ignore[attr-defined]
             client.rest = rest.state.data  # type: ignore[attr-defined]
             client.soap = soap.state.data  # type: ignore[attr-defined]
             yield client
@@ -103,3 +114,68 @@ def test_patch_reaches_the_back_end_that_owns_the_bill(federated: TestClient, id
         },
     )
     assert stale.status_code == 412
+
+
+def wait_done(client: TestClient, href: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 15
+    while (request := client.get(href).json())["state"] == "inProgress":
+        assert time.monotonic() < deadline, request
+        time.sleep(0.02)
+    assert_valid("CustomerBillOnDemand", request)
+    return request
+
+
+@pytest.mark.parametrize(
+    ("account", "prefix"), [("BA-000003", "L-"), ("ENT-0001", "E-"), ("CUST00002", "S-")]
+)
+def test_bills_on_demand_go_to_the_back_end_holding_the_account(
+    federated: TestClient, account: str, prefix: str
+) -> None:
+    if prefix == "S-":  # pick a consumer with something to bill
+        account = next(c for c, a in sorted(federated.soap.unbilled.items()) if a > 0)
+    if prefix == "E-":
+        account = next(a for a, c in sorted(federated.rest.unbilled_cents.items()) if c > 0)
+    created = federated.post(
+        f"{API}/customerBillOnDemand", json={"billingAccount": {"id": account}}
+    )
+    assert created.status_code == 201, created.text
+    done = wait_done(federated, created.headers["Location"])
+    assert done["state"] == "done", done
+    assert done["customerBill"]["id"].startswith(prefix)
+    bill = federated.get(done["customerBill"]["href"])
+    assert bill.status_code == 200
+    assert_valid("CustomerBill", bill.json())
+    assert bill.json()["billingAccount"]["id"] == account
+    nobody = federated.post(f"{API}/customerBillOnDemand", json={"billingAccount": {"id": "X-1"}})
+    assert nobody.status_code == 400 and "no back end holds" in nobody.json()["message"]
+
+
+def test_events_carry_federated_ids_from_every_kind_of_back_end(federated: TestClient) -> None:
+    with Listener() as listener:
+        deadline = time.monotonic() + 10
+        while True:  # the detectors' first pass records what exists (SQL and REST routes)
+            with sqlite3.connect(federated.store) as conn:
+                if conn.execute("SELECT count(*) FROM watermark").fetchone()[0] >= 2:
+                    break
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        hub = federated.post(f"{API}/hub", json={"callback": f"{listener.base}/ok"})
+        assert hub.status_code == 201
+        for ident in ("L-278", "E-EI-000001", "S-C-1006"):
+            response = federated.patch(
+                f"{API}/customerBill/{ident}",
+                json={"state": "onHold"},
+                headers={"Content-Type": "application/merge-patch+json"},
+            )
+            assert response.status_code == 200, response.text
+        # A change made in the REST back end by someone else is noticed by its detector.
+        federated.rest.invoices["EI-000002"]["status"] = "PAID"
+        federated.rest.invoices["EI-000002"]["updated_at"] = "2099-01-01T00:00:00Z"
+        events = listener.wait_for("ok", 4, "CustomerBillStateChangeEvent")
+        time.sleep(0.5)
+        events = listener.events("ok", "CustomerBillStateChangeEvent")
+    ids = sorted(e["event"]["customerBill"]["id"] for e in events)
+    assert ids == ["E-EI-000001", "E-EI-000002", "L-278", "S-C-1006"]
+    for event in events:
+        assert_valid("CustomerBillStateChangeEvent", event)
+        assert event["event"]["customerBill"]["href"].endswith(event["event"]["customerBill"]["id"])
