@@ -151,9 +151,17 @@ class SourceColumns:
 
 
 class Source(Protocol):
-    """One resource's records in one back end, bound at start-up."""
+    """One resource's records in one back end, bound at start-up.
 
-    columns: SourceColumns
+    A source may also define `accepts(predicate) -> bool` when what it can run depends on
+    the combination (a REST API that takes several values only for some parameters); the
+    planner then asks it instead of `can_push` term by term.
+    """
+
+    #: None when the back end cannot say before records arrive (REST, SOAP).
+    columns: SourceColumns | None
+    #: The field that identifies a record: the last sort key, so paging is stable.
+    key_column: str
 
     def can_push(self, column: str, op: str) -> bool:
         """Whether `column <op> value` can be evaluated by the back end."""
