@@ -73,15 +73,7 @@ async def open_gateway(config: GatewayConfig, api: Api, stack: AsyncExitStack) -
         stack.push_async_callback(adapter.close)
         adapters[name] = adapter
     for collection, binding in config.resources.items():
-        backend = config.backends[binding.backend]
-        api.readers[collection] = await _reader(
-            collection,
-            binding.mapping,
-            adapters[binding.backend],
-            backend.name,
-            backend.timeout,
-            config.scan_batch_size,
-        )
+        api.readers[collection] = await _bound_reader(config, binding, adapters)
     for collection, bindings in config.federated.items():
         api.readers[collection] = await _federated(config, collection, bindings, adapters, api)
     store = publisher = None
@@ -132,15 +124,7 @@ async def _federated(
 ) -> FederatedReader:
     routes = []
     for binding in bindings:
-        backend = config.backends[binding.backend]
-        reader = await _reader(
-            collection,
-            binding.mapping,
-            adapters[binding.backend],
-            backend.name,
-            backend.timeout,
-            config.scan_batch_size,
-        )
+        reader = await _bound_reader(config, binding, adapters)
         pattern = re.compile(binding.accounts) if binding.accounts else None
         routes.append(Route(binding.backend, binding.id_prefix, reader, pattern))
     return FederatedReader(collection, routes, attribute_types(RESOURCE_TYPES[collection].schema))
@@ -212,6 +196,20 @@ async def _open_events(
             )
             _run_in_background(stack, detector.run(), f"detector-{collection}-{route.backend}")
     return publisher
+
+
+async def _bound_reader(
+    config: GatewayConfig, binding: ResourceBinding, adapters: dict[str, Adapter]
+) -> ResourceReader:
+    backend = config.backends[binding.backend]
+    return await _reader(
+        binding.collection,
+        binding.mapping,
+        adapters[binding.backend],
+        backend.name,
+        backend.timeout,
+        config.scan_batch_size,
+    )
 
 
 async def _reader(
