@@ -168,14 +168,7 @@ async def _open_events(
     for collection, (attribute, interval) in events.change_detection.items():
         reader = api.readers.get(collection)
         federated = isinstance(reader, FederatedReader)
-        routes = (
-            reader.routes
-            if isinstance(reader, FederatedReader)
-            else [
-                Route(getattr(reader, "backend", "?"), "", reader)  # type: ignore[arg-type]
-            ]
-        )
-        for route in routes:
+        for route in _routes(reader).values():
             if not _detectable(route.reader, attribute):
                 if federated:  # the other back ends are still watched
                     log.warning("change_detection_unavailable", backend=route.backend)
@@ -256,7 +249,9 @@ async def _open_on_demand(
     settings = config.on_demand
     assert settings is not None
     bills = api.readers.get(CUSTOMER_BILL.collection)
-    routes = _bill_routes(bills)
+    routes = _routes(bills)
+    if not routes:
+        raise StartupError("on_demand needs customerBill served by a back end (bills it makes)")
     requests = await _reader(
         CUSTOMER_BILL_ON_DEMAND.collection,
         settings.mapping,
@@ -301,13 +296,13 @@ def _detectable(reader: Any, attribute: str) -> bool:
     return ref is not None and ref.transform.ordered and reader.source.can_sort(ref.column)
 
 
-def _bill_routes(bills: Any) -> dict[str, Route]:
-    """customerBill's back ends by name: one unprefixed route, or the federated ones."""
-    if isinstance(bills, FederatedReader):
-        return {route.backend: route for route in bills.routes}
-    if isinstance(bills, ResourceReader):
-        return {bills.backend: Route(bills.backend, "", bills)}
-    raise StartupError("on_demand needs customerBill served by a back end (bills it makes)")
+def _routes(reader: Any) -> dict[str, Route]:
+    """A resource's back ends by name: one unprefixed route, the federated ones, or none."""
+    if isinstance(reader, FederatedReader):
+        return {route.backend: route for route in reader.routes}
+    if isinstance(reader, ResourceReader):
+        return {reader.backend: Route(reader.backend, "", reader)}
+    return {}
 
 
 def _action(adapter: Adapter, path: Path) -> Any:

@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 
 import structlog
-from sqlalchemy import delete, insert
+from sqlalchemy import insert, select
 
 from adapters.base import BackendError, Plan
 from gateway.calls import backend_call
@@ -24,6 +24,7 @@ from gateway.events import EventPublisher, build_event
 from gateway.pushdown import plan_read
 from gateway.query import Filter, Query, SortTerm, parse_instant
 from gateway.reads import ResourceReader
+from gateway.resources import with_prefixed_id
 from gateway.store import GatewayStore, seen_state, set_watermark
 from mappings.errors import RecordMappingError
 
@@ -80,14 +81,7 @@ class ChangeDetector:
                 detail=exc.reason,
             )
             return None
-        if self.id_prefix:
-            ident = self.id_prefix + item["id"]
-            item = {
-                **item,
-                "id": ident,
-                "href": f"{self.publisher.base_url}/{self.collection}/{ident}",
-            }
-        return item
+        return with_prefixed_id(item, self.id_prefix, self.publisher.base_url, self.collection)
 
     async def poll_once(self) -> int:
         """Report what changed since the watermark; the number of events queued."""
@@ -138,26 +132,32 @@ class ChangeDetector:
         newest: datetime | None = None
         count = 0
         async with self.store.transaction() as conn:
-            # Only this back end's share (a federated route's ids carry its prefix).
-            await conn.execute(
-                delete(seen_state).where(
-                    (seen_state.c.resource == self.collection)
-                    & seen_state.c.key.startswith(self.id_prefix, autoescape=True)
-                )
-            )
             async for records in source.stream(Plan(), 1000):
-                rows = []
+                rows = {}
                 for item in map(self._map, records):
                     if item is None:
                         continue
-                    rows.append(
-                        {"resource": self.collection, "key": item["id"], "state": item.get("state")}
-                    )
+                    rows[item["id"]] = item.get("state")
                     stamp = parse_instant(item.get(self.attribute, ""))
                     if stamp is not None and (newest is None or stamp > newest):
                         newest = stamp
+                # A state the gateway recorded meanwhile (a PATCH during this first pass) is
+                # newer than what this pass read: keep it, or its change would be told twice.
+                known = await conn.execute(
+                    select(seen_state.c.key).where(
+                        (seen_state.c.resource == self.collection) & seen_state.c.key.in_(rows)
+                    )
+                )
+                for (key,) in known:
+                    rows.pop(key, None)
                 if rows:
-                    await conn.execute(insert(seen_state), rows)
+                    await conn.execute(
+                        insert(seen_state),
+                        [
+                            {"resource": self.collection, "key": k, "state": v}
+                            for k, v in rows.items()
+                        ],
+                    )
                 count += len(rows)
             start = newest.isoformat() if newest else "1970-01-01T00:00:00+00:00"
             await set_watermark(conn, self.mark_name, start)

@@ -24,6 +24,7 @@ from gateway.oas import AttributeTypes
 from gateway.query import Filter, Query
 from gateway.reads import ResourceReader
 from gateway.residual import sort_key
+from gateway.resources import with_prefixed_id
 from gateway.writes import ResourcePatcher, etag, matches_if_match
 
 Resource = dict[str, Any]
@@ -52,8 +53,7 @@ class FederatedReader:
 
     def tag(self, route: Route, item: Resource, base: str) -> Resource:
         """The back end's resource with the federated id (and the href that goes with it)."""
-        ident = route.prefix + str(item["id"])
-        return {**item, "id": ident, "href": f"{base}/{self.collection}/{ident}"}
+        return with_prefixed_id(item, route.prefix, base, self.collection)
 
     async def get(self, ident: str, base: str) -> Resource | None:
         found = self.route_of(ident)

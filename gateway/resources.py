@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 API_PREFIX = "/tmf-api/customerBillManagement/v5"
 
@@ -19,6 +20,17 @@ APPLIED_CUSTOMER_BILLING_RATE = ResourceType(
     "appliedCustomerBillingRate", "AppliedCustomerBillingRate"
 )
 BILL_CYCLE = ResourceType("billCycle", "BillCycle")
+
+
+def with_prefixed_id(
+    resource: dict[str, Any], prefix: str, base: str, collection: str
+) -> dict[str, Any]:
+    """A back end's resource under its federated id (`L-42`), with the href that goes with it."""
+    if not prefix:
+        return resource
+    ident = prefix + str(resource["id"])
+    return {**resource, "id": ident, "href": f"{base}/{collection}/{ident}"}
+
 
 RESOURCE_TYPES: dict[str, ResourceType] = {
     r.collection: r

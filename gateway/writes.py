@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cache
 from typing import Any
 
 import orjson
@@ -25,6 +26,7 @@ from gateway.patch import apply_patch, invalid
 from gateway.pushdown import reverse_filter
 from gateway.query import Filter
 from gateway.reads import Reader, ResourceReader
+from gateway.resources import with_prefixed_id
 
 Resource = dict[str, Any]
 _ATTEMPTS = 3
@@ -41,6 +43,7 @@ def matches_if_match(header: str, current: str) -> bool:
     return "*" in tags or current in tags
 
 
+@cache
 def mvo_properties(schema: str) -> frozenset[str]:
     """First-level attributes a `_MVO` schema of the OAS lets a client send."""
     found: set[str] = set()
@@ -115,13 +118,10 @@ class ResourcePatcher:
             raise not_found(mapping.collection, ident)
         fresh = mapping.to_tmf(record, base)
         if self.publisher is not None and fresh.get("state") != current.get("state"):
-            event_resource = mapping.to_tmf(record, self.publisher.base_url)
-            if self.id_prefix:
-                federated_id = self.id_prefix + event_resource["id"]
-                event_resource["href"] = (
-                    event_resource["href"].removesuffix(event_resource["id"]) + federated_id
-                )
-                event_resource["id"] = federated_id
+            base_url = self.publisher.base_url
+            event_resource = with_prefixed_id(
+                mapping.to_tmf(record, base_url), self.id_prefix, base_url, mapping.collection
+            )
             await self._state_changed(event_resource)
         return fresh, etag(fresh, base)
 

@@ -1,0 +1,53 @@
+"""The change detector's first pass, against the bundled database and a real store."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+from sqlalchemy import insert
+
+from gateway.app import create_app, open_gateway
+from gateway.detector import ChangeDetector
+from gateway.events import DeliverySettings, EventPublisher
+from gateway.store import GatewayStore, seen_state
+from tests.conftest import gateway_config
+
+
+def test_first_pass_keeps_states_recorded_meanwhile(demo_db: Path, tmp_path: Path) -> None:
+    store_path = tmp_path / "store.sqlite"
+
+    async def scenario() -> None:
+        config = gateway_config(demo_db, store=store_path, events=None, on_demand=None)
+        app = create_app(config)
+        async with AsyncExitStack() as stack:
+            await open_gateway(config, app.state.api, stack)
+            store = GatewayStore(f"sqlite+aiosqlite:///{store_path}")
+            await store.open()
+            stack.push_async_callback(store.close)
+            publisher = EventPublisher(store, DeliverySettings(), "http://gw")
+            # A PATCH reported bill 1 as onHold just before the first pass read it as it was.
+            async with store.transaction() as conn:
+                await conn.execute(
+                    insert(seen_state).values(resource="customerBill", key="1", state="onHold")
+                )
+            detector = ChangeDetector(
+                collection="customerBill",
+                event_prefix="CustomerBill",
+                reader=app.state.api.readers["customerBill"],
+                store=store,
+                publisher=publisher,
+                attribute="lastUpdate",
+                interval=60,
+            )
+            assert await detector.poll_once() == 0  # the first pass reports nothing
+
+    asyncio.run(scenario())
+    with sqlite3.connect(store_path) as conn:
+        states = dict(conn.execute("SELECT key, state FROM seen_state"))
+        marks = conn.execute("SELECT count(*) FROM watermark").fetchone()[0]
+    assert states["1"] == "onHold"
+    assert len(states) == 300 and states["2"] == "settled"
+    assert marks == 1
