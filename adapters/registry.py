@@ -10,7 +10,7 @@ from importlib import import_module
 from importlib.metadata import entry_points
 from typing import Any
 
-from adapters.base import Adapter
+from adapters.base import Adapter, BackendError
 from gateway.config import BackendConfig, ConfigError
 
 ENTRY_POINT_GROUP = "tmf678_gateway.adapters"
@@ -42,5 +42,5 @@ def build_adapter(backend: BackendConfig) -> Adapter:
         raise ConfigError("config", f"backends.{backend.name}.kind", None, str(exc)) from None
     try:
         return cls(backend.name, **backend.options)
-    except TypeError as exc:
+    except (TypeError, BackendError) as exc:
         raise ConfigError("config", f"backends.{backend.name}", None, str(exc)) from None

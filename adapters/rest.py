@@ -31,6 +31,7 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import httpx
+import orjson
 
 from adapters.base import (
     ActionResult,
@@ -43,6 +44,7 @@ from adapters.base import (
     equalities,
     key_lookup,
 )
+from adapters.http_transport import http_transport_for
 
 Record = dict[str, Any]
 
@@ -56,12 +58,16 @@ class RestAdapter:
         timeout_seconds: float = 10.0,
         max_connections: int = 100,
         headers: Mapping[str, str] | None = None,
+        http_transport: str = "fast",
     ) -> None:
         self.name = name
         self.base_url = base_url.rstrip("/")
         self._auth_spec = dict(auth or {})
         self._timeout = timeout_seconds
         self._limits = httpx.Limits(max_connections=max_connections)
+        self._max_connections = max_connections
+        self._transport_kind = http_transport
+        http_transport_for(name, http_transport, max_connections)  # a wrong name fails here
         self._headers = dict(headers or {})
         self._client: httpx.AsyncClient | None = None
         self._token: tuple[str, float] | None = None
@@ -82,6 +88,7 @@ class RestAdapter:
             headers=self._headers,
             timeout=httpx.Timeout(self._timeout),
             limits=self._limits,
+            transport=http_transport_for(self.name, self._transport_kind, self._max_connections),
         )
 
     async def close(self) -> None:
@@ -146,8 +153,8 @@ class RestAdapter:
 
 def _json(backend: str, reply: httpx.Response) -> Any:
     try:
-        return reply.json()
-    except ValueError:
+        return orjson.loads(reply.content)
+    except orjson.JSONDecodeError:
         raise BackendError(
             f"back end {backend!r}: reply to {reply.request.url.path} is not JSON"
         ) from None

@@ -52,15 +52,23 @@ from adapters.base import (
     equalities,
     key_lookup,
 )
+from adapters.http_transport import http_transport_for
 
 Record = dict[str, Any]
 
 
 class SoapAdapter:
     def __init__(
-        self, name: str, wsdl: str, timeout_seconds: float = 10.0, max_connections: int = 100
+        self,
+        name: str,
+        wsdl: str,
+        timeout_seconds: float = 10.0,
+        max_connections: int = 100,
+        http_transport: str = "fast",
     ) -> None:
         self.name = name
+        self.http_transport = http_transport
+        http_transport_for(name, http_transport, max_connections)  # a wrong name fails here
         self.wsdl = wsdl
         self.timeout = timeout_seconds
         self.max_connections = max_connections
@@ -70,7 +78,9 @@ class SoapAdapter:
         wsdl_client = httpx.Client(timeout=self.timeout)
         transport = AsyncTransport(
             client=httpx.AsyncClient(
-                timeout=self.timeout, limits=httpx.Limits(max_connections=self.max_connections)
+                timeout=self.timeout,
+                limits=httpx.Limits(max_connections=self.max_connections),
+                transport=http_transport_for(self.name, self.http_transport, self.max_connections),
             ),
             wsdl_client=wsdl_client,
             operation_timeout=self.timeout,

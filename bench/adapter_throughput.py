@@ -23,6 +23,9 @@ from pathlib import Path
 
 import httpx
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from adapters.http_transport import FastTransport  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 API = "/tmf-api/customerBillManagement/v5"
 CLIENTS = 50
@@ -54,9 +57,11 @@ def wait(url: str) -> None:
     raise SystemExit(f"{url} did not come up")
 
 
-async def drive(make_request, total: int) -> float:
+async def drive(make_request, total: int, lean: bool) -> float:
     """Requests per second with CLIENTS concurrent clients."""
-    async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=CLIENTS)) as c:
+    transport = FastTransport(max_connections=CLIENTS) if lean else None
+    limits = httpx.Limits(max_connections=CLIENTS)
+    async with httpx.AsyncClient(timeout=30, limits=limits, transport=transport) as c:
         counter = iter(range(total))
 
         async def worker() -> None:
@@ -65,8 +70,8 @@ async def drive(make_request, total: int) -> float:
                 if response.status_code != 200:
                     raise SystemExit(f"{response.request.url}: {response.status_code}")
 
-        for n in range(CLIENTS):  # warm up connections
-            await make_request(c, n)
+        for _ in range(3):  # warm up: every client's connection open and used
+            await asyncio.gather(*(make_request(c, n) for n in range(CLIENTS)))
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(CLIENTS)))
         return total / (time.perf_counter() - started)
@@ -137,9 +142,10 @@ async def bench_kind(kind: str, total: int, work: Path) -> list[tuple[str, float
                 direct_list,
             ),
         ):
-            ours = await drive(via_gateway, total)
-            theirs = await drive(direct, total)
-            rows.append((f"{kind.upper()} {name}", ours, theirs))
+            for lean in (False, True):
+                ours = await drive(via_gateway, total, lean)
+                theirs = await drive(direct, total, lean)
+                rows.append((f"{kind.upper()} {name} {'lean' if lean else 'stock'}", ours, theirs))
         return rows
     finally:
         for process in (gateway, simulator):

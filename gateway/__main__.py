@@ -58,7 +58,16 @@ def main(argv: list[str] | None = None) -> int:
     except MappingSpecError as exc:
         print(f"tmf678-gateway: configuration error: {exc}", file=sys.stderr)
         return 2
-    return asyncio.run(serve(config, args.host, args.port))
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        return runner.run(serve(config, args.host, args.port))
+
+
+def _loop_factory():
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 if __name__ == "__main__":

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from starlette.testclient import TestClient
 
-from adapters.registry import ENTRY_POINT_GROUP, adapter_class
+from adapters.registry import ENTRY_POINT_GROUP, adapter_class, build_adapter
 from gateway.app import create_app
-from gateway.config import load_config
+from gateway.config import ConfigError, load_config
 from tests.conftest import API, ROOT, assert_valid, fetch_all
 
 PLUGIN = ROOT / "examples" / "csv_adapter"
@@ -56,3 +56,14 @@ def test_a_plugin_kind_serves_the_api(installed_plugin: None, tmp_path: Path) ->
         assert [b["id"] for b in fetch_all(client, "customerBill", "state=new")] == ["K-1", "K-3"]
         assert client.get(f"{API}/customerBill/K-2").json()["state"] == "settled"
         assert client.get(f"{API}/customerBill?sort=-amountDue.value").json()[0]["id"] == "K-3"
+
+
+def test_a_wrong_adapter_option_is_a_config_error(tmp_path: Path) -> None:
+    config = tmp_path / "gateway.yaml"
+    mapping = ROOT / "mappings" / "enterprise_rest" / "customer_bill.yaml"
+    config.write_text(
+        "backends:\n  e: {kind: rest, base_url: 'http://127.0.0.1:1', http_transport: curl}\n"
+        f"resources:\n  customerBill: {{backend: e, mapping: {mapping}}}\n"
+    )
+    with pytest.raises(ConfigError, match="backends.e.*http_transport must be 'fast' or 'httpx'"):
+        build_adapter(load_config(config).backends["e"])

@@ -22,6 +22,14 @@ from simulators.rest_billing import seed
 from tests.conftest import API, ROOT, assert_valid, fetch_all
 from tests.servers import ThreadedServer
 
+
+@pytest.fixture
+def http() -> Iterator[respx.MockRouter]:
+    """respx in front of whichever transport the adapter uses (ours, by default)."""
+    with respx.mock(using="httpx") as router:
+        yield router
+
+
 BASE = "http://billing.test"
 SPEC = {
     "key": "id",
@@ -58,9 +66,8 @@ def paged(request: httpx.Request) -> httpx.Response:
     return httpx.Response(200, json={"data": chunk, "meta": {"total": len(ITEMS)}})
 
 
-@respx.mock
-def test_page_paging_windows_across_pages() -> None:
-    route = respx.get(f"{BASE}/items").mock(side_effect=paged)
+def test_page_paging_windows_across_pages(http: respx.MockRouter) -> None:
+    route = http.get(f"{BASE}/items").mock(side_effect=paged)
     page = run(with_source(lambda s: s.page(Plan(offset=1, limit=3))))
     assert [r["id"] for r in page.records] == ["i1", "i2", "i3"]
     assert page.total == 5
@@ -68,13 +75,12 @@ def test_page_paging_windows_across_pages() -> None:
     assert page.records[0]["nested.x"] == 1  # nested fields are flattened
 
 
-@respx.mock
-def test_offset_and_next_link_paging() -> None:
+def test_offset_and_next_link_paging(http: respx.MockRouter) -> None:
     def by_offset(request: httpx.Request) -> httpx.Response:
         start, limit = int(request.url.params["from"]), int(request.url.params["max"])
         return httpx.Response(200, json={"rows": ITEMS[start : start + limit], "count": 5})
 
-    respx.get(f"{BASE}/off").mock(side_effect=by_offset)
+    http.get(f"{BASE}/off").mock(side_effect=by_offset)
     spec = {
         **SPEC,
         "list": {
@@ -87,12 +93,12 @@ def test_offset_and_next_link_paging() -> None:
     page = run(with_source(lambda s: s.page(Plan(offset=3, limit=5)), spec))
     assert [r["id"] for r in page.records] == ["i3", "i4"] and page.total == 5
 
-    respx.get(f"{BASE}/next").mock(
+    http.get(f"{BASE}/next").mock(
         return_value=httpx.Response(
             200, json={"rows": ITEMS[:3], "links": {"next": f"{BASE}/next2"}}
         )
     )
-    respx.get(f"{BASE}/next2").mock(
+    http.get(f"{BASE}/next2").mock(
         return_value=httpx.Response(200, json={"rows": ITEMS[3:], "links": {"next": None}})
     )
     spec = {
@@ -107,9 +113,8 @@ def test_offset_and_next_link_paging() -> None:
     assert [r["id"] for r in page.records] == ["i2", "i3"] and page.total == 5
 
 
-@respx.mock
-def test_filters_and_sort_become_query_parameters() -> None:
-    route = respx.get(f"{BASE}/items").mock(side_effect=paged)
+def test_filters_and_sort_become_query_parameters(http: respx.MockRouter) -> None:
+    route = http.get(f"{BASE}/items").mock(side_effect=paged)
     where = AnyOf((Compare("status", "eq", "A"), Compare("status", "eq", "B")))
     plan = Plan(where=where, order_by=(SortKey("when", True),), limit=1)
     run(with_source(lambda s: s.page(plan)))
@@ -127,12 +132,11 @@ def test_what_the_api_accepts() -> None:
     assert source.can_sort("when") and not source.can_sort("status")
 
 
-@respx.mock
-def test_get_one_update_and_not_found() -> None:
-    respx.get(f"{BASE}/items/i1").mock(return_value=httpx.Response(200, json=ITEMS[1]))
-    respx.get(f"{BASE}/items/zz").mock(return_value=httpx.Response(404, json={}))
-    patch = respx.patch(f"{BASE}/items/i1").mock(return_value=httpx.Response(200, json={}))
-    respx.patch(f"{BASE}/items/i2").mock(return_value=httpx.Response(409, json={}))
+def test_get_one_update_and_not_found(http: respx.MockRouter) -> None:
+    http.get(f"{BASE}/items/i1").mock(return_value=httpx.Response(200, json=ITEMS[1]))
+    http.get(f"{BASE}/items/zz").mock(return_value=httpx.Response(404, json={}))
+    patch = http.patch(f"{BASE}/items/i1").mock(return_value=httpx.Response(200, json={}))
+    http.patch(f"{BASE}/items/i2").mock(return_value=httpx.Response(409, json={}))
 
     async def work(source: RestSource) -> tuple[Any, ...]:
         return (
@@ -147,7 +151,6 @@ def test_get_one_update_and_not_found() -> None:
     assert patch.calls[0].request.content == b'{"status":"B","expected_status":"A"}'
 
 
-@respx.mock
 @pytest.mark.parametrize(
     ("reply", "status", "words"),
     [
@@ -159,16 +162,17 @@ def test_get_one_update_and_not_found() -> None:
         (httpx.ConnectError("refused"), 503, "refused"),
     ],
 )
-def test_bad_replies_are_backend_errors(reply: Any, status: int, words: str) -> None:
-    respx.get(f"{BASE}/items").mock(side_effect=[reply])
+def test_bad_replies_are_backend_errors(
+    http: respx.MockRouter, reply: Any, status: int, words: str
+) -> None:
+    http.get(f"{BASE}/items").mock(side_effect=[reply])
     with pytest.raises(BackendError) as info:
         run(with_source(lambda s: s.page(Plan(limit=1))))
     assert info.value.status == status and words in info.value.reason
 
 
-@respx.mock
-def test_static_header_and_basic_auth() -> None:
-    route = respx.get(f"{BASE}/items").mock(side_effect=paged)
+def test_static_header_and_basic_auth(http: respx.MockRouter) -> None:
+    route = http.get(f"{BASE}/items").mock(side_effect=paged)
     run(
         with_source(
             lambda s: s.page(Plan(limit=1)),
@@ -185,10 +189,9 @@ def test_static_header_and_basic_auth() -> None:
     assert route.calls[-1].request.headers["Authorization"].startswith("Basic ")
 
 
-@respx.mock
-def test_oauth2_tokens_are_cached_and_refreshed_on_401() -> None:
+def test_oauth2_tokens_are_cached_and_refreshed_on_401(http: respx.MockRouter) -> None:
     tokens = iter(["t1", "t2"])
-    token_route = respx.post(f"{BASE}/token").mock(
+    token_route = http.post(f"{BASE}/token").mock(
         side_effect=lambda r: httpx.Response(
             200, json={"access_token": next(tokens), "expires_in": 300}
         )
@@ -201,7 +204,7 @@ def test_oauth2_tokens_are_cached_and_refreshed_on_401() -> None:
             return httpx.Response(401, json={})  # t1 revoked after two calls
         return paged(request)
 
-    respx.get(f"{BASE}/items").mock(side_effect=items)
+    http.get(f"{BASE}/items").mock(side_effect=items)
     auth = {
         "type": "oauth2_client_credentials",
         "token_url": "/token",

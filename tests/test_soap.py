@@ -60,7 +60,7 @@ async def with_source(work: Any) -> Any:
 
 @pytest.fixture
 def soap_mock() -> Iterator[respx.MockRouter]:
-    with respx.mock(assert_all_called=False) as router:
+    with respx.mock(assert_all_called=False, using="httpx") as router:
         wsdl = WSDL.read_text().replace("http://127.0.0.1:8702/soap", f"{HOST}/soap")
         router.get(f"{HOST}/billing.wsdl").mock(return_value=httpx.Response(200, text=wsdl))
         yield router
