@@ -172,11 +172,12 @@ def flatten(record: Mapping[str, Any], prefix: str = "") -> Record:
     """`{"a": {"b": 1}}` as `{"a.b": 1}`; lists of objects stay lists of flat records."""
     out: Record = {}
     for key, value in record.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{name}."))
-        elif isinstance(value, list):
-            out[name] = [flatten(v) if isinstance(v, dict) else v for v in value]
+        name = prefix + key if prefix else key
+        kind = type(value)
+        if kind is dict:
+            out.update(flatten(value, name + "."))
+        elif kind is list:
+            out[name] = [flatten(v) if type(v) is dict else v for v in value]
         else:
             out[name] = value
     return out

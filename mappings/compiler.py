@@ -36,6 +36,7 @@ from typing import Any
 
 from adapters.base import SourceColumns
 from mappings.errors import MappingSpecError, RecordMappingError
+from mappings.fastpath import specialise
 from mappings.loader import SpecMap, load_yaml
 from mappings.transforms import Transform, TransformArgError, build_transform
 
@@ -118,7 +119,7 @@ def compile_mapping(
     collection = resource[0].lower() + resource[1:]
     writable, stamp = _writes(spec, file, compiler.fields)
 
-    def to_tmf(record: Record, base: str) -> dict[str, Any]:
+    def slow_to_tmf(record: Record, base: str) -> dict[str, Any]:
         ident = id_fn(record, base)
         if ident is None:
             raise RecordMappingError("id", "the back-end record has no id")
@@ -135,7 +136,7 @@ def compile_mapping(
         collection=collection,
         file=file,
         source_spec=spec.get("source") or {},
-        to_tmf=to_tmf,
+        to_tmf=specialise(id_fn, items, resource, collection, slow_to_tmf),
         fields=compiler.fields,
         writable=writable,
         stamp=stamp,
@@ -248,7 +249,12 @@ class _Compiler:
             if "transform" in node:
                 raise self.fail(path, node.line_of("transform"), "const takes no transform")
             constant = node["const"]
-            return lambda record, base: constant
+
+            def const(record: Record, base: str) -> Any:
+                return constant
+
+            const.constant = constant  # type: ignore[attr-defined]
+            return const
         if kind == "template":
             if "transform" in node:
                 raise self.fail(path, node.line_of("transform"), "template takes no transform")
@@ -309,6 +315,8 @@ class _Compiler:
                     out[key] = value
             return out
 
+        build.items = items  # type: ignore[attr-defined]
+        build.when = when  # type: ignore[attr-defined]
         return build
 
     def children(self, node: SpecMap, path: str, scope: str | None) -> ValueFn:
@@ -330,6 +338,8 @@ class _Compiler:
                 raise RecordMappingError(path, f"child rows {child!r} missing from the record")
             return [item(row, base) for row in rows]
 
+        build.each = child  # type: ignore[attr-defined]
+        build.item = item  # type: ignore[attr-defined]
         return build
 
     def column_list(self, node: SpecMap, path: str, scope: str | None) -> ValueFn:
@@ -344,6 +354,7 @@ class _Compiler:
             out = [v for v in (fn(record, base) for fn in fns) if v is not None]
             return out or None
 
+        build.elements = fns  # type: ignore[attr-defined]
         return build
 
 
@@ -362,6 +373,8 @@ def _column_leaf(column: str, transform: Transform, path: str) -> ValueFn:
         except (ValueError, TypeError, ArithmeticError) as exc:
             raise RecordMappingError(path, f"{column}={raw!r}: {exc}") from None
 
+    leaf.column = column  # type: ignore[attr-defined]
+    leaf.convert = convert  # type: ignore[attr-defined]
     return leaf
 
 

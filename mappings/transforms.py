@@ -178,9 +178,11 @@ class MinorUnits(Transform):
         if not isinstance(digits, int) or isinstance(digits, bool) or not 0 <= digits <= 6:
             raise TransformArgError("minor_units takes the number of decimal digits (0 to 6)")
         self.scale = Decimal(10) ** digits
+        self.divisor = 10**digits
 
     def to_tmf(self, raw: Any) -> float:
-        return float(Decimal(int(raw)) / self.scale)
+        # int / int is correctly rounded, as float(Decimal) of the exact quotient is.
+        return int(raw) / self.divisor
 
     def typed(self, raw: Any) -> Decimal:
         return Decimal(int(raw)) / self.scale
