@@ -264,13 +264,31 @@ class RestSource:
             )
         return [flatten(r) for r in records], body
 
-    async def _pages(self, plan: Plan, start: int) -> AsyncIterator[tuple[list[Record], Any]]:
-        """Pages of matches from record index `start` (rounded down to a page)."""
+    def _page_size(self, start: int, limit: int | None) -> int:
+        """The smallest page size that serves `limit` records from `start` in one call.
+
+        Page-numbered APIs can only start at a multiple of the size; without such a size
+        (or without a limit) the largest pages keep the number of calls down.
+        """
+        if limit is None or limit <= 0:
+            return self.max_size
+        style = self.paging["style"]
+        if style != "page":  # next links always start at record 0: big pages skip faster
+            return min(limit, self.max_size) if style == "offset" or start == 0 else self.max_size
+        for size in range(limit, self.max_size + 1):
+            if start // size == (start + limit - 1) // size:
+                return size
+        return self.max_size
+
+    async def _pages(
+        self, plan: Plan, start: int, size: int | None = None
+    ) -> AsyncIterator[tuple[list[Record], Any]]:
+        """Pages of `size` matches from record index `start` (rounded down to a page)."""
         params = self._params(plan.where)
         if params is None:
             raise BackendError(f"back end {self.adapter.name!r}: filter not supported")
         params.update(self._sort_param(plan))
-        paging, size = self.paging, self.max_size
+        paging, size = self.paging, size or self.max_size
         if paging["style"] == "page":
             number = start // size
             while True:
@@ -306,11 +324,11 @@ class RestSource:
                 yield records, body
                 url, query = _at(body, paging.get("next", "next")), {}
 
-    def _skip(self, start: int) -> int:
+    def _skip(self, start: int, size: int) -> int:
         """Records of the first page that lie before `start`."""
         style = self.paging["style"]
         if style == "page":
-            return start % self.max_size
+            return start % size
         return 0 if style == "offset" else start
 
     async def page(self, plan: Plan) -> Page:
@@ -319,12 +337,13 @@ class RestSource:
             records = [found] if found is not None else []
             window = records[plan.offset :][: plan.limit] if plan.limit is not None else records
             return Page(window, len(records))
-        skip = self._skip(plan.offset)
         wanted = plan.limit
+        size = self._page_size(plan.offset, wanted)
+        skip = self._skip(plan.offset, size)
         out: list[Record] = []
         total = None
         seen = 0
-        async for records, body in self._pages(plan, plan.offset):
+        async for records, body in self._pages(plan, plan.offset, size):
             if total is None and self.total_at:
                 total = _at(body, self.total_at)
                 if not isinstance(total, int):

@@ -75,6 +75,26 @@ def test_page_paging_windows_across_pages(http: respx.MockRouter) -> None:
     assert page.records[0]["nested.x"] == 1  # nested fields are flattened
 
 
+@pytest.mark.parametrize(
+    ("offset", "limit", "calls", "ids"),
+    [
+        (0, 2, [("1", "2")], ["i0", "i1"]),  # one page of exactly the limit
+        (2, 2, [("2", "2")], ["i2", "i3"]),
+        (3, 2, [("2", "3")], ["i3", "i4"]),  # a page of 3 starting at 3 holds both
+        (1, 9, [("1", "10")], ["i1", "i2", "i3", "i4"]),  # no size fits: the largest
+    ],
+)
+def test_pages_are_sized_to_the_window(
+    http: respx.MockRouter, offset: int, limit: int, calls: list[Any], ids: list[str]
+) -> None:
+    route = http.get(f"{BASE}/items").mock(side_effect=paged)
+    spec = copy.deepcopy(SPEC)
+    spec["list"]["paging"]["max_size"] = 10
+    page = run(with_source(lambda s: s.page(Plan(offset=offset, limit=limit)), spec))
+    assert [r["id"] for r in page.records] == ids and page.total == 5
+    assert [(c.request.url.params["p"], c.request.url.params["n"]) for c in route.calls] == calls
+
+
 def test_offset_and_next_link_paging(http: respx.MockRouter) -> None:
     def by_offset(request: httpx.Request) -> httpx.Response:
         start, limit = int(request.url.params["from"]), int(request.url.params["max"])
