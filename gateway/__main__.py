@@ -7,8 +7,8 @@ wrong configuration stops with one clear line (file, place, reason) and exit cod
 from __future__ import annotations
 
 import argparse
-import gc
 import asyncio
+import gc
 import os
 import sys
 from contextlib import AsyncExitStack
