@@ -152,7 +152,7 @@ class SoapFault(BackendError):
 
 
 def _local(element: etree._Element) -> str:
-    return etree.QName(element).localname
+    return element.tag.rpartition("}")[2]  # "{namespace}name" or "name"
 
 
 def _child(element: etree._Element, name: str) -> etree._Element | None:
@@ -160,7 +160,7 @@ def _child(element: etree._Element, name: str) -> etree._Element | None:
 
 
 def _find(element: etree._Element, name: str) -> etree._Element | None:
-    return next((e for e in element.iter() if isinstance(e.tag, str) and _local(e) == name), None)
+    return next(element.iter(f"{{*}}{name}"), None)  # lxml matches any namespace in C
 
 
 def _text(element: etree._Element | None) -> str | None:
@@ -171,9 +171,10 @@ def _record(element: etree._Element) -> Record:
     """A record element's children as a flat dict (nested elements as dotted names)."""
     out: Record = {}
     for child in element:
-        if not isinstance(child.tag, str):
+        tag = child.tag
+        if not isinstance(tag, str):
             continue
-        name = _local(child)
+        name = tag.rpartition("}")[2]
         if len(child):
             out.update({f"{name}.{k}": v for k, v in _record(child).items()})
         else:
@@ -261,11 +262,7 @@ class SoapSource:
             raise BackendError(
                 f"back end {self.adapter.name!r}: no number at {self.total_at!r}"
             ) from None
-        records = [
-            _record(e)
-            for e in body.iter()
-            if isinstance(e.tag, str) and _local(e) == self.records_at
-        ]
+        records = [_record(e) for e in body.iter(f"{{*}}{self.records_at}")]
         return records, count
 
     async def page(self, plan: Plan) -> Page:

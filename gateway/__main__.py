@@ -64,16 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     except MappingSpecError as exc:
         print(f"tmf678-gateway: configuration error: {exc}", file=sys.stderr)
         return 2
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        return runner.run(serve(config, args.host, args.port))
-
-
-def _loop_factory():
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop.new_event_loop
+    return asyncio.run(serve(config, args.host, args.port))
 
 
 if __name__ == "__main__":
