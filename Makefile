@@ -47,7 +47,7 @@ bench: install
 	@test -f var/bench_billing.sqlite || $(MAKE) bench-db
 	$(PY) bench/read_latency.py --db var/bench_billing.sqlite
 	$(PY) bench/event_delivery.py --events 2000
-	$(PY) bench/adapter_throughput.py --requests 1500
+	$(PY) bench/adapter_throughput.py --requests 4000
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache *.egg-info
