@@ -5,8 +5,9 @@ cache), then drives `GET /customerBill/{id}` and `GET /customerBill?limit=50` wi
 concurrent clients for a fixed number of requests, and the same calls straight to the
 simulator. Each pair is driven twice: by a plain httpx client (stock transport), whose
 own cost per request caps what it can measure, and by a lean client (httpx over the
-gateway's own transport, about a tenth of the cost), which shows what the servers do. Also times how the SOAP adapter reads a 500-record
-reply (lxml, flat records) against zeep's own object parsing. One run, this machine.
+gateway's own transport, about a tenth of the cost), which shows what the servers do.
+Also times how the SOAP adapter reads a 500-record reply (lxml, flat records) against
+zeep's own object parsing. One run, this machine.
 
     python bench/adapter_throughput.py [--requests 2000]
 """
