@@ -243,13 +243,18 @@ class FastTransport(httpx.AsyncBaseTransport):
     async def _wait_for_slot(self, timeout: float | None) -> None:
         waiter = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
+        woken = False
         try:
-            await asyncio.wait_for(waiter, max(timeout, 0) if timeout is not None else None)
+            async with asyncio.timeout(None if timeout is None else max(timeout, 0)):
+                await waiter
+            woken = True
         except TimeoutError:
             raise httpx.PoolTimeout("no free connection within the pool timeout") from None
         finally:
             if waiter in self._waiters:
                 self._waiters.remove(waiter)
+            elif not woken and waiter.done() and not waiter.cancelled():
+                self._wake()  # woken, then cancelled or timed out: the slot goes on
 
     def _wake(self) -> None:
         while self._waiters:
@@ -263,16 +268,14 @@ class FastTransport(httpx.AsyncBaseTransport):
         loop = asyncio.get_running_loop()
         context = self._ssl_context() if scheme == b"https" else None
         try:
-            _, connection = await asyncio.wait_for(
-                loop.create_connection(
+            async with asyncio.timeout(timeout):
+                _, connection = await loop.create_connection(
                     lambda: _Connection(origin, self.max_body_bytes),
                     host,
                     port,
                     ssl=context,
                     server_hostname=host if context else None,
-                ),
-                timeout,
-            )
+                )
         except TimeoutError:
             raise httpx.ConnectTimeout(f"no connection to {host}:{port} in time") from None
         except OSError as exc:

@@ -260,3 +260,25 @@ def test_back_ends_use_it_unless_told_otherwise() -> None:
         RestAdapter("r", "http://x", http_transport="curl")
     with pytest.raises(BackendError, match="http_transport must be"):
         SoapAdapter("s", "http://x/w", http_transport="curl")
+
+
+def test_a_cancelled_request_gives_its_connection_back() -> None:
+    async def slowish(number: int, request: bytes) -> bytes:
+        await asyncio.sleep(0.1 if b"/slow" in request else 0)
+        return ok()
+
+    async def work() -> tuple[list[int], int]:
+        async with RawServer(slowish) as server, client(max_connections=1) as c:
+            slow = asyncio.ensure_future(c.get(f"{server.url}/slow"))
+            waiting = asyncio.ensure_future(c.get(f"{server.url}/queued"))
+            await asyncio.sleep(0.02)
+            slow.cancel()  # holds the only connection
+            waiting.cancel()  # waits for it
+            replies = [await c.get(f"{server.url}/after/{n}") for n in range(3)]
+            outcomes = await asyncio.gather(slow, waiting, return_exceptions=True)
+            assert all(isinstance(o, asyncio.CancelledError) for o in outcomes)
+            return [r.status_code for r in replies], server.connections
+
+    statuses, connections = run(work)
+    assert statuses == [200, 200, 200]
+    assert connections == 2  # the cancelled one's connection was dropped, one new one serves
