@@ -165,14 +165,13 @@ class FastTransport(httpx.AsyncBaseTransport):
         self,
         max_connections: int = 100,
         keepalive_expiry: float = 4.0,
-        verify: ssl.SSLContext | bool = True,
+        tls: ssl.SSLContext | None = None,
         max_body_bytes: int = 64 * 1024 * 1024,
     ) -> None:
         self.max_connections = max_connections
         self.keepalive_expiry = keepalive_expiry
         self.max_body_bytes = max_body_bytes
-        self._verify = verify
-        self._ssl: ssl.SSLContext | None = None
+        self._tls = tls
         self._idle: dict[_Origin, list[_Connection]] = {}
         self._active = 0  # connections open or being opened
         self._waiters: deque[asyncio.Future[None]] = deque()
@@ -266,7 +265,9 @@ class FastTransport(httpx.AsyncBaseTransport):
     async def _connect(self, origin: _Origin, timeout: float | None) -> _Connection:
         scheme, host, port = origin
         loop = asyncio.get_running_loop()
-        context = self._ssl_context() if scheme == b"https" else None
+        context = None
+        if scheme == b"https":
+            context = self._tls = self._tls or tls_context(True)
         try:
             async with asyncio.timeout(timeout):
                 _, connection = await loop.create_connection(
@@ -281,17 +282,6 @@ class FastTransport(httpx.AsyncBaseTransport):
         except OSError as exc:
             raise httpx.ConnectError(f"cannot connect to {host}:{port}: {exc}") from exc
         return connection
-
-    def _ssl_context(self) -> ssl.SSLContext:
-        if self._ssl is None:
-            if isinstance(self._verify, ssl.SSLContext):
-                self._ssl = self._verify
-            else:
-                self._ssl = ssl.create_default_context()
-                if not self._verify:
-                    self._ssl.check_hostname = False
-                    self._ssl.verify_mode = ssl.CERT_NONE
-        return self._ssl
 
     def _release(self, connection: _Connection, keep_alive: bool) -> None:
         if not keep_alive or connection.closed or self._closed:
@@ -329,12 +319,34 @@ def _serialise(request: httpx.Request, body: bytes) -> bytes:
     return b"".join(lines)
 
 
+def tls_context(verify: bool | str) -> ssl.SSLContext:
+    """Certificates checked against httpx's CA bundle, a CA file's, or (False) not at all."""
+    if isinstance(verify, str):
+        return ssl.create_default_context(cafile=verify)
+    if verify:
+        return httpx.create_ssl_context()  # the bundle httpx itself would use (certifi)
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
 def http_transport_for(
-    backend: str, kind: str, max_connections: int
+    backend: str, kind: str, max_connections: int, tls: ssl.SSLContext | None = None
 ) -> httpx.AsyncBaseTransport | None:
     """The transport a back end's `http_transport` option names (None: httpx's own)."""
     if kind == "fast":
-        return FastTransport(max_connections=max_connections)
+        return FastTransport(max_connections=max_connections, tls=tls)
     if kind == "httpx":
         return None
     raise BackendError(f"back end {backend!r}: http_transport must be 'fast' or 'httpx'")
+
+
+def backend_tls(backend: str, verify: Any) -> ssl.SSLContext:
+    """A back end's `verify` option (true, false or a CA file) as a TLS context, at start-up."""
+    if not isinstance(verify, (bool, str)):
+        raise BackendError(f"back end {backend!r}: verify must be true, false or a CA file")
+    try:
+        return tls_context(verify)
+    except (OSError, ssl.SSLError) as exc:
+        raise BackendError(f"back end {backend!r}: cannot use CA file {verify!r}: {exc}") from exc

@@ -44,7 +44,7 @@ from adapters.base import (
     equalities,
     key_lookup,
 )
-from adapters.http_transport import http_transport_for
+from adapters.http_transport import backend_tls, http_transport_for
 
 Record = dict[str, Any]
 
@@ -59,8 +59,10 @@ class RestAdapter:
         max_connections: int = 100,
         headers: Mapping[str, str] | None = None,
         http_transport: str = "fast",
+        verify: bool | str = True,
     ) -> None:
         self.name = name
+        self._tls = backend_tls(name, verify)
         self.base_url = base_url.rstrip("/")
         self._auth_spec = dict(auth or {})
         self._timeout = timeout_seconds
@@ -88,7 +90,10 @@ class RestAdapter:
             headers=self._headers,
             timeout=httpx.Timeout(self._timeout),
             limits=self._limits,
-            transport=http_transport_for(self.name, self._transport_kind, self._max_connections),
+            verify=self._tls,
+            transport=http_transport_for(
+                self.name, self._transport_kind, self._max_connections, self._tls
+            ),
         )
 
     async def close(self) -> None:

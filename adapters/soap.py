@@ -52,7 +52,7 @@ from adapters.base import (
     equalities,
     key_lookup,
 )
-from adapters.http_transport import http_transport_for
+from adapters.http_transport import backend_tls, http_transport_for
 
 Record = dict[str, Any]
 
@@ -65,8 +65,10 @@ class SoapAdapter:
         timeout_seconds: float = 10.0,
         max_connections: int = 100,
         http_transport: str = "fast",
+        verify: bool | str = True,
     ) -> None:
         self.name = name
+        self.tls = backend_tls(name, verify)
         self.http_transport = http_transport
         http_transport_for(name, http_transport, max_connections)  # a wrong name fails here
         self.wsdl = wsdl
@@ -75,12 +77,15 @@ class SoapAdapter:
         self.client: zeep.AsyncClient | None = None
 
     async def open(self) -> None:
-        wsdl_client = httpx.Client(timeout=self.timeout)
+        wsdl_client = httpx.Client(timeout=self.timeout, verify=self.tls)
         transport = AsyncTransport(
             client=httpx.AsyncClient(
                 timeout=self.timeout,
                 limits=httpx.Limits(max_connections=self.max_connections),
-                transport=http_transport_for(self.name, self.http_transport, self.max_connections),
+                verify=self.tls,
+                transport=http_transport_for(
+                    self.name, self.http_transport, self.max_connections, self.tls
+                ),
             ),
             wsdl_client=wsdl_client,
             operation_timeout=self.timeout,

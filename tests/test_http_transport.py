@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
 import pytest
+import trustme
 
 from adapters.base import BackendError
-from adapters.http_transport import FastTransport
+from adapters.http_transport import FastTransport, backend_tls
 from adapters.rest import RestAdapter
 from adapters.soap import SoapAdapter
 
@@ -25,16 +27,18 @@ CLOSE = b"<close>"
 class RawServer:
     """A loopback HTTP/1.1 server whose replies the test writes as bytes."""
 
-    def __init__(self, handler: Handler) -> None:
+    def __init__(self, handler: Handler, tls: ssl.SSLContext | None = None) -> None:
         self.handler = handler
+        self.tls = tls
         self.connections = 0
         self.open = 0
         self.most_open = 0
         self.requests: list[bytes] = []
 
     async def __aenter__(self) -> RawServer:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.url = f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self.tls)
+        scheme = "https" if self.tls else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
@@ -282,3 +286,28 @@ def test_a_cancelled_request_gives_its_connection_back() -> None:
     statuses, connections = run(work)
     assert statuses == [200, 200, 200]
     assert connections == 2  # the cancelled one's connection was dropped, one new one serves
+
+
+def test_https_checks_the_certificate(tmp_path: Any) -> None:
+    authority = trustme.CA()
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("127.0.0.1").configure_cert(server_tls)
+    ca_file = tmp_path / "ca.pem"
+    authority.cert_pem.write_to_path(str(ca_file))
+
+    async def work() -> tuple[str, str]:
+        async with RawServer(always_ok, server_tls) as server:
+            async with client(tls=backend_tls("b", str(ca_file))) as c:
+                trusted = (await c.get(f"{server.url}/x")).text
+            async with client(tls=backend_tls("b", True)) as c:  # public CAs only
+                with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+                    await c.get(f"{server.url}/x")
+            async with client(tls=backend_tls("b", False)) as c:
+                unchecked = (await c.get(f"{server.url}/x")).text
+            return trusted, unchecked
+
+    assert run(work) == ("n=1", "n=1")
+    with pytest.raises(BackendError, match="cannot use CA file"):
+        RestAdapter("r", "https://x", verify=str(tmp_path / "missing.pem"))
+    with pytest.raises(BackendError, match="verify must be"):
+        SoapAdapter("s", "https://x/w", verify=1)
