@@ -15,6 +15,9 @@ A mapping's `source:` block for this adapter:
 
 from __future__ import annotations
 
+import asyncio
+import threading
+import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -84,11 +87,13 @@ class SqlAdapter:
             options.setdefault("pool_size", self._pool_size)
         options.setdefault("pool_pre_ping", False)
         self._engine = create_async_engine(self.url, **options)
+        threads_before = set(threading.enumerate())
         try:
             async with self._engine.connect() as conn:
                 await conn.execute(select(1))
         except (SQLAlchemyError, OSError) as exc:
             await self._engine.dispose()
+            await _driver_threads_finished(threads_before)
             raise BackendError(f"cannot connect to back end {self.name!r}: {exc}") from exc
 
     async def close(self) -> None:
@@ -294,3 +299,18 @@ def _backend_error(name: str, exc: SQLAlchemyError) -> BackendError:
     if isinstance(exc, OperationalError):
         return BackendError(f"back end {name!r} unavailable: {detail}", status=503)
     return BackendError(f"back end {name!r} failed: {detail}", status=502)
+
+
+async def _driver_threads_finished(before: set[threading.Thread], seconds: float = 2.0) -> None:
+    """Let worker threads a failed connect started finish while the event loop lives.
+
+    After a failed connect, aiosqlite stops its thread without waiting; the thread then
+    reports back to the loop, and would fail loudly if the loop had closed meanwhile
+    (a start-up error ends the process at once).
+    """
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and any(
+        thread.is_alive() and thread.name.endswith("(_connection_worker_thread)")
+        for thread in set(threading.enumerate()) - before
+    ):
+        await asyncio.sleep(0.01)

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import sqlite3
+import threading
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import aiosqlite
 import pytest
 
 from adapters.base import (
@@ -130,10 +134,28 @@ def test_bind_refuses_what_the_database_does_not_have(
     assert info.value.place == place and reason in info.value.reason
 
 
-def test_an_unreachable_database_fails_at_open(tmp_path: Path) -> None:
+def test_an_unreachable_database_fails_at_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    worker = aiosqlite.core._connection_worker_thread
+
+    @functools.wraps(worker)
+    def slow_worker(tx: Any) -> None:  # a loaded machine: the driver thread lags behind
+        class Lagging:
+            def get(self) -> Any:
+                item = tx.get()
+                time.sleep(0.2)
+                return item
+
+        worker(Lagging())
+
+    monkeypatch.setattr(aiosqlite.core, "_connection_worker_thread", slow_worker)
     adapter = SqlAdapter("gone", f"sqlite+aiosqlite:///{tmp_path}/missing/dir/x.db")
+    before = set(threading.enumerate())
     with pytest.raises(BackendError, match="cannot connect to back end 'gone'"):
         asyncio.run(adapter.open())
+    # The driver's thread ended while the event loop lived: it had someone to report to.
+    assert set(threading.enumerate()) - before == set()
 
 
 @pytest.mark.parametrize(
