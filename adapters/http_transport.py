@@ -332,17 +332,6 @@ def tls_context(verify: bool | str) -> ssl.SSLContext:
     return context
 
 
-def http_transport_for(
-    backend: str, kind: str, max_connections: int, tls: ssl.SSLContext | None = None
-) -> httpx.AsyncBaseTransport | None:
-    """The transport a back end's `http_transport` option names (None: httpx's own)."""
-    if kind == "fast":
-        return FastTransport(max_connections=max_connections, tls=tls)
-    if kind == "httpx":
-        return None
-    raise BackendError(f"back end {backend!r}: http_transport must be 'fast' or 'httpx'")
-
-
 def backend_tls(backend: str, verify: Any) -> ssl.SSLContext:
     """A back end's `verify` option (true, false or a CA file) as a TLS context, at start-up."""
     if not isinstance(verify, (bool, str)):
@@ -351,3 +340,32 @@ def backend_tls(backend: str, verify: Any) -> ssl.SSLContext:
         return tls_context(verify)
     except (OSError, ssl.SSLError) as exc:
         raise BackendError(f"back end {backend!r}: cannot use CA file {verify!r}: {exc}") from exc
+
+
+class BackendHttp:
+    """How a REST or SOAP back end is reached: options checked once, at start-up.
+
+    `transport` is "fast" (ours) or "httpx" (httpx's own, for proxies or HTTP/2);
+    `verify` is true (httpx's CA bundle), false, or the path of a CA file.
+    """
+
+    def __init__(
+        self, backend: str, transport: str = "fast", max_connections: int = 100, verify: Any = True
+    ) -> None:
+        if transport not in ("fast", "httpx"):
+            raise BackendError(f"back end {backend!r}: http_transport must be 'fast' or 'httpx'")
+        self.transport = transport
+        self.max_connections = max_connections
+        self.tls = backend_tls(backend, verify)
+
+    def async_client(self, **options: Any) -> httpx.AsyncClient:
+        """A pooled client with a transport of its own (a client closes its transport)."""
+        transport = None
+        if self.transport == "fast":
+            transport = FastTransport(max_connections=self.max_connections, tls=self.tls)
+        return httpx.AsyncClient(
+            limits=httpx.Limits(max_connections=self.max_connections),
+            verify=self.tls,
+            transport=transport,
+            **options,
+        )

@@ -44,7 +44,7 @@ from adapters.base import (
     equalities,
     key_lookup,
 )
-from adapters.http_transport import backend_tls, http_transport_for
+from adapters.http_transport import BackendHttp
 
 Record = dict[str, Any]
 
@@ -62,14 +62,10 @@ class RestAdapter:
         verify: bool | str = True,
     ) -> None:
         self.name = name
-        self._tls = backend_tls(name, verify)
+        self._http = BackendHttp(name, http_transport, max_connections, verify)
         self.base_url = base_url.rstrip("/")
         self._auth_spec = dict(auth or {})
         self._timeout = timeout_seconds
-        self._limits = httpx.Limits(max_connections=max_connections)
-        self._max_connections = max_connections
-        self._transport_kind = http_transport
-        http_transport_for(name, http_transport, max_connections)  # a wrong name fails here
         self._headers = dict(headers or {})
         self._client: httpx.AsyncClient | None = None
         self._token: tuple[str, float] | None = None
@@ -84,16 +80,11 @@ class RestAdapter:
             self._headers[self._auth_spec["name"]] = self._auth_spec["value"]
         elif kind not in (None, "oauth2_client_credentials"):
             raise BackendError(f"back end {self.name!r}: unknown auth type {kind!r}")
-        self._client = httpx.AsyncClient(
+        self._client = self._http.async_client(
             base_url=self.base_url,
             auth=auth,
             headers=self._headers,
             timeout=httpx.Timeout(self._timeout),
-            limits=self._limits,
-            verify=self._tls,
-            transport=http_transport_for(
-                self.name, self._transport_kind, self._max_connections, self._tls
-            ),
         )
 
     async def close(self) -> None:

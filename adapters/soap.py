@@ -52,7 +52,7 @@ from adapters.base import (
     equalities,
     key_lookup,
 )
-from adapters.http_transport import backend_tls, http_transport_for
+from adapters.http_transport import BackendHttp
 
 Record = dict[str, Any]
 
@@ -68,25 +68,15 @@ class SoapAdapter:
         verify: bool | str = True,
     ) -> None:
         self.name = name
-        self.tls = backend_tls(name, verify)
-        self.http_transport = http_transport
-        http_transport_for(name, http_transport, max_connections)  # a wrong name fails here
+        self.http = BackendHttp(name, http_transport, max_connections, verify)
         self.wsdl = wsdl
         self.timeout = timeout_seconds
-        self.max_connections = max_connections
         self.client: zeep.AsyncClient | None = None
 
     async def open(self) -> None:
-        wsdl_client = httpx.Client(timeout=self.timeout, verify=self.tls)
+        wsdl_client = httpx.Client(timeout=self.timeout, verify=self.http.tls)
         transport = AsyncTransport(
-            client=httpx.AsyncClient(
-                timeout=self.timeout,
-                limits=httpx.Limits(max_connections=self.max_connections),
-                verify=self.tls,
-                transport=http_transport_for(
-                    self.name, self.http_transport, self.max_connections, self.tls
-                ),
-            ),
+            client=self.http.async_client(timeout=self.timeout),
             wsdl_client=wsdl_client,
             operation_timeout=self.timeout,
         )
