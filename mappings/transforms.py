@@ -144,16 +144,13 @@ class DateTime(Transform):
         self.ordered = bool(_ORDERED_DATE_FORMAT.match(fmt))
         # Legacy tables repeat the same few thousand dates: parse and format each once.
         self._parse = lru_cache(maxsize=16384)(self._parse_uncached)
-        self.to_tmf = lru_cache(maxsize=16384)(self._to_tmf_uncached)  # type: ignore[method-assign]
+        self.to_tmf = lru_cache(maxsize=16384)(self.to_tmf)  # type: ignore[method-assign]
 
     def _parse_uncached(self, raw: str) -> datetime:
         return datetime.strptime(raw, self.fmt).replace(tzinfo=self.zone)
 
-    def _to_tmf_uncached(self, raw: Any) -> str:
-        return self._parse(raw).isoformat()
-
     def to_tmf(self, raw: Any) -> str:
-        return self._to_tmf_uncached(raw)
+        return self._parse(raw).isoformat()
 
     def typed(self, raw: Any) -> datetime:
         return self._parse(raw)

@@ -73,6 +73,16 @@ def test_date_filters_reverse_to_legacy_terms(op: str, instant: datetime, expect
     assert BERLIN_DATE.condition("C", op, instant) == expected
 
 
+def test_minor_units_match_exact_decimal_division() -> None:
+    # to_tmf divides ints (correctly rounded); the exact decimal quotient rounded to a
+    # float must be the same number for every amount and scale.
+    values = [*range(-2000, 2000), 10**15 + 7, -(10**17) - 3, 2**53 + 1, 123456789012345678]
+    for digits in range(7):
+        transform = MinorUnits(digits)
+        for value in values:
+            assert transform.to_tmf(value) == float(Decimal(value) / Decimal(10) ** digits)
+
+
 def test_minor_units_both_ways() -> None:
     cents = MinorUnits(2)
     assert cents.to_tmf(1234) == 12.34
