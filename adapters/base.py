@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
 
 # Comparison operators a predicate may carry, in back-end terms.
 COMPARE_OPS = frozenset({"eq", "ne", "gt", "gte", "lt", "lte"})
@@ -186,9 +188,29 @@ class Source(Protocol):
         ...
 
 
-class Adapter(Protocol):
-    """A connection to one back end: opened at start-up, closed at shutdown."""
+class BackendOptions(BaseModel):
+    """What every back end's config block takes; each adapter kind extends it.
 
+    A kind's model narrows `kind` to its own name (`Literal["rest"]`), so the gateway's
+    configuration can validate every back end as one union discriminated by `kind`.
+    Unknown keys are errors, checked at start-up with the YAML file and line.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: str
+    #: The deadline of one back-end call, and of the block of calls a request makes.
+    timeout_seconds: float = Field(10.0, gt=0)
+
+
+class Adapter(Protocol):
+    """A connection to one back end: opened at start-up, closed at shutdown.
+
+    An adapter class names its options model in `Options` and is built as
+    `cls(name, options)` with an instance of it.
+    """
+
+    Options: ClassVar[type[BackendOptions]]
     name: str
 
     async def open(self) -> None: ...

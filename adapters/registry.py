@@ -1,7 +1,8 @@
 """Adapter kinds by name: the bundled ones, plus any registered by a plugin package.
 
-A plugin adds a kind through the entry point group `tmf678_gateway.adapters`,
-naming a class whose constructor takes `(name, **options)` from the back end's config.
+A plugin adds a kind through the entry point group `tmf678_gateway.adapters`, naming
+a class with the contract of `adapters.base.Adapter`: an `Options` model (a
+`BackendOptions` whose `kind` is the plugin's name) and a constructor `(name, options)`.
 """
 
 from __future__ import annotations
@@ -10,8 +11,7 @@ from importlib import import_module
 from importlib.metadata import entry_points
 from typing import Any
 
-from adapters.base import Adapter, BackendError
-from gateway.config import BackendConfig, ConfigError
+from adapters.base import Adapter, BackendOptions
 
 ENTRY_POINT_GROUP = "tmf678_gateway.adapters"
 
@@ -22,25 +22,33 @@ _BUNDLED = {
 }
 
 
+def known_kinds() -> list[str]:
+    return sorted({*_BUNDLED, *(e.name for e in entry_points(group=ENTRY_POINT_GROUP))})
+
+
 def adapter_class(kind: str) -> type[Any]:
+    """The class of a back-end kind; LookupError naming the known kinds otherwise."""
     target = _BUNDLED.get(kind)
     if target is not None:
         module, _, name = target.partition(":")
-        return getattr(import_module(module), name)
+        cls: type[Any] = getattr(import_module(module), name)
+        return cls
     for entry in entry_points(group=ENTRY_POINT_GROUP):
         if entry.name == kind:
-            return entry.load()
-    known = sorted({*_BUNDLED, *(e.name for e in entry_points(group=ENTRY_POINT_GROUP))})
-    raise LookupError(f"unknown back-end kind {kind!r} (known: {', '.join(known)})")
+            loaded: type[Any] = entry.load()
+            return loaded
+    raise LookupError(f"unknown back-end kind {kind!r} (known: {', '.join(known_kinds())})")
 
 
-def build_adapter(backend: BackendConfig) -> Adapter:
+def options_model(kind: str) -> type[BackendOptions]:
+    """The options model of a back-end kind (what its config block may say)."""
+    model = getattr(adapter_class(kind), "Options", None)
+    if not (isinstance(model, type) and issubclass(model, BackendOptions)):
+        raise LookupError(f"back-end kind {kind!r} declares no Options model")
+    return model
+
+
+def build_adapter(name: str, options: BackendOptions) -> Adapter:
     """An unopened adapter for a configured back end."""
-    try:
-        cls = adapter_class(backend.kind)
-    except LookupError as exc:
-        raise ConfigError("config", f"backends.{backend.name}.kind", None, str(exc)) from None
-    try:
-        return cls(backend.name, **backend.options)
-    except (TypeError, BackendError) as exc:
-        raise ConfigError("config", f"backends.{backend.name}", None, str(exc)) from None
+    adapter: Adapter = adapter_class(options.kind)(name, options)
+    return adapter

@@ -19,8 +19,9 @@ import asyncio
 import threading
 import time
 from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from typing import Any, ClassVar, Literal
 
+from pydantic import Field
 from sqlalchemy import (
     Column,
     ColumnElement,
@@ -44,6 +45,7 @@ from adapters.base import (
     AllOf,
     AnyOf,
     BackendError,
+    BackendOptions,
     Compare,
     IsNull,
     Page,
@@ -64,14 +66,24 @@ _OPERATORS = {
 }
 
 
+class SqlOptions(BackendOptions):
+    """`{kind: sql, url: <async SQLAlchemy URL>}`: the database and its pool."""
+
+    kind: Literal["sql"] = "sql"
+    url: str = Field(min_length=1)
+    #: Connections kept open (server databases; SQLite files use one per thread).
+    pool_size: int = Field(5, gt=0)
+
+
 class SqlAdapter:
     """One engine (and connection pool) per back end, opened at start-up."""
 
-    def __init__(self, name: str, url: str, *, pool_size: int = 5, **engine_options: Any) -> None:
+    Options: ClassVar[type[SqlOptions]] = SqlOptions
+
+    def __init__(self, name: str, options: SqlOptions) -> None:
         self.name = name
-        self.url = url
-        self._pool_size = pool_size
-        self._engine_options = engine_options
+        self.url = options.url
+        self._pool_size = options.pool_size
         self._engine: AsyncEngine | None = None
         self._metadata = MetaData()
 
@@ -82,10 +94,9 @@ class SqlAdapter:
         return self._engine
 
     async def open(self) -> None:
-        options = dict(self._engine_options)
+        options: dict[str, Any] = {"pool_pre_ping": False}
         if not self.url.startswith("sqlite"):
-            options.setdefault("pool_size", self._pool_size)
-        options.setdefault("pool_pre_ping", False)
+            options["pool_size"] = self._pool_size
         self._engine = create_async_engine(self.url, **options)
         threads_before = set(threading.enumerate())
         try:

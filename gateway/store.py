@@ -43,7 +43,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from adapters.base import BackendError
-from adapters.sql import SqlAdapter
+from adapters.sql import SqlAdapter, SqlOptions
 
 STORE_BACKEND = "gateway_store"
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
@@ -156,7 +156,7 @@ class OnDemandRequest:
 
 class GatewayStore:
     def __init__(self, url: str) -> None:
-        self.adapter = SqlAdapter(STORE_BACKEND, url)
+        self.adapter = SqlAdapter(STORE_BACKEND, SqlOptions(url=url))
 
     async def open(self) -> None:
         url = make_url(self.adapter.url)

@@ -24,7 +24,7 @@ from adapters.base import (
     SortKey,
     SourceSpecError,
 )
-from adapters.sql import SqlAdapter, SqlSource, _total_from_window
+from adapters.sql import SqlAdapter, SqlOptions, SqlSource, _total_from_window
 
 T = TypeVar("T")
 BILLS = {
@@ -36,7 +36,7 @@ BILLS = {
 
 def run(db: Path, work: Callable[[SqlSource], Awaitable[T]], spec: dict[str, Any] = BILLS) -> T:
     async def main() -> T:
-        adapter = SqlAdapter("legacy", f"sqlite+aiosqlite:///{db}")
+        adapter = SqlAdapter("legacy", SqlOptions(url=f"sqlite+aiosqlite:///{db}"))
         await adapter.open()
         try:
             return await work(await adapter.bind(spec))
@@ -150,7 +150,7 @@ def test_an_unreachable_database_fails_at_open(
         worker(Lagging())
 
     monkeypatch.setattr(aiosqlite.core, "_connection_worker_thread", slow_worker)
-    adapter = SqlAdapter("gone", f"sqlite+aiosqlite:///{tmp_path}/missing/dir/x.db")
+    adapter = SqlAdapter("gone", SqlOptions(url=f"sqlite+aiosqlite:///{tmp_path}/missing/dir/x.db"))
     before = set(threading.enumerate())
     with pytest.raises(BackendError, match="cannot connect to back end 'gone'"):
         asyncio.run(adapter.open())
