@@ -18,12 +18,13 @@ import asyncio
 import ssl
 import time
 from collections import deque
-from typing import Any
+from typing import Any, Literal
 
 import httptools
 import httpx
+from pydantic import Field, StrictBool
 
-from adapters.base import BackendError
+from adapters.base import BackendError, BackendOptions
 
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 _Origin = tuple[bytes, str, int]
@@ -342,21 +343,25 @@ def backend_tls(backend: str, verify: Any) -> ssl.SSLContext:
         raise BackendError(f"back end {backend!r}: cannot use CA file {verify!r}: {exc}") from exc
 
 
-class BackendHttp:
-    """How a REST or SOAP back end is reached: options checked once, at start-up.
+class HttpOptions(BackendOptions):
+    """How a REST or SOAP back end is reached over HTTP.
 
-    `transport` is "fast" (ours) or "httpx" (httpx's own, for proxies or HTTP/2);
+    `http_transport` is "fast" (ours) or "httpx" (httpx's own, for proxies or HTTP/2);
     `verify` is true (httpx's CA bundle), false, or the path of a CA file.
     """
 
-    def __init__(
-        self, backend: str, transport: str = "fast", max_connections: int = 100, verify: Any = True
-    ) -> None:
-        if transport not in ("fast", "httpx"):
-            raise BackendError(f"back end {backend!r}: http_transport must be 'fast' or 'httpx'")
-        self.transport = transport
-        self.max_connections = max_connections
-        self.tls = backend_tls(backend, verify)
+    max_connections: int = Field(100, gt=0)
+    http_transport: Literal["fast", "httpx"] = "fast"
+    verify: StrictBool | str = True
+
+
+class BackendHttp:
+    """How a REST or SOAP back end is reached: options checked once, at start-up."""
+
+    def __init__(self, backend: str, options: HttpOptions) -> None:
+        self.transport = options.http_transport
+        self.max_connections = options.max_connections
+        self.tls = backend_tls(backend, options.verify)
 
     def async_client(self, **options: Any) -> httpx.AsyncClient:
         """A pooled client with a transport of its own (a client closes its transport)."""

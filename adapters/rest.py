@@ -28,10 +28,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import httpx
 import orjson
+from pydantic import Field
 
 from adapters.base import (
     ActionResult,
@@ -44,29 +45,30 @@ from adapters.base import (
     equalities,
     key_lookup,
 )
-from adapters.http_transport import BackendHttp
+from adapters.http_transport import BackendHttp, HttpOptions
 
 Record = dict[str, Any]
 
 
+class RestOptions(HttpOptions):
+    """`{kind: rest, base_url, auth, headers}` plus the HTTP options."""
+
+    kind: Literal["rest"] = "rest"
+    base_url: str = Field(pattern=r"^https?://")
+    auth: dict[str, Any] | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+
+
 class RestAdapter:
-    def __init__(
-        self,
-        name: str,
-        base_url: str,
-        auth: Mapping[str, Any] | None = None,
-        timeout_seconds: float = 10.0,
-        max_connections: int = 100,
-        headers: Mapping[str, str] | None = None,
-        http_transport: str = "fast",
-        verify: bool | str = True,
-    ) -> None:
+    Options: ClassVar[type[RestOptions]] = RestOptions
+
+    def __init__(self, name: str, options: RestOptions) -> None:
         self.name = name
-        self._http = BackendHttp(name, http_transport, max_connections, verify)
-        self.base_url = base_url.rstrip("/")
-        self._auth_spec = dict(auth or {})
-        self._timeout = timeout_seconds
-        self._headers = dict(headers or {})
+        self._http = BackendHttp(name, options)
+        self.base_url = options.base_url.rstrip("/")
+        self._auth_spec = dict(options.auth or {})
+        self._timeout = options.timeout_seconds
+        self._headers = dict(options.headers)
         self._client: httpx.AsyncClient | None = None
         self._token: tuple[str, float] | None = None
         self._token_lock = asyncio.Lock()

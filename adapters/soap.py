@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import httpx
 import zeep
@@ -52,25 +52,26 @@ from adapters.base import (
     equalities,
     key_lookup,
 )
-from adapters.http_transport import BackendHttp
+from adapters.http_transport import BackendHttp, HttpOptions
 
 Record = dict[str, Any]
 
 
+class SoapOptions(HttpOptions):
+    """`{kind: soap, wsdl}` plus the HTTP options."""
+
+    kind: Literal["soap"] = "soap"
+    wsdl: str
+
+
 class SoapAdapter:
-    def __init__(
-        self,
-        name: str,
-        wsdl: str,
-        timeout_seconds: float = 10.0,
-        max_connections: int = 100,
-        http_transport: str = "fast",
-        verify: bool | str = True,
-    ) -> None:
+    Options: ClassVar[type[SoapOptions]] = SoapOptions
+
+    def __init__(self, name: str, options: SoapOptions) -> None:
         self.name = name
-        self.http = BackendHttp(name, http_transport, max_connections, verify)
-        self.wsdl = wsdl
-        self.timeout = timeout_seconds
+        self.http = BackendHttp(name, options)
+        self.wsdl = options.wsdl
+        self.timeout = options.timeout_seconds
         self.client: zeep.AsyncClient | None = None
 
     async def open(self) -> None:

@@ -25,7 +25,7 @@ from starlette.routing import Match
 from starlette.routing import Route as HttpRoute
 
 from adapters.base import Adapter, BackendError, SourceSpecError
-from adapters.registry import build_adapter
+from adapters.registry import build_adapter, options_model
 from gateway.callbacks import CallbackPolicy
 from gateway.config import ConfigError, GatewayConfig, ResourceBinding
 from gateway.delivery import DeliveryWorker
@@ -65,9 +65,15 @@ async def open_gateway(config: GatewayConfig, api: Api, stack: AsyncExitStack) -
     if config.on_demand is not None:
         needed |= config.on_demand.actions.keys()
     for name in sorted(needed):
+        backend = config.backends[name]
         try:
-            adapter = build_adapter(config.backends[name])
+            options = options_model(backend.kind).model_validate(
+                {"kind": backend.kind, "timeout_seconds": backend.timeout, **backend.options}
+            )
+            adapter = build_adapter(name, options)
             await adapter.open()
+        except (LookupError, ValueError) as exc:
+            raise StartupError(f"backends.{name}: {exc}") from exc
         except (BackendError, ConfigError) as exc:
             raise StartupError(str(exc)) from exc
         stack.push_async_callback(adapter.close)

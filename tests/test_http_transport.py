@@ -11,11 +11,12 @@ from typing import Any
 import httpx
 import pytest
 import trustme
+from pydantic import ValidationError
 
 from adapters.base import BackendError
 from adapters.http_transport import FastTransport, backend_tls
-from adapters.rest import RestAdapter
-from adapters.soap import SoapAdapter
+from adapters.rest import RestAdapter, RestOptions
+from adapters.soap import SoapOptions
 
 # A handler gets (request number on its connection, request head + body) and returns the
 # raw reply bytes, with `CLOSE` appended to close the connection after them, or None to
@@ -250,7 +251,7 @@ def test_head_replies_end_at_the_headers() -> None:
 
 def test_back_ends_use_it_unless_told_otherwise() -> None:
     async def transport(**options: Any) -> Any:
-        adapter = RestAdapter("r", "http://x", **options)
+        adapter = RestAdapter("r", RestOptions(base_url="http://x", **options))
         await adapter.open()
         try:
             assert adapter._client is not None
@@ -260,10 +261,10 @@ def test_back_ends_use_it_unless_told_otherwise() -> None:
 
     assert isinstance(run(lambda: transport()), FastTransport)
     assert isinstance(run(lambda: transport(http_transport="httpx")), httpx.AsyncHTTPTransport)
-    with pytest.raises(BackendError, match="http_transport must be"):
-        RestAdapter("r", "http://x", http_transport="curl")
-    with pytest.raises(BackendError, match="http_transport must be"):
-        SoapAdapter("s", "http://x/w", http_transport="curl")
+    with pytest.raises(ValidationError, match="http_transport"):
+        RestOptions(base_url="http://x", http_transport="curl")
+    with pytest.raises(ValidationError, match="http_transport"):
+        SoapOptions(wsdl="http://x/w", http_transport="curl")
 
 
 def test_a_cancelled_request_gives_its_connection_back() -> None:
@@ -308,6 +309,6 @@ def test_https_checks_the_certificate(tmp_path: Any) -> None:
 
     assert run(work) == ("n=1", "n=1")
     with pytest.raises(BackendError, match="cannot use CA file"):
-        RestAdapter("r", "https://x", verify=str(tmp_path / "missing.pem"))
-    with pytest.raises(BackendError, match="verify must be"):
-        SoapAdapter("s", "https://x/w", verify=1)
+        RestAdapter("r", RestOptions(base_url="https://x", verify=str(tmp_path / "missing.pem")))
+    with pytest.raises(ValidationError, match="verify"):
+        SoapOptions(wsdl="https://x/w", verify=1)

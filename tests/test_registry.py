@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from starlette.testclient import TestClient
 
-from adapters.registry import ENTRY_POINT_GROUP, adapter_class, build_adapter
-from gateway.app import create_app
-from gateway.config import ConfigError, load_config
+from adapters.registry import ENTRY_POINT_GROUP, adapter_class
+from gateway.app import StartupError, create_app
+from gateway.config import load_config
 from tests.conftest import API, ROOT, assert_valid, fetch_all
 
 PLUGIN = ROOT / "examples" / "csv_adapter"
@@ -65,5 +65,6 @@ def test_a_wrong_adapter_option_is_a_config_error(tmp_path: Path) -> None:
         "backends:\n  e: {kind: rest, base_url: 'http://127.0.0.1:1', http_transport: curl}\n"
         f"resources:\n  customerBill: {{backend: e, mapping: {mapping}}}\n"
     )
-    with pytest.raises(ConfigError, match="backends.e.*http_transport must be 'fast' or 'httpx'"):
-        build_adapter(load_config(config).backends["e"])
+    app = create_app(load_config(config))
+    with pytest.raises(StartupError, match="(?s)backends.e.*http_transport"), TestClient(app):
+        pass

@@ -14,7 +14,7 @@ import respx
 from starlette.testclient import TestClient
 
 from adapters.base import AnyOf, BackendError, Compare, Plan, SortKey
-from adapters.rest import RestAdapter, RestSource, flatten
+from adapters.rest import RestAdapter, RestOptions, RestSource, flatten
 from gateway.app import create_app
 from gateway.config import load_config
 from simulators.rest_billing import create_app as create_simulator
@@ -52,7 +52,7 @@ def run(coro: Any) -> Any:
 
 
 async def with_source(work: Any, spec: dict[str, Any] = SPEC, **options: Any) -> Any:
-    adapter = RestAdapter("billing", BASE, **options)
+    adapter = RestAdapter("billing", RestOptions(base_url=BASE, **options))
     await adapter.open()
     try:
         return await work(await adapter.bind(spec))
@@ -143,7 +143,7 @@ def test_filters_and_sort_become_query_parameters(http: respx.MockRouter) -> Non
 
 
 def test_what_the_api_accepts() -> None:
-    source = RestSource(RestAdapter("b", BASE), SPEC)
+    source = RestSource(RestAdapter("b", RestOptions(base_url=BASE)), SPEC)
     assert source.accepts(Compare("acct", "eq", "x"))
     assert source.accepts(AnyOf((Compare("status", "eq", "A"), Compare("status", "eq", "B"))))
     assert not source.accepts(AnyOf((Compare("acct", "eq", "x"), Compare("acct", "eq", "y"))))

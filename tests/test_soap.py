@@ -14,7 +14,7 @@ import respx
 from starlette.testclient import TestClient
 
 from adapters.base import BackendError, Compare, Plan
-from adapters.soap import SoapAdapter, SoapSource
+from adapters.soap import SoapAdapter, SoapOptions, SoapSource
 from gateway.app import create_app
 from gateway.config import load_config
 from simulators.soap_billing import WSDL, seed
@@ -50,7 +50,7 @@ def reply_with(body: str, status: int = 200) -> httpx.Response:
 
 
 async def with_source(work: Any) -> Any:
-    adapter = SoapAdapter("consumer", f"{HOST}/billing.wsdl", timeout_seconds=2)
+    adapter = SoapAdapter("consumer", SoapOptions(wsdl=f"{HOST}/billing.wsdl", timeout_seconds=2))
     await adapter.open()
     try:
         return await work(await adapter.bind(SOURCE))
@@ -124,7 +124,7 @@ def test_not_found_fault_is_no_record(soap_mock: respx.MockRouter) -> None:
 
 def test_an_unknown_operation_in_a_mapping_stops_start_up(soap_mock: respx.MockRouter) -> None:
     async def bind() -> None:
-        adapter = SoapAdapter("consumer", f"{HOST}/billing.wsdl")
+        adapter = SoapAdapter("consumer", SoapOptions(wsdl=f"{HOST}/billing.wsdl"))
         await adapter.open()
         try:
             SoapSource(adapter, {**SOURCE, "list": {**SOURCE["list"], "operation": "ListAll"}})

@@ -2,8 +2,9 @@
 
 A new kind of back end is one class with the adapter contract of `adapters/base.py`,
 registered under the entry point group `tmf678_gateway.adapters` (see pyproject.toml
-beside this file). Its config block's keys (minus `kind` and `timeout_seconds`) are the
-constructor's keyword arguments.
+beside this file). Its `Options` model says what its config block may hold (checked at
+start-up, with the YAML file and line of a mistake); the gateway builds it as
+`CsvAdapter(name, options)`.
 """
 
 from __future__ import annotations
@@ -11,12 +12,13 @@ from __future__ import annotations
 import csv
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 from adapters.base import (
     AllOf,
     AnyOf,
     BackendError,
+    BackendOptions,
     Compare,
     IsNull,
     Page,
@@ -27,10 +29,17 @@ from adapters.base import (
 )
 
 
+class CsvOptions(BackendOptions):
+    kind: Literal["csv"] = "csv"
+    directory: Path
+
+
 class CsvAdapter:
-    def __init__(self, name: str, directory: str) -> None:
+    Options: ClassVar[type[CsvOptions]] = CsvOptions
+
+    def __init__(self, name: str, options: CsvOptions) -> None:
         self.name = name
-        self.directory = Path(directory)
+        self.directory = options.directory
 
     async def open(self) -> None:
         if not self.directory.is_dir():
