@@ -8,11 +8,13 @@ child's name). One adapter instance per back end, opened at start-up.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
 
 # Comparison operators a predicate may carry, in back-end terms.
 COMPARE_OPS = frozenset({"eq", "ne", "gt", "gte", "lt", "lte"})
@@ -188,15 +190,38 @@ class Source(Protocol):
         ...
 
 
-class BackendOptions(BaseModel):
+class StrictModel(BaseModel):
+    """A configuration section: typed, frozen, and an unknown key is an error with a hint.
+
+    The hint ("did you mean 'max_connections'?") is the point of checking keys here
+    rather than leaving it to `extra="forbid"`: a misspelt option should not need a
+    trip to the documentation.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, data: Any) -> Any:
+        if isinstance(data, Mapping):
+            known = [f.alias or name for name, f in cls.model_fields.items()]
+            for key in data:
+                if key not in known:
+                    close = difflib.get_close_matches(str(key), known, n=1)
+                    hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(known)}"
+                    raise PydanticCustomError(
+                        "unknown_key", "unknown key '{key}' ({hint})", {"key": key, "hint": hint}
+                    )
+        return data
+
+
+class BackendOptions(StrictModel):
     """What every back end's config block takes; each adapter kind extends it.
 
     A kind's model narrows `kind` to its own name (`Literal["rest"]`), so the gateway's
     configuration can validate every back end as one union discriminated by `kind`.
     Unknown keys are errors, checked at start-up with the YAML file and line.
     """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     kind: str
     #: The deadline of one back-end call, and of the block of calls a request makes.

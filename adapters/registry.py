@@ -15,7 +15,7 @@ from adapters.base import Adapter, BackendOptions
 
 ENTRY_POINT_GROUP = "tmf678_gateway.adapters"
 
-_BUNDLED = {
+BUNDLED_KINDS = {
     "sql": "adapters.sql:SqlAdapter",
     "rest": "adapters.rest:RestAdapter",
     "soap": "adapters.soap:SoapAdapter",
@@ -23,12 +23,12 @@ _BUNDLED = {
 
 
 def known_kinds() -> list[str]:
-    return sorted({*_BUNDLED, *(e.name for e in entry_points(group=ENTRY_POINT_GROUP))})
+    return sorted({*BUNDLED_KINDS, *(e.name for e in entry_points(group=ENTRY_POINT_GROUP))})
 
 
 def adapter_class(kind: str) -> type[Any]:
     """The class of a back-end kind; LookupError naming the known kinds otherwise."""
-    target = _BUNDLED.get(kind)
+    target = BUNDLED_KINDS.get(kind)
     if target is not None:
         module, _, name = target.partition(":")
         cls: type[Any] = getattr(import_module(module), name)

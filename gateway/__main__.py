@@ -16,20 +16,21 @@ from contextlib import AsyncExitStack
 import structlog
 import uvicorn
 
-from gateway.app import StartupError, create_app, open_gateway
-from gateway.config import DEFAULT_CONFIG, GatewayConfig, load_config
+from gateway.app import StartupError, build_app, open_services
+from gateway.config import DEFAULT_CONFIG, ConfigError, GatewayConfig, load_config
 from gateway.logs import configure_logging
-from mappings.errors import MappingSpecError
+from gateway.resources import API_PREFIX
 
 
 async def serve(config: GatewayConfig, host: str, port: int) -> int:
-    app = create_app(config, event_base_url=f"http://{host}:{port}")
+    root = config.api.public_base_url or f"http://{host}:{port}"
     async with AsyncExitStack() as stack:
         try:
-            await open_gateway(config, app.state.api, stack)
+            services = await open_services(config, stack, root + API_PREFIX)
         except StartupError as exc:
             print(f"tmf678-gateway: cannot start: {exc}", file=sys.stderr)
             return 3
+        app = build_app(config, services)
         # Start-up built a large heap (OAS schemas, WSDLs, compiled mappings) that lives
         # as long as the process: out of the collector's sight, every collection a
         # page of records triggers stays small.
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.log_level.upper())
     try:
         config = load_config(args.config)
-    except MappingSpecError as exc:
+    except ConfigError as exc:
         print(f"tmf678-gateway: configuration error: {exc}", file=sys.stderr)
         return 2
     return asyncio.run(serve(config, args.host, args.port))

@@ -1,19 +1,39 @@
-"""Gateway configuration: a YAML file, checked at start-up with file and line in errors.
+"""Gateway configuration: one typed model, read from YAML, with file and line in errors.
+
+Every section is a pydantic model with its defaults and constraints; the running
+gateway uses these same objects (no second copy of the options). Back ends are one
+union discriminated by `kind`: each adapter kind, plugins included, brings its own
+options model. Any mistake stops start-up with `file:line: place: reason`, the line
+being that of the offending key.
 
 Strings may use `${NAME}` or `${NAME:-default}` to take a value from the environment
-(database URLs, secrets). Relative mapping paths are relative to the config file.
+(database URLs, secrets). Relative mapping and action paths are relative to the file.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, Union, get_args
 
+from pydantic import (
+    AfterValidator,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    PrivateAttr,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from adapters.base import BackendOptions, StrictModel
+from adapters.registry import BUNDLED_KINDS, known_kinds, options_model
 from gateway.lifecycle import BILL_STATES, DEFAULT_BILL_TRANSITIONS
 from gateway.resources import RESOURCE_TYPES
 from mappings.errors import MappingSpecError
@@ -23,317 +43,324 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "default.ya
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
-class ConfigError(MappingSpecError):
+class ConfigError(Exception):
     """The gateway configuration is wrong; start-up stops with the file, place and reason."""
 
+    def __init__(self, file: str, place: str, line: int | None, reason: str) -> None:
+        self.file = file
+        self.place = place
+        self.line = line
+        self.reason = reason
+        where = f"{file}:{line}" if line else file
+        super().__init__(f"{where}: {place}: {reason}" if place else f"{where}: {reason}")
 
-@dataclass(frozen=True, slots=True)
-class BackendConfig:
-    name: str
-    kind: str
-    timeout: float
-    options: dict[str, Any]
+
+def _relative(value: Path, info: ValidationInfo) -> Path:
+    """A path in the file is relative to the file's folder."""
+    root = (info.context or {}).get("root")
+    return value if root is None or value.is_absolute() else Path(root) / value
 
 
-@dataclass(frozen=True, slots=True)
-class ResourceBinding:
-    collection: str
+FilePath = Annotated[Path, AfterValidator(_relative)]
+Seconds = Annotated[float, Field(ge=0)]
+BillState = Literal["new", "onHold", "validated", "sent", "settled", "partiallyPaid"]
+assert set(get_args(BillState)) == set(BILL_STATES)
+
+
+class ApiSettings(StrictModel):
+    #: Absolute origin (and path) for `href`s; when unset, built from each request.
+    public_base_url: Annotated[str, Field(pattern=r"^https?://")] | None = None
+
+    @field_validator("public_base_url", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        return value or None
+
+    @field_validator("public_base_url")
+    @classmethod
+    def _no_trailing_slash(cls, value: str | None) -> str | None:
+        return value.rstrip("/") if value else None
+
+
+class PagingSettings(StrictModel):
+    default_limit: PositiveInt = 20
+    #: Larger `limit`s are cut to this (X-Result-Count tells).
+    max_limit: PositiveInt = 1000
+    #: Rows per batch when the gateway must filter or sort itself.
+    scan_batch_size: PositiveInt = 500
+
+    @model_validator(mode="after")
+    def _default_within_max(self) -> PagingSettings:
+        if self.default_limit > self.max_limit:
+            raise ValueError("default_limit exceeds max_limit")
+        return self
+
+
+class ResourceBinding(StrictModel):
+    """Which back end serves a resource, through which mapping."""
+
     backend: str
-    mapping: Path
-    id_prefix: str = ""
-    accounts: str | None = None  # pattern of billingAccount ids this back end holds
+    mapping: FilePath
 
 
-@dataclass(frozen=True, slots=True)
-class OnDemandConfig:
-    #: back end -> its "bill now" action file; with several, accounts decide (federation)
-    actions: dict[str, Path]
-    mapping: Path
-    worker: dict[str, Any]
+class FederatedBinding(ResourceBinding):
+    """One of several back ends serving a resource, told apart by the id prefix."""
+
+    id_prefix: Annotated[str, Field(min_length=1)]
+    #: Pattern of the billingAccount ids this back end holds (routes account queries).
+    accounts: re.Pattern[str] | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class EventsConfig:
-    delivery: dict[str, Any]
-    allow_callback_networks: tuple[str, ...]
-    #: collection -> (last-change attribute, poll interval in seconds)
-    change_detection: dict[str, tuple[str, float]]
+class WorkerSettings(StrictModel):
+    """The on-demand worker: how it polls, leases and retries."""
+
+    poll_seconds: Seconds = 1.0
+    #: A claimed request is another worker's again after this.
+    lease_seconds: Seconds = 30.0
+    #: Back-end failures before a request ends `terminatedWithError`.
+    max_attempts: Annotated[int, Field(ge=1)] = 5
+    retry_base_seconds: Seconds = 1.0
+    retry_max_seconds: Seconds = 300.0
+    #: Failure drills only: hold the lease this long after the back end committed.
+    pause_after_action_seconds: Seconds = 0.0
 
 
-@dataclass(frozen=True, slots=True)
-class GatewayConfig:
-    backends: dict[str, BackendConfig]
-    resources: dict[str, ResourceBinding]
-    #: Resources served by several back ends at once (federation), in route order.
-    federated: dict[str, list[ResourceBinding]] = field(default_factory=dict)
-    public_base_url: str | None = None
-    default_limit: int = 20
-    max_limit: int = 1000
-    scan_batch_size: int = 500
-    bill_transitions: Mapping[str, tuple[str, ...]] = field(
-        default_factory=lambda: dict(DEFAULT_BILL_TRANSITIONS)
-    )
-    store_url: str = "sqlite+aiosqlite:///var/gateway_store.sqlite"
-    on_demand: OnDemandConfig | None = None
-    events: EventsConfig | None = None
-    source: str = "<built-in>"
+class OnDemandSettings(StrictModel):
+    """Which back end makes bills on demand, with which declared action.
+
+    One back end (`backend` + `action`), or several (`actions`: back end -> action),
+    then the billing account decides (federation).
+    """
+
+    backend: str | None = None
+    action: FilePath | None = None
+    actions: dict[str, FilePath] | None = None
+    mapping: FilePath
+    worker: WorkerSettings = WorkerSettings()
+
+    @model_validator(mode="after")
+    def _one_form(self) -> OnDemandSettings:
+        single = self.backend is not None and self.action is not None
+        if single == (self.actions is not None) or (self.backend is None) != (self.action is None):
+            raise ValueError(
+                "expected {backend, action, mapping} or {actions: {back end: action}, mapping}"
+            )
+        return self
+
+    @property
+    def actions_by_backend(self) -> dict[str, Path]:
+        if self.actions is not None:
+            return dict(self.actions)
+        assert self.backend is not None and self.action is not None
+        return {self.backend: self.action}
+
+
+class DeliverySettings(StrictModel):
+    """Event delivery to subscribers: deadline, retries, dead-lettering, fan-out."""
+
+    timeout_seconds: PositiveFloat = 5.0
+    #: Then the event is dead-lettered (kept with its last error).
+    max_attempts: Annotated[int, Field(ge=1)] = 8
+    max_age_seconds: PositiveFloat = 86400.0
+    retry_base_seconds: Seconds = 1.0
+    retry_max_seconds: Seconds = 300.0
+    #: Subscribers served at once.
+    concurrency: PositiveInt = 32
+    poll_seconds: PositiveFloat = 0.5
+    #: `listener`: POST to {callback}/listener/{eventName}; `callback`: to the callback itself.
+    post_to: Literal["listener", "callback"] = "listener"
+
+
+class ChangeDetection(StrictModel):
+    #: The last-change attribute, read in order from the back end.
+    attribute: str
+    interval_seconds: PositiveFloat = 5.0
+
+
+class EventsSettings(StrictModel):
+    #: Callback networks allowed although not public (loopback for the demo and tests).
+    allow_callback_networks: list[IPv4Network | IPv6Network] = []
+    delivery: DeliverySettings = DeliverySettings()
+    change_detection: dict[str, ChangeDetection] = {}
+
+    @field_validator("allow_callback_networks", mode="before")
+    @classmethod
+    def _host_bits_allowed(cls, value: Any) -> Any:
+        if isinstance(value, list):  # "10.1.2.3/8" means its network, as in firewall rules
+            return [_network(v) for v in value]
+        return value
+
+
+def _network(value: Any) -> Any:
+    try:
+        return ip_network(str(value), strict=False)
+    except ValueError:
+        return value  # left to the field's own check, which names it
+
+
+class StoreSettings(StrictModel):
+    #: Any async SQLAlchemy URL; an embedded SQLite file by default.
+    url: str = "sqlite+aiosqlite:///var/gateway_store.sqlite"
+
+
+#: The collections a back end serves (bills on demand live in the gateway's store).
+Collection = Literal["customerBill", "appliedCustomerBillingRate", "billCycle"]
+assert set(get_args(Collection)) < set(RESOURCE_TYPES)
+
+
+class GatewayConfig(StrictModel):
+    """The whole configuration, as the running gateway uses it."""
+
+    api: ApiSettings = ApiSettings()
+    paging: PagingSettings = PagingSettings()
+    #: Back ends by name; each validated by its kind's own options model.
+    backends: dict[str, BackendOptions] = {}
+    #: A resource from one back end, or (a list) federated over several.
+    resources: dict[Collection, ResourceBinding | list[FederatedBinding]] = {}
+    lifecycle: dict[Literal["customerBill"], dict[BillState, list[BillState]]] = {
+        "customerBill": {k: list(v) for k, v in DEFAULT_BILL_TRANSITIONS.items()}
+    }
+    store: StoreSettings = StoreSettings()
+    on_demand: OnDemandSettings | None = None
+    events: EventsSettings | None = None
+    #: The file it was read from, for messages.
+    _source: str = PrivateAttr("<built-in>")
+
+    @property
+    def source(self) -> str:
+        return self._source
+
+    @property
+    def bill_transitions(self) -> dict[str, tuple[str, ...]]:
+        table = self.lifecycle.get("customerBill")
+        return {k: tuple(v) for k, v in (table or DEFAULT_BILL_TRANSITIONS).items()}
+
+    def single(self) -> dict[str, ResourceBinding]:
+        """Resources served by one back end."""
+        return {c: b for c, b in self.resources.items() if isinstance(b, ResourceBinding)}
+
+    def federated(self) -> dict[str, list[FederatedBinding]]:
+        """Resources served by several back ends at once, in route order."""
+        return {c: b for c, b in self.resources.items() if isinstance(b, list)}
+
+    def backends_in_use(self) -> set[str]:
+        names = {b.backend for b in self.single().values()}
+        names |= {b.backend for routes in self.federated().values() for b in routes}
+        if self.on_demand is not None:
+            names |= self.on_demand.actions_by_backend.keys()
+        return names
 
 
 def load_config(path: str | Path = DEFAULT_CONFIG) -> GatewayConfig:
+    """Read and check a configuration file; `ConfigError` names the file, line and place."""
     path = Path(path)
     file = str(path)
-    data = load_yaml(path)
+    try:
+        data = load_yaml(path)
+    except MappingSpecError as exc:
+        raise ConfigError(exc.file, exc.place, exc.line, exc.reason) from None
     if not isinstance(data, SpecMap):
         raise ConfigError(file, "", 1, "a config file is a YAML mapping")
+    raw = _expand(data)
+    section = raw.get("backends") or {}
+    try:
+        backends = _backend_models(section).validate_python(section)
+    except ValidationError as exc:
+        raise _config_error(exc, data, file, ("backends",)) from None
+    try:
+        config = GatewayConfig.model_validate(
+            {**raw, "backends": backends}, context={"root": path.parent}
+        )
+    except ValidationError as exc:
+        raise _config_error(exc, data, file) from None
+    config._source = file
+    _check_references(config, data, file)
+    return config
 
-    def fail(place: str, node: SpecMap, key: str, reason: str) -> ConfigError:
-        return ConfigError(file, place, node.line_of(key), reason)
 
-    known = {"api", "paging", "backends", "resources", "lifecycle", "store", "on_demand", "events"}
-    for key in data:
-        if key not in known:
-            raise fail(key, data, key, f"unknown key (known: {', '.join(sorted(known))})")
+def _backend_models(section: Any) -> TypeAdapter[dict[str, BackendOptions]]:
+    """Back ends as one union discriminated by `kind`: the bundled kinds and those used."""
+    used = set()
+    if isinstance(section, Mapping):
+        used = {str(s.get("kind")) for s in section.values() if isinstance(s, Mapping)}
+    models = [options_model(k) for k in sorted(set(BUNDLED_KINDS) | (used & set(known_kinds())))]
+    union: Any = Annotated[Union[tuple(models)], Field(discriminator="kind")]  # noqa: UP007
+    return TypeAdapter(dict[str, union])
 
-    api = _section(data, "api", file)
-    public_base_url = _expand(api.get("public_base_url")) or None
-    if public_base_url is not None and not re.match(r"^https?://", str(public_base_url)):
-        raise fail("api.public_base_url", api, "public_base_url", "must start with http(s)://")
 
-    paging = _section(data, "paging", file)
-    default_limit = _positive_int(paging, "default_limit", 20, file)
-    max_limit = _positive_int(paging, "max_limit", 1000, file)
-    batch = _positive_int(paging, "scan_batch_size", 500, file)
-    if default_limit > max_limit:
-        raise fail("paging.default_limit", paging, "default_limit", "exceeds max_limit")
+def _config_error(
+    exc: ValidationError, data: SpecMap, file: str, prefix: tuple[str, ...] = ()
+) -> ConfigError:
+    """The most specific validation error, placed on the line of the key it is about.
 
-    backends: dict[str, BackendConfig] = {}
-    section = _section(data, "backends", file)
-    for name, spec in section.items():
-        place = f"backends.{name}"
-        if not isinstance(spec, SpecMap) or "kind" not in spec:
-            raise fail(place, section, name, "a back end needs at least {kind: ...}")
-        timeout = spec.get("timeout_seconds", 10)
-        if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout <= 0:
-            raise fail(f"{place}.timeout_seconds", spec, "timeout_seconds", "must be > 0")
-        options = {k: _expand(v) for k, v in spec.items() if k not in ("kind", "timeout_seconds")}
-        backends[name] = BackendConfig(name, str(spec["kind"]), float(timeout), options)
+    A wrong key comes first (its value's errors follow from it); of a union's errors (a
+    resource is one binding or a list of them) the deepest one is about the form the file
+    actually uses.
+    """
+    error = max(exc.errors(include_url=False), key=lambda e: ("[key]" in e["loc"], len(e["loc"])))
+    loc: tuple[Any, ...] = prefix + tuple(error["loc"])
+    if error["type"] == "unknown_key":
+        loc += (error["ctx"]["key"],)
+    place, line = _locate(data, loc)
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "missing":
+        message = f"missing {loc[-1]!r}"
+    elif error["type"] == "union_tag_invalid":
+        message = f"unknown back-end kind (known: {', '.join(known_kinds())})"
+    elif error["type"] == "union_tag_not_found":
+        message = "a back end needs at least {kind: ...}"
+    return ConfigError(file, place, line, message)
 
-    resources: dict[str, ResourceBinding] = {}
-    federated: dict[str, list[ResourceBinding]] = {}
-    section = _section(data, "resources", file)
-    for collection, spec in section.items():
-        place = f"resources.{collection}"
-        if collection not in RESOURCE_TYPES:
-            raise fail(place, section, collection, "not a TMF678 resource collection")
-        if isinstance(spec, list):
-            routes = [
-                _binding(collection, item, f"{place}[{i}]", backends, path, file, federated=True)
-                for i, item in enumerate(spec)
-            ]
-            prefixes = [r.id_prefix for r in routes]
+
+def _locate(data: SpecMap, loc: tuple[Any, ...]) -> tuple[str, int | None]:
+    """The dotted place and line of a validation error's location in the YAML."""
+    node: Any = data
+    line = data.line or 1
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(node, SpecMap) and item in node:
+            line = node.line_of(item) or line
+            node = node[item]
+            parts.append(str(item))
+        elif isinstance(node, list) and isinstance(item, int) and item < len(node):
+            node = node[item]
+            line = getattr(node, "line", None) or line
+            parts[-1:] = [f"{parts[-1]}[{item}]"] if parts else [f"[{item}]"]
+        # else: a union member's tag or a model-level check: stay on the enclosing key
+    return ".".join(parts), line
+
+
+def _check_references(config: GatewayConfig, data: SpecMap, file: str) -> None:
+    """What a model alone cannot know: names that must refer to other sections."""
+
+    def fail(loc: tuple[Any, ...], reason: str) -> ConfigError:
+        place, line = _locate(data, loc)
+        return ConfigError(file, place, line, reason)
+
+    for collection, binding in config.resources.items():
+        routes = binding if isinstance(binding, list) else [binding]
+        for i, route in enumerate(routes):
+            loc: tuple[Any, ...] = ("resources", collection)
+            loc += (i,) if isinstance(binding, list) else ()
+            if route.backend not in config.backends:
+                raise fail((*loc, "backend"), f"no back end {route.backend!r}")
+        if isinstance(binding, list):
+            prefixes = [r.id_prefix for r in binding]
             for a in prefixes:
-                if any(a != b and b.startswith(a) for b in prefixes) or prefixes.count(a) > 1:
-                    raise fail(place, section, collection, f"id_prefix {a!r} is not distinct")
-            federated[collection] = routes
-        else:
-            resources[collection] = _binding(collection, spec, place, backends, path, file)
-
-    transitions = dict(DEFAULT_BILL_TRANSITIONS)
-    lifecycle = _section(data, "lifecycle", file)
-    for key in lifecycle:
-        if key != "customerBill":
-            raise fail(f"lifecycle.{key}", lifecycle, key, "only customerBill has a lifecycle")
-    table = lifecycle.get("customerBill")
-    if table is not None:
-        transitions = _transitions(table, lifecycle, file)
-
-    store = _section(data, "store", file)
-    store_url = str(_expand(store.get("url") or GatewayConfig.store_url))
-    on_demand = None
-    section = data.get("on_demand")
-    if section is not None:
-        on_demand = _on_demand(section, data, backends, path.parent, file)
-
-    events = None
-    if data.get("events") is not None:
-        events = _events(_section(data, "events", file), {**resources, **federated}, file)
-
-    return GatewayConfig(
-        backends=backends,
-        resources=resources,
-        federated=federated,
-        public_base_url=str(public_base_url).rstrip("/") if public_base_url else None,
-        default_limit=default_limit,
-        max_limit=max_limit,
-        scan_batch_size=batch,
-        bill_transitions=transitions,
-        store_url=store_url,
-        on_demand=on_demand,
-        events=events,
-        source=file,
-    )
-
-
-def _binding(
-    collection: str,
-    spec: Any,
-    place: str,
-    backends: dict[str, BackendConfig],
-    path: Path,
-    file: str,
-    federated: bool = False,
-) -> ResourceBinding:
-    line = spec.line if isinstance(spec, SpecMap) else None
-    allowed = (
-        {"backend", "mapping", "id_prefix", "accounts"} if federated else {"backend", "mapping"}
-    )
-    if (
-        not isinstance(spec, SpecMap)
-        or {"backend", "mapping"} - spec.keys()
-        or spec.keys() - allowed
-    ):
-        raise ConfigError(file, place, line, f"expected {{{', '.join(sorted(allowed))}}}")
-    if spec["backend"] not in backends:
-        raise ConfigError(
-            file, f"{place}.backend", spec.line_of("backend"), f"no back end {spec['backend']!r}"
-        )
-    prefix = str(spec.get("id_prefix") or "")
-    if federated and not prefix:
-        raise ConfigError(file, f"{place}.id_prefix", line, "each federated back end needs one")
-    accounts = spec.get("accounts")
-    if accounts is not None:
-        try:
-            re.compile(str(accounts))
-        except re.error as exc:
-            raise ConfigError(
-                file, f"{place}.accounts", spec.line_of("accounts"), str(exc)
-            ) from None
-    mapping = path.parent / str(_expand(spec["mapping"]))
-    return ResourceBinding(collection, spec["backend"], mapping, prefix, accounts)
-
-
-_WORKER_OPTIONS = {
-    "poll_seconds",
-    "lease_seconds",
-    "max_attempts",
-    "retry_base_seconds",
-    "retry_max_seconds",
-    "pause_after_action_seconds",
-}
-
-
-def _on_demand(
-    section: Any, data: SpecMap, backends: dict[str, BackendConfig], root: Path, file: str
-) -> OnDemandConfig:
-    place = "on_demand"
-    single = isinstance(section, SpecMap) and {"backend", "action"} <= section.keys()
-    several = isinstance(section, SpecMap) and isinstance(section.get("actions"), SpecMap)
-    if not isinstance(section, SpecMap) or "mapping" not in section or single == several:
-        raise ConfigError(
-            file,
-            place,
-            data.line_of(place),
-            "expected {backend, action, mapping} or {actions: {back end: action}, mapping}",
-        )
-    named = {section["backend"]: section["action"]} if single else dict(section["actions"])
-    for backend in named:
-        if backend not in backends:
-            line = section.line_of("backend" if single else "actions")
-            raise ConfigError(file, f"{place}.backend", line, f"no back end {backend!r}")
-    worker = section.get("worker") or SpecMap()
-    for key, value in worker.items():
-        if key not in _WORKER_OPTIONS:
-            raise ConfigError(file, f"{place}.worker.{key}", worker.line_of(key), "unknown option")
-        if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
-            raise ConfigError(file, f"{place}.worker.{key}", worker.line_of(key), "a number >= 0")
-    return OnDemandConfig(
-        actions={b: root / str(_expand(a)) for b, a in named.items()},
-        mapping=root / str(_expand(section["mapping"])),
-        worker=dict(worker),
-    )
-
-
-_DELIVERY_OPTIONS = {
-    "timeout_seconds": (int, float),
-    "max_attempts": (int,),
-    "max_age_seconds": (int, float),
-    "retry_base_seconds": (int, float),
-    "retry_max_seconds": (int, float),
-    "concurrency": (int,),
-    "poll_seconds": (int, float),
-    "post_to": (str,),
-}
-
-
-def _events(section: SpecMap, resources: dict[str, Any], file: str) -> EventsConfig:
-    for key in section:
-        if key not in ("delivery", "allow_callback_networks", "change_detection"):
-            raise ConfigError(file, f"events.{key}", section.line_of(key), "unknown key")
-    delivery = section.get("delivery") or SpecMap()
-    for key, value in delivery.items():
-        place = f"events.delivery.{key}"
-        kinds = _DELIVERY_OPTIONS.get(key)
-        if kinds is None:
-            raise ConfigError(file, place, delivery.line_of(key), "unknown option")
-        if not isinstance(value, kinds) or isinstance(value, bool):
-            raise ConfigError(file, place, delivery.line_of(key), "wrong type")
-        if key == "post_to" and value not in ("listener", "callback"):
-            raise ConfigError(file, place, delivery.line_of(key), "listener or callback")
-    networks = section.get("allow_callback_networks") or []
-    for network in networks:
-        try:
-            ipaddress.ip_network(str(network), strict=False)
-        except ValueError:
-            line = section.line_of("allow_callback_networks")
-            raise ConfigError(
-                file, "events.allow_callback_networks", line, f"not a network: {network!r}"
-            ) from None
-    detection = {}
-    for collection, spec in (section.get("change_detection") or SpecMap()).items():
-        place = f"events.change_detection.{collection}"
-        line = section.line_of("change_detection")
-        if collection not in resources:
-            raise ConfigError(file, place, line, "not a resource served from a back end")
-        if not isinstance(spec, SpecMap) or "attribute" not in spec:
-            raise ConfigError(file, place, line, "expected {attribute, interval_seconds}")
-        detection[collection] = (str(spec["attribute"]), float(spec.get("interval_seconds", 5)))
-    return EventsConfig(dict(delivery), tuple(str(n) for n in networks), detection)
-
-
-def _transitions(table: Any, parent: SpecMap, file: str) -> dict[str, tuple[str, ...]]:
-    place = "lifecycle.customerBill"
-    if not isinstance(table, SpecMap):
-        raise ConfigError(file, place, parent.line_of("customerBill"), "state: [next states]")
-    out = {}
-    for state, nexts in table.items():
-        nexts = nexts or []
-        if not isinstance(nexts, list):
-            raise ConfigError(file, f"{place}.{state}", table.line_of(state), "a list of states")
-        for name in (state, *nexts):
-            if name not in BILL_STATES:
-                raise ConfigError(
-                    file, f"{place}.{state}", table.line_of(state), f"unknown state {name!r}"
+                if prefixes.count(a) > 1 or any(a != b and b.startswith(a) for b in prefixes):
+                    raise fail(("resources", collection), f"id_prefix {a!r} is not distinct")
+    if config.on_demand is not None:
+        key = "actions" if config.on_demand.actions is not None else "backend"
+        for backend in config.on_demand.actions_by_backend:
+            if backend not in config.backends:
+                raise fail(("on_demand", key), f"no back end {backend!r}")
+    if config.events is not None:
+        for collection in config.events.change_detection:
+            if collection not in config.resources:
+                raise fail(
+                    ("events", "change_detection", collection),
+                    "not a resource served from a back end",
                 )
-        out[state] = tuple(nexts)
-    return out
-
-
-def _section(data: SpecMap, key: str, file: str) -> SpecMap:
-    value = data.get(key)
-    if value is None:
-        empty = SpecMap()
-        empty.line = data.line_of(key)
-        return empty
-    if not isinstance(value, SpecMap):
-        raise ConfigError(file, key, data.line_of(key), "must be a mapping")
-    return value
-
-
-def _positive_int(node: SpecMap, key: str, default: int, file: str) -> int:
-    value = node.get(key, default)
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ConfigError(file, key, node.line_of(key), "must be a positive whole number")
-    return value
 
 
 def _expand(value: Any) -> Any:

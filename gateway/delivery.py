@@ -22,7 +22,7 @@ import structlog
 from adapters.base import BackendError
 from gateway.backoff import backoff_seconds
 from gateway.callbacks import CallbackPolicy, CallbackRefused
-from gateway.events import DeliverySettings
+from gateway.config import DeliverySettings
 from gateway.store import GatewayStore
 
 log = structlog.get_logger("gateway.delivery")

@@ -5,7 +5,10 @@ from __future__ import annotations
 from http import HTTPStatus
 
 import orjson
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Match, Route
 
 
 class ApiError(Exception):
@@ -57,3 +60,36 @@ def error_response(error: ApiError) -> Response:
         media_type="application/json",
         headers=error.headers,
     )
+
+
+async def api_error_handler(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return error_response(exc)
+
+
+async def http_error_handler(request: Request, exc: Exception) -> Response:
+    """Starlette's own 404/405 (no route, wrong method) as TMF errors."""
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        error = ApiError(404, "Not found", f"No resource at {request.url.path}")
+    elif exc.status_code == 405:
+        allowed = ", ".join(_allowed_methods(request))
+        error = ApiError(
+            405,
+            "Method not allowed",
+            f"{request.method} is not defined on {request.url.path} (allowed: {allowed})",
+            headers={"Allow": allowed} if allowed else None,
+        )
+    else:
+        error = ApiError(exc.status_code, exc.detail or "Error")
+    return error_response(error)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route offers on this path (one route per operation here)."""
+    methods: set[str] = set()
+    for route in request.app.routes:
+        match, _ = route.matches({**request.scope, "method": "\0"})
+        if match is Match.PARTIAL and isinstance(route, Route) and route.methods:
+            methods |= route.methods
+    return sorted(methods)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
 from time import time
@@ -23,6 +22,7 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.callbacks import CallbackPolicy
+from gateway.config import DeliverySettings
 from gateway.errors import bad_request, not_found
 from gateway.oas import AttributeTypes, attribute_types, schema_errors
 from gateway.patch import invalid, parse_body
@@ -86,19 +86,6 @@ def compile_hub_query(query: str | None) -> Callable[[Resource], bool]:
     if used & RESERVED:
         raise bad_request("Invalid hub query", "a hub query takes filters only")
     return compile_filters(parsed.filters, event_attributes().types)
-
-
-@dataclass(frozen=True, slots=True)
-class DeliverySettings:
-    timeout_seconds: float = 5.0
-    max_attempts: int = 8
-    max_age_seconds: float = 86400.0
-    retry_base_seconds: float = 1.0
-    retry_max_seconds: float = 300.0
-    concurrency: int = 32
-    poll_seconds: float = 0.5
-    #: `listener`: POST to {callback}/listener/{eventName}; `callback`: to the callback itself.
-    post_to: str = "listener"
 
 
 class EventPublisher:

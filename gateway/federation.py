@@ -14,15 +14,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import heapq
-import re
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from itertools import islice
 from typing import Any
 
 from gateway.errors import ApiError, bad_request, not_found
 from gateway.oas import AttributeTypes
 from gateway.query import Filter, Query
-from gateway.reads import ResourceReader
+from gateway.reads import BackendRoute
 from gateway.residual import sort_key
 from gateway.resources import with_prefixed_id
 from gateway.writes import ResourcePatcher, etag, matches_if_match
@@ -30,28 +29,25 @@ from gateway.writes import ResourcePatcher, etag, matches_if_match
 Resource = dict[str, Any]
 
 
-@dataclass(slots=True)
-class Route:
-    backend: str
-    prefix: str
-    reader: ResourceReader
-    accounts: re.Pattern[str] | None = None
-    patcher: ResourcePatcher | None = None
-
-
 class FederatedReader:
-    def __init__(self, collection: str, routes: list[Route], attributes: AttributeTypes) -> None:
+    def __init__(
+        self, collection: str, routes: Sequence[BackendRoute], attributes: AttributeTypes
+    ) -> None:
         self.collection = collection
-        self.routes = routes
+        self._routes = tuple(routes)
         self.attributes = attributes
 
-    def route_of(self, ident: str) -> tuple[Route, str] | None:
-        for route in self.routes:
+    @property
+    def routes(self) -> Sequence[BackendRoute]:
+        return self._routes
+
+    def route_of(self, ident: str) -> tuple[BackendRoute, str] | None:
+        for route in self._routes:
             if ident.startswith(route.prefix):
                 return route, ident[len(route.prefix) :]
         return None
 
-    def tag(self, route: Route, item: Resource, base: str) -> Resource:
+    def tag(self, route: BackendRoute, item: Resource, base: str) -> Resource:
         """The back end's resource with the federated id (and the href that goes with it)."""
         return with_prefixed_id(item, route.prefix, base, self.collection)
 
@@ -64,7 +60,7 @@ class FederatedReader:
         return None if item is None else self.tag(route, item, base)
 
     async def list(self, query: Query, base: str) -> tuple[list[Resource], int]:
-        plans = [(route, q) for route in self.routes if (q := self._for_route(route, query))]
+        plans = [(route, q) for route in self._routes if (q := self._for_route(route, query))]
         window = query.offset + query.limit
         results = await asyncio.gather(
             *(
@@ -81,7 +77,7 @@ class FederatedReader:
         merged = heapq.merge(*lists, key=key) if key else (i for items in lists for i in items)
         return list(islice(merged, query.offset, window)), total
 
-    def _for_route(self, route: Route, query: Query) -> Query | None:
+    def _for_route(self, route: BackendRoute, query: Query) -> Query | None:
         """The query as this route must see it, or None when it cannot match there."""
         filters = []
         for flt in query.filters:
@@ -111,14 +107,16 @@ class FederatedReader:
 class FederatedPatcher:
     """PATCH by federated id: the route's own patcher, on the back end's id."""
 
-    def __init__(self, reader: FederatedReader) -> None:
+    def __init__(self, reader: FederatedReader, patchers: Mapping[str, ResourcePatcher]) -> None:
         self.reader = reader
+        self.patchers = dict(patchers)  # back end -> its patcher (a back end may have none)
 
     async def patch(
         self, ident: str, body: bytes, content_type: str | None, if_match: str | None, base: str
     ) -> tuple[Resource, str]:
         found = self.reader.route_of(ident)
-        if found is None or found[0].patcher is None:
+        patcher = self.patchers.get(found[0].backend) if found is not None else None
+        if found is None or patcher is None:
             raise not_found(self.reader.collection, ident)
         route, local = found
         if if_match is not None:
@@ -128,6 +126,6 @@ class FederatedPatcher:
                 raise not_found(self.reader.collection, ident)
             if not matches_if_match(if_match, etag(current, base)):
                 raise ApiError(412, "Precondition failed", "The resource changed since that ETag")
-        item, _ = await route.patcher.patch(local, body, content_type, None, base)
+        item, _ = await patcher.patch(local, body, content_type, None, base)
         tagged = self.reader.tag(route, item, base)
         return tagged, etag(tagged, base)

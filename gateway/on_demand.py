@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import re
 import uuid
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +23,7 @@ import structlog
 from adapters.base import BackendAction, BackendError
 from gateway.backoff import backoff_seconds
 from gateway.calls import backend_call
+from gateway.config import WorkerSettings
 from gateway.errors import ApiError
 from gateway.events import EventPublisher, build_event
 from gateway.oas import schema_errors
@@ -36,17 +36,6 @@ from mappings.transforms import Transform
 log = structlog.get_logger("gateway.on_demand")
 
 _SET_BY_GATEWAY = ("id", "href", "customerBill")
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerSettings:
-    poll_seconds: float = 1.0
-    lease_seconds: float = 30.0
-    max_attempts: int = 5
-    retry_base_seconds: float = 1.0
-    retry_max_seconds: float = 300.0
-    #: Failure drills only: hold the lease this long after the back end committed.
-    pause_after_action_seconds: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,7 +214,3 @@ class OnDemandService:
             attempts, self.settings.retry_base_seconds, self.settings.retry_max_seconds
         )
         await self.store.retry_on_demand_later(ident, self.owner, delay)
-
-
-def worker_settings(options: Mapping[str, Any]) -> WorkerSettings:
-    return WorkerSettings(**{k: v for k, v in options.items() if v is not None})

@@ -9,6 +9,8 @@ and keeps only the requested window (a bounded heap when it must sort itself).
 from __future__ import annotations
 
 import heapq
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -24,9 +26,27 @@ Resource = dict[str, Any]
 
 
 class Reader(Protocol):
+    """What a route reads a resource type through: one back end, several, or none."""
+
     async def list(self, query: Query, base: str) -> tuple[list[Resource], int]: ...
 
     async def get(self, ident: str, base: str) -> Resource | None: ...
+
+    @property
+    def routes(self) -> Sequence[BackendRoute]:
+        """The back ends behind this reader, for wiring writes, actions and detectors."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class BackendRoute:
+    """One back end serving a resource type: ids it owns carry `prefix` (federation)."""
+
+    backend: str
+    prefix: str
+    reader: ResourceReader
+    #: The billing accounts it holds (a pattern on their ids); None: any.
+    accounts: re.Pattern[str] | None = None
 
 
 @dataclass(slots=True)
@@ -37,6 +57,10 @@ class ResourceReader:
     attributes: AttributeTypes
     timeout: float
     batch_size: int = 500
+
+    @property
+    def routes(self) -> Sequence[BackendRoute]:
+        return (BackendRoute(self.backend, "", self),)
 
     async def list(self, query: Query, base: str) -> tuple[list[Resource], int]:
         plan = plan_read(query, self.mapping, self.source)
@@ -84,3 +108,7 @@ class EmptyReader:
 
     async def get(self, ident: str, base: str) -> Resource | None:
         return None
+
+    @property
+    def routes(self) -> Sequence[BackendRoute]:
+        return ()

@@ -1,12 +1,14 @@
-"""HTTP routes of the TMF678 API: one list and one read route per resource type.
+"""HTTP routes of the TMF678 API: each endpoint is given the reader or service it uses.
 
-A route parses the TMF630 query, asks the resource's reader, projects `fields`, and
-serialises. Methods the OAS does not define on a path answer 405, as a TMF `Error`.
+A list route parses the TMF630 query, asks its reader, projects `fields` and
+serialises; the other routes do the same for one resource, a PATCH, a bill request or a
+hub. Methods the OAS does not define on a path answer 405, as a TMF `Error`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import orjson
@@ -21,14 +23,10 @@ from gateway.oas import attribute_types
 from gateway.on_demand import OnDemandService
 from gateway.query import parse_fields, parse_query
 from gateway.reads import Reader
-from gateway.resources import (
-    API_PREFIX,
-    CUSTOMER_BILL,
-    CUSTOMER_BILL_ON_DEMAND,
-    RESOURCE_TYPES,
-    ResourceType,
-)
+from gateway.resources import API_PREFIX, CUSTOMER_BILL_ON_DEMAND, ResourceType
 from gateway.writes import etag
+
+Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 class Patcher(Protocol):
@@ -44,49 +42,46 @@ class JSONResponse(Response):
         return orjson.dumps(content)
 
 
-class Api:
-    """What the routes need at request time; the readers are filled in at start-up."""
+@dataclass(frozen=True, slots=True)
+class Paging:
+    default_limit: int
+    max_limit: int
 
-    def __init__(
-        self,
-        *,
-        default_limit: int,
-        max_limit: int,
-        public_base_url: str | None,
-        event_base_url: str = "http://localhost:8678",
-    ) -> None:
-        self.default_limit = default_limit
-        self.max_limit = max_limit
-        self.public_base_url = public_base_url
-        #: Events leave outside any request: their hrefs use this API root.
-        self.event_base_url = (public_base_url or event_base_url.rstrip("/")) + API_PREFIX
-        self.readers: dict[str, Reader] = {}
-        self.patchers: dict[str, Patcher] = {}
-        self.on_demand: OnDemandService | None = None
-        self.hubs: HubService | None = None
 
-    def base_url(self, request: Request) -> str:
-        """The absolute API root for `href`s: the configured public URL, or the request's."""
+@dataclass(frozen=True, slots=True)
+class BaseUrl:
+    """The absolute API root for `href`s: the configured public URL, or the request's."""
+
+    public_base_url: str | None
+
+    def __call__(self, request: Request) -> str:
         if self.public_base_url:
             return self.public_base_url + API_PREFIX
         url = request.url
         return f"{url.scheme}://{url.netloc}{request.scope.get('root_path', '')}{API_PREFIX}"
 
 
-def _list_route(api: Api, resource: ResourceType) -> Callable[[Request], Any]:
+def _projection(fields: tuple[str, ...] | None) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """Cuts a resource to the `fields` the caller asked for (all of it without `fields`)."""
+    if fields is None:
+        return lambda item: item
+    tree = compile_fields(fields)
+    return lambda item: project(item, tree)
+
+
+def list_route(resource: ResourceType, reader: Reader, paging: Paging, base: BaseUrl) -> Endpoint:
     attributes = attribute_types(resource.schema)
 
     async def list_resources(request: Request) -> Response:
         query = parse_query(
             request.url.query,
             attributes,
-            default_limit=api.default_limit,
-            max_limit=api.max_limit,
+            default_limit=paging.default_limit,
+            max_limit=paging.max_limit,
         )
-        items, total = await api.readers[resource.collection].list(query, api.base_url(request))
+        items, total = await reader.list(query, base(request))
         if query.fields is not None:
-            tree = compile_fields(query.fields)
-            items = [project(item, tree) for item in items]
+            items = list(map(_projection(query.fields), items))
         headers = {"X-Total-Count": str(total), "X-Result-Count": str(len(items))}
         return JSONResponse(items, headers=headers)
 
@@ -94,30 +89,26 @@ def _list_route(api: Api, resource: ResourceType) -> Callable[[Request], Any]:
     return list_resources
 
 
-def _get_route(api: Api, resource: ResourceType) -> Callable[[Request], Any]:
+def get_route(resource: ResourceType, reader: Reader, base: BaseUrl) -> Endpoint:
     attributes = attribute_types(resource.schema)
 
     async def get_resource(request: Request) -> Response:
         ident = request.path_params["id"]
         fields = parse_fields(request.query_params.get("fields"), attributes)
-        base = api.base_url(request)
-        item = await api.readers[resource.collection].get(ident, base)
+        root = base(request)
+        item = await reader.get(ident, root)
         if item is None:
             raise not_found(resource.collection, ident)
-        tag = etag(item, base)
-        if fields is not None:
-            item = project(item, compile_fields(fields))
-        return JSONResponse(item, headers={"ETag": tag})
+        return JSONResponse(_projection(fields)(item), headers={"ETag": etag(item, root)})
 
     get_resource.__name__ = f"retrieve_{resource.collection}"
     return get_resource
 
 
-def _patch_route(api: Api, resource: ResourceType) -> Callable[[Request], Any]:
+def patch_route(resource: ResourceType, patcher: Patcher | None, base: BaseUrl) -> Endpoint:
     attributes = attribute_types(resource.schema)
 
     async def patch_resource(request: Request) -> Response:
-        patcher = api.patchers.get(resource.collection)
         if patcher is None:
             raise ApiError(501, "Not implemented", f"No back end offers PATCH of {resource.schema}")
         fields = parse_fields(request.query_params.get("fields"), attributes)
@@ -126,51 +117,48 @@ def _patch_route(api: Api, resource: ResourceType) -> Callable[[Request], Any]:
             await request.body(),
             request.headers.get("content-type"),
             request.headers.get("if-match"),
-            api.base_url(request),
+            base(request),
         )
-        if fields is not None:
-            item = project(item, compile_fields(fields))
-        return JSONResponse(item, headers={"ETag": tag})
+        return JSONResponse(_projection(fields)(item), headers={"ETag": tag})
 
     patch_resource.__name__ = f"patch_{resource.collection}"
     return patch_resource
 
 
-def _create_on_demand_route(api: Api) -> Callable[[Request], Any]:
+def create_on_demand_route(
+    on_demand: OnDemandService | None, requests: Reader, base: BaseUrl
+) -> Endpoint:
     attributes = attribute_types(CUSTOMER_BILL_ON_DEMAND.schema)
 
     async def create_customer_bill_on_demand(request: Request) -> Response:
-        if api.on_demand is None:
+        if on_demand is None:
             raise ApiError(501, "Not implemented", "No back end is configured for bills on demand")
         fields = parse_fields(request.query_params.get("fields"), attributes)
-        ident = await api.on_demand.accept(await request.body())
-        item = await api.readers[CUSTOMER_BILL_ON_DEMAND.collection].get(
-            ident, api.base_url(request)
-        )
+        ident = await on_demand.accept(await request.body())
+        item = await requests.get(ident, base(request))
         if item is None:  # pragma: no cover - just stored
             raise ApiError(500, "Internal error", "The request was stored but cannot be read")
-        location = item["href"]
-        if fields is not None:
-            item = project(item, compile_fields(fields))
-        return JSONResponse(item, status_code=201, headers={"Location": location})
+        return JSONResponse(
+            _projection(fields)(item), status_code=201, headers={"Location": item["href"]}
+        )
 
     return create_customer_bill_on_demand
 
 
-def _hub_routes(api: Api) -> list[Route]:
-    def hubs() -> HubService:
-        if api.hubs is None:
+def hub_routes(hubs: HubService | None, base: BaseUrl) -> list[Route]:
+    def service() -> HubService:
+        if hubs is None:
             raise ApiError(501, "Not implemented", "Event notifications are not configured")
-        return api.hubs
+        return hubs
 
     async def register_listener(request: Request) -> Response:
-        hub = await hubs().register(await request.body())
-        location = f"{api.base_url(request)}/hub/{hub['id']}"
+        hub = await service().register(await request.body())
+        location = f"{base(request)}/hub/{hub['id']}"
         body = {**hub, "href": location}
         return JSONResponse(body, status_code=201, headers={"Location": location})
 
     async def unregister_listener(request: Request) -> Response:
-        await hubs().unregister(request.path_params["id"])
+        await service().unregister(request.path_params["id"])
         return Response(status_code=204)
 
     return [
@@ -179,15 +167,12 @@ def _hub_routes(api: Api) -> list[Route]:
     ]
 
 
-def api_routes(api: Api) -> list[Route]:
-    routes = []
-    for resource in RESOURCE_TYPES.values():
-        base = f"{API_PREFIX}/{resource.collection}"
-        routes.append(Route(base, _list_route(api, resource), methods=["GET"]))
-        routes.append(Route(f"{base}/{{id}}", _get_route(api, resource), methods=["GET"]))
-    bills = f"{API_PREFIX}/{CUSTOMER_BILL.collection}/{{id}}"
-    routes.append(Route(bills, _patch_route(api, CUSTOMER_BILL), methods=["PATCH"]))
-    requests = f"{API_PREFIX}/{CUSTOMER_BILL_ON_DEMAND.collection}"
-    routes.append(Route(requests, _create_on_demand_route(api), methods=["POST"]))
-    routes.extend(_hub_routes(api))
-    return routes
+def resource_routes(
+    resource: ResourceType, reader: Reader, paging: Paging, base: BaseUrl
+) -> list[Route]:
+    """`GET /{collection}` and `GET /{collection}/{id}`."""
+    path = f"{API_PREFIX}/{resource.collection}"
+    return [
+        Route(path, list_route(resource, reader, paging, base), methods=["GET"]),
+        Route(f"{path}/{{id}}", get_route(resource, reader, base), methods=["GET"]),
+    ]

@@ -11,7 +11,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from gateway.app import create_app
-from gateway.config import GatewayConfig, load_config
+from gateway.config import ChangeDetection, GatewayConfig, load_config
 from gateway.oas import schema_errors
 from simulators.billing_db import create_and_seed
 
@@ -35,16 +35,66 @@ def scratch_db(demo_db: Path, tmp_path: Path) -> Path:
     return copy
 
 
-def gateway_config(db: Path, store: Path | None = None, **overrides: Any) -> GatewayConfig:
-    """The default config file, pointed at `db` (and a store file beside it)."""
+def gateway_config(
+    db: Path,
+    store: Path | None = None,
+    *,
+    public_base_url: str | None = None,
+    scan_batch_size: int | None = None,
+    bill_transitions: dict[str, tuple[str, ...]] | None = None,
+    **sections: Any,
+) -> GatewayConfig:
+    """The default config file, pointed at `db` (and a store file beside it).
+
+    `sections` replace top-level sections (`events=None` turns events off).
+    """
     config = load_config(ROOT / "config" / "default.yaml")
-    backend = config.backends["legacy_billing"]
-    backend.options["url"] = f"sqlite+aiosqlite:///{db}"
     store = store or db.with_name(db.stem + "_store.sqlite")
-    object.__setattr__(config, "store_url", f"sqlite+aiosqlite:///{store}")
-    for key, value in overrides.items():
-        object.__setattr__(config, key, value)
-    return config
+    backend = config.backends["legacy_billing"].model_copy(
+        update={"url": f"sqlite+aiosqlite:///{db}"}
+    )
+    update: dict[str, Any] = {
+        "backends": {**config.backends, "legacy_billing": backend},
+        "store": config.store.model_copy(update={"url": f"sqlite+aiosqlite:///{store}"}),
+        **sections,
+    }
+    if public_base_url is not None:
+        update["api"] = config.api.model_copy(update={"public_base_url": public_base_url})
+    if scan_batch_size is not None:
+        update["paging"] = config.paging.model_copy(update={"scan_batch_size": scan_batch_size})
+    if bill_transitions is not None:
+        update["lifecycle"] = {"customerBill": {k: list(v) for k, v in bill_transitions.items()}}
+    return config.model_copy(update=update)
+
+
+def tuned(
+    config: GatewayConfig,
+    *,
+    worker: dict[str, Any] | None = None,
+    delivery: dict[str, Any] | None = None,
+    detection_seconds: float | None = None,
+    allow_callback_networks: list[str] | None = None,
+) -> GatewayConfig:
+    """`config` with its background work tuned for tests (faster polls, shorter retries)."""
+    update: dict[str, Any] = {}
+    if worker and config.on_demand is not None:
+        settings = config.on_demand.worker.model_copy(update=worker)
+        update["on_demand"] = config.on_demand.model_copy(update={"worker": settings})
+    events: dict[str, Any] = {}
+    if config.events is not None:
+        if delivery:
+            events["delivery"] = config.events.delivery.model_copy(update=delivery)
+        if detection_seconds is not None:
+            attribute = config.events.change_detection["customerBill"].attribute
+            events["change_detection"] = {
+                "customerBill": ChangeDetection(
+                    attribute=attribute, interval_seconds=detection_seconds
+                )
+            }
+        if allow_callback_networks is not None:
+            events["allow_callback_networks"] = allow_callback_networks
+        update["events"] = config.events.model_copy(update=events)
+    return config.model_copy(update=update)
 
 
 @pytest.fixture(scope="session")

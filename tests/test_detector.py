@@ -9,9 +9,10 @@ from pathlib import Path
 
 from sqlalchemy import insert
 
-from gateway.app import create_app, open_gateway
+from gateway.app import open_services
+from gateway.config import DeliverySettings
 from gateway.detector import ChangeDetector
-from gateway.events import DeliverySettings, EventPublisher
+from gateway.events import EventPublisher
 from gateway.store import GatewayStore, seen_state
 from tests.conftest import gateway_config
 
@@ -21,9 +22,8 @@ def test_first_pass_keeps_states_recorded_meanwhile(demo_db: Path, tmp_path: Pat
 
     async def scenario() -> None:
         config = gateway_config(demo_db, store=store_path, events=None, on_demand=None)
-        app = create_app(config)
         async with AsyncExitStack() as stack:
-            await open_gateway(config, app.state.api, stack)
+            services = await open_services(config, stack, "http://gw")
             store = GatewayStore(f"sqlite+aiosqlite:///{store_path}")
             await store.open()
             stack.push_async_callback(store.close)
@@ -36,7 +36,7 @@ def test_first_pass_keeps_states_recorded_meanwhile(demo_db: Path, tmp_path: Pat
             detector = ChangeDetector(
                 collection="customerBill",
                 event_prefix="CustomerBill",
-                reader=app.state.api.readers["customerBill"],
+                reader=services.customer_bills,
                 store=store,
                 publisher=publisher,
                 attribute="lastUpdate",

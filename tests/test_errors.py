@@ -20,14 +20,16 @@ def client_for(db: Path, **overrides: Any) -> TestClient:
     return TestClient(create_app(gateway_config(db, **overrides)), raise_server_exceptions=False)
 
 
-def test_unexpected_exception_is_a_500_without_internals(demo_db: Path) -> None:
+def test_unexpected_exception_is_a_500_without_internals(
+    demo_db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     with client_for(demo_db) as client:
 
-        class Exploding:
-            async def list(self, *args: Any) -> Any:
-                raise RuntimeError("secret connection string postgres://u:pw@db")
+        async def exploding(*args: Any) -> Any:
+            raise RuntimeError("secret connection string postgres://u:pw@db")
 
-        client.app.state.api.readers["customerBill"] = Exploding()
+        reader = client.app.state.services.customer_bills
+        monkeypatch.setattr(type(reader), "list", exploding)
         response = client.get(f"{API}/customerBill", headers={"X-Request-ID": "req-500"})
     assert response.status_code == 500
     body = response.json()
@@ -65,7 +67,7 @@ def test_a_back_end_record_that_does_not_fit_is_a_502_naming_backend_and_field(
 
 def test_a_slow_back_end_is_a_504_after_its_timeout(demo_db: Path) -> None:
     with client_for(demo_db) as client:
-        reader = client.app.state.api.readers["billCycle"]
+        reader = client.app.state.services.bill_cycles
         reader.timeout = 0.05
         original = reader.source
 
@@ -87,7 +89,7 @@ def test_a_slow_back_end_is_a_504_after_its_timeout(demo_db: Path) -> None:
 @pytest.mark.parametrize("status", [502, 503])
 def test_back_end_failures_keep_their_status_and_hide_details(demo_db: Path, status: int) -> None:
     with client_for(demo_db) as client, capture_logs() as logs:
-        reader = client.app.state.api.readers["billCycle"]
+        reader = client.app.state.services.bill_cycles
 
         real = reader.source
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import signal
 import sqlite3
@@ -17,7 +16,7 @@ from starlette.testclient import TestClient
 
 from gateway.app import create_app
 from gateway.config import GatewayConfig
-from tests.conftest import API, ROOT, assert_valid, gateway_config
+from tests.conftest import API, ROOT, assert_valid, gateway_config, tuned
 from tests.listener import Listener
 from tests.test_main import free_port, start, stop, wait_ready
 
@@ -31,14 +30,12 @@ FAST = {
 
 
 def fast_config(db: Path, store: Path, **delivery: Any) -> GatewayConfig:
-    config = gateway_config(db, store=store)
-    events = dataclasses.replace(
-        config.events,
-        delivery={**config.events.delivery, **FAST, **delivery},
-        change_detection={"customerBill": ("lastUpdate", 0.1)},
+    return tuned(
+        gateway_config(db, store=store),
+        worker={"poll_seconds": 0.05},
+        delivery={**FAST, **delivery},
+        detection_seconds=0.1,
     )
-    config.on_demand.worker.update(poll_seconds=0.05)
-    return dataclasses.replace(config, events=events)
 
 
 @pytest.fixture
@@ -126,9 +123,7 @@ def test_loopback_is_refused_unless_the_configuration_allows_it(
     scratch_db: Path, tmp_path: Path
 ) -> None:
     config = fast_config(scratch_db, tmp_path / "store.sqlite")
-    strict = dataclasses.replace(
-        config, events=dataclasses.replace(config.events, allow_callback_networks=())
-    )
+    strict = tuned(config, allow_callback_networks=[])
     with TestClient(create_app(strict)) as client:
         for callback in ("http://127.0.0.1:9/x", "http://localhost:9/x", "http://[::1]:9/x"):
             response = client.post(f"{API}/hub", json={"callback": callback})

@@ -17,7 +17,7 @@ from simulators.rest_billing import create_app as rest_simulator
 from simulators.rest_billing import seed as rest_seed
 from simulators.soap_billing import create_app as soap_simulator
 from simulators.soap_billing import seed as soap_seed
-from tests.conftest import API, ROOT, assert_valid, fetch_all
+from tests.conftest import API, ROOT, assert_valid, fetch_all, tuned
 from tests.listener import Listener
 from tests.servers import ThreadedServer
 
@@ -32,10 +32,12 @@ def federated(
         monkeypatch.setenv("ENTERPRISE_URL", rest_server.base)
         monkeypatch.setenv("CONSUMER_WSDL", f"{soap_server.base}/billing.wsdl")
         monkeypatch.setenv("GATEWAY_STORE", str(tmp_path / "store.sqlite"))
-        config = load_config(ROOT / "config" / "federated.yaml")
-        config.on_demand.worker.update(poll_seconds=0.05)
-        config.events.delivery.update(poll_seconds=0.05, timeout_seconds=1)
-        config.events.change_detection["customerBill"] = ("lastUpdate", 0.1)
+        config = tuned(
+            load_config(ROOT / "config" / "federated.yaml"),
+            worker={"poll_seconds": 0.05},
+            delivery={"poll_seconds": 0.05, "timeout_seconds": 1},
+            detection_seconds=0.1,
+        )
         with TestClient(create_app(config)) as client:
             client.store = tmp_path / "store.sqlite"  # type: ignore[attr-defined]
             client.rest = rest.state.data  # type: ignore[attr-defined]

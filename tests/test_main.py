@@ -131,8 +131,10 @@ def test_a_wrong_mapping_stops_start_up_with_file_line_and_reason(
 
 def test_a_wrong_config_file_stops_before_serving(tmp_path: Path) -> None:
     config = tmp_path / "gateway.yaml"
-    config.write_text("backends:\n  b: {kind: sql}\nresources:\n  customerBills: {backend: b}\n")
+    config.write_text(
+        "backends:\n  b: {kind: sql, url: x}\nresources:\n  customerBills: {backend: b}\n"
+    )
     process = start({"PORT": str(free_port())}, "--config", str(config))
     output, _ = process.communicate(timeout=30)
     assert process.returncode == 2
-    assert f"{config}:4: resources.customerBills: not a TMF678 resource collection" in output
+    assert f"{config}:4: resources.customerBills: Input should be 'customerBill'," in output

@@ -15,7 +15,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from gateway.app import create_app
-from tests.conftest import API, ROOT, assert_valid, gateway_config
+from tests.conftest import API, ROOT, assert_valid, gateway_config, tuned
 from tests.test_main import free_port, start, stop, wait_ready
 
 ON_DEMAND = f"{API}/customerBillOnDemand"
@@ -23,8 +23,10 @@ ON_DEMAND = f"{API}/customerBillOnDemand"
 
 @pytest.fixture
 def gateway(scratch_db: Path, tmp_path: Path) -> Iterator[TestClient]:
-    config = gateway_config(scratch_db, store=tmp_path / "store.sqlite")
-    config.on_demand.worker.update(poll_seconds=0.05, retry_base_seconds=0.05)
+    config = tuned(
+        gateway_config(scratch_db, store=tmp_path / "store.sqlite"),
+        worker={"poll_seconds": 0.05, "retry_base_seconds": 0.05},
+    )
     with TestClient(create_app(config)) as client:
         client.db = scratch_db  # type: ignore[attr-defined]
         yield client

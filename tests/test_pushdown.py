@@ -37,7 +37,7 @@ class Statements:
 def app_client(demo_db: Path) -> Iterator[tuple[TestClient, Any]]:
     app = create_app(gateway_config(demo_db))
     with TestClient(app) as client:
-        yield client, app.state.api.readers["customerBill"]
+        yield client, app.state.services.customer_bills
 
 
 @pytest.fixture

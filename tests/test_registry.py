@@ -8,8 +8,8 @@ import pytest
 from starlette.testclient import TestClient
 
 from adapters.registry import ENTRY_POINT_GROUP, adapter_class
-from gateway.app import StartupError, create_app
-from gateway.config import load_config
+from gateway.app import create_app
+from gateway.config import ConfigError, load_config
 from tests.conftest import API, ROOT, assert_valid, fetch_all
 
 PLUGIN = ROOT / "examples" / "csv_adapter"
@@ -62,9 +62,19 @@ def test_a_wrong_adapter_option_is_a_config_error(tmp_path: Path) -> None:
     config = tmp_path / "gateway.yaml"
     mapping = ROOT / "mappings" / "enterprise_rest" / "customer_bill.yaml"
     config.write_text(
-        "backends:\n  e: {kind: rest, base_url: 'http://127.0.0.1:1', http_transport: curl}\n"
+        "backends:\n  e:\n    kind: rest\n    base_url: 'http://127.0.0.1:1'\n"
+        "    http_transport: curl\n"
         f"resources:\n  customerBill: {{backend: e, mapping: {mapping}}}\n"
     )
-    app = create_app(load_config(config))
-    with pytest.raises(StartupError, match="(?s)backends.e.*http_transport"), TestClient(app):
-        pass
+    with pytest.raises(ConfigError, match=f"^{config}:5: backends.e.http_transport: Input should"):
+        load_config(config)
+
+
+def test_a_plugin_kind_checks_its_own_options(installed_plugin: None, tmp_path: Path) -> None:
+    config = tmp_path / "gateway.yaml"
+    config.write_text("backends:\n  kiosk:\n    kind: csv\n    directroy: /tmp\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(config)
+    assert str(info.value) == (
+        f"{config}:4: backends.kiosk.directroy: unknown key 'directroy' (did you mean 'directory'?)"
+    )

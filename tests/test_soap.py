@@ -19,7 +19,7 @@ from gateway.app import create_app
 from gateway.config import load_config
 from simulators.soap_billing import WSDL, seed
 from simulators.soap_billing import create_app as create_simulator
-from tests.conftest import API, ROOT, assert_valid, fetch_all
+from tests.conftest import API, ROOT, assert_valid, fetch_all, tuned
 from tests.servers import ThreadedServer
 
 HOST = "http://soap.test"
@@ -153,8 +153,7 @@ def soap_gateway(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Te
     with ThreadedServer(simulator) as server:
         monkeypatch.setenv("CONSUMER_WSDL", f"{server.base}/billing.wsdl")
         monkeypatch.setenv("GATEWAY_STORE", str(tmp_path / "store.sqlite"))
-        config = load_config(ROOT / "config" / "soap.yaml")
-        config.on_demand.worker.update(poll_seconds=0.05)
+        config = tuned(load_config(ROOT / "config" / "soap.yaml"), worker={"poll_seconds": 0.05})
         with TestClient(create_app(config)) as client:
             client.simulator = simulator.state.data  # type: ignore[attr-defined]
             yield client

@@ -1,0 +1,335 @@
+"""Start-up: configuration in, the opened services that the routes use out.
+
+Each back end is opened once (engines, pools, WSDLs), each resource's `source:` is
+bound to it and its mapping compiled against the bound columns and the OAS; the store,
+event delivery, change detectors and the on-demand worker start here. Any mistake stops
+start-up with the file, place and reason. Everything opened is registered on the exit
+stack, so leaving it closes it (and stops the background tasks).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Coroutine, Mapping
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from adapters.base import Adapter, BackendAction, BackendError, BackendOptions, SourceSpecError
+from adapters.registry import build_adapter
+from gateway.callbacks import CallbackPolicy
+from gateway.config import EventsSettings, GatewayConfig, OnDemandSettings, ResourceBinding
+from gateway.delivery import DeliveryWorker
+from gateway.detector import ChangeDetector
+from gateway.events import EventPublisher, HubService
+from gateway.federation import FederatedPatcher, FederatedReader
+from gateway.lifecycle import Lifecycle
+from gateway.oas import attribute_types
+from gateway.on_demand import BillMaker, OnDemandService
+from gateway.reads import BackendRoute, EmptyReader, Reader, ResourceReader
+from gateway.resources import (
+    APPLIED_CUSTOMER_BILLING_RATE,
+    BILL_CYCLE,
+    CUSTOMER_BILL,
+    CUSTOMER_BILL_ON_DEMAND,
+    RESOURCE_TYPES,
+)
+from gateway.routes import Patcher
+from gateway.store import GatewayStore
+from gateway.writes import ResourcePatcher
+from mappings.compiler import compile_mapping, read_mapping
+from mappings.errors import MappingSpecError
+from mappings.loader import SpecMap, load_yaml
+
+log = structlog.get_logger("gateway")
+
+
+class StartupError(Exception):
+    """The gateway cannot start: configuration, mapping or back end is wrong."""
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    """What the routes use, by name: one reader per resource type and the write paths."""
+
+    customer_bills: Reader
+    applied_rates: Reader
+    bill_cycles: Reader
+    bill_requests: Reader
+    bill_patcher: Patcher | None
+    on_demand: OnDemandService | None
+    hubs: HubService | None
+    #: Where events are published (None when events are not configured).
+    publisher: EventPublisher | None
+    #: The API root used in events' hrefs (they leave outside any request).
+    event_base_url: str
+
+
+async def open_services(
+    config: GatewayConfig, stack: AsyncExitStack, event_base_url: str
+) -> Services:
+    """Open every back end and the store; build readers, PATCH, on-demand and events."""
+    adapters = {
+        name: await _open_adapter(name, config.backends[name], stack)
+        for name in sorted(config.backends_in_use())
+    }
+    readers: dict[str, Reader] = {}
+    for collection, binding in config.single().items():
+        readers[collection] = await _reader(config, collection, binding, adapters)
+    for collection, bindings in config.federated().items():
+        routes = [
+            BackendRoute(
+                b.backend, b.id_prefix, await _reader(config, collection, b, adapters), b.accounts
+            )
+            for b in bindings
+        ]
+        types = attribute_types(RESOURCE_TYPES[collection].schema)
+        readers[collection] = FederatedReader(collection, routes, types)
+    empty = EmptyReader()
+    bills = readers.get(CUSTOMER_BILL.collection, empty)
+    cycles = readers.get(BILL_CYCLE.collection, empty)
+
+    store = publisher = hubs = on_demand = None
+    requests: Reader = empty
+    if config.on_demand is not None or config.events is not None:
+        store = await _open_store(config, stack)
+    if config.events is not None:
+        assert store is not None
+        publisher, hubs = await _open_events(config.events, readers, store, stack, event_base_url)
+    if config.on_demand is not None:
+        assert store is not None
+        requests, on_demand = await _open_on_demand(
+            config, config.on_demand, bills, adapters, store, publisher, stack
+        )
+    return Services(
+        customer_bills=bills,
+        applied_rates=readers.get(APPLIED_CUSTOMER_BILLING_RATE.collection, empty),
+        bill_cycles=cycles,
+        bill_requests=requests,
+        bill_patcher=_bill_patcher(
+            config, bills, cycles, publisher, CUSTOMER_BILL.collection in config.federated()
+        ),
+        on_demand=on_demand,
+        hubs=hubs,
+        publisher=publisher,
+        event_base_url=event_base_url,
+    )
+
+
+async def _open_adapter(name: str, options: BackendOptions, stack: AsyncExitStack) -> Adapter:
+    try:
+        adapter = build_adapter(name, options)
+        await adapter.open()
+    except BackendError as exc:
+        raise StartupError(str(exc)) from exc
+    stack.push_async_callback(adapter.close)
+    return adapter
+
+
+def _bill_patcher(
+    config: GatewayConfig,
+    bills: Reader,
+    cycles: Reader,
+    publisher: EventPublisher | None,
+    federated: bool,
+) -> Patcher | None:
+    """PATCH of bills: on the one back end, or by id prefix on each federated one."""
+    references: dict[str, Reader] = {}
+    if len(cycles.routes) == 1 and not cycles.routes[0].prefix:
+        references["billCycle.id"] = cycles
+    patchers = {
+        route.backend: ResourcePatcher(
+            reader=route.reader,
+            mvo_schema="CustomerBill_MVO",
+            lifecycle=Lifecycle(config.bill_transitions),
+            references=references,
+            publisher=publisher,
+            id_prefix=route.prefix,
+        )
+        for route in bills.routes
+        if route.reader.mapping.writable
+    }
+    if federated:
+        assert isinstance(bills, FederatedReader)
+        return FederatedPatcher(bills, patchers)
+    return next(iter(patchers.values()), None)
+
+
+def _run_in_background(stack: AsyncExitStack, work: Coroutine[Any, Any, None], name: str) -> None:
+    """Start a long-running task now; the stack cancels it on the way out."""
+    task = asyncio.create_task(work, name=name)
+
+    async def stop() -> None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    stack.push_async_callback(stop)
+
+
+async def _open_store(config: GatewayConfig, stack: AsyncExitStack) -> GatewayStore:
+    store = GatewayStore(config.store.url)
+    try:
+        await store.open()
+    except BackendError as exc:
+        raise StartupError(f"gateway store: {exc.reason}") from exc
+    stack.push_async_callback(store.close)
+    return store
+
+
+async def _open_events(
+    events: EventsSettings,
+    readers: Mapping[str, Reader],
+    store: GatewayStore,
+    stack: AsyncExitStack,
+    event_base_url: str,
+) -> tuple[EventPublisher, HubService]:
+    policy = CallbackPolicy(str(n) for n in events.allow_callback_networks)
+    publisher = EventPublisher(store, events.delivery, event_base_url)
+    worker = DeliveryWorker(store, events.delivery, policy)
+    publisher.wake = worker.wake
+    stack.push_async_callback(worker.close)
+    _run_in_background(stack, worker.run(), "event-delivery")
+    for collection, detection in events.change_detection.items():
+        routes = readers[collection].routes
+        for route in routes:
+            if not _detectable(route.reader, detection.attribute):
+                if len(routes) > 1:  # federated: the other back ends are still watched
+                    log.warning("change_detection_unavailable", backend=route.backend)
+                    continue
+                raise StartupError(
+                    f"events.change_detection.{collection}: {detection.attribute!r} must be"
+                    " read from a back-end column that sorts like the instants it holds"
+                )
+            detector = ChangeDetector(
+                collection=collection,
+                event_prefix=route.reader.mapping.resource,
+                reader=route.reader,
+                store=store,
+                publisher=publisher,
+                attribute=detection.attribute,
+                interval=detection.interval_seconds,
+                id_prefix=route.prefix,
+            )
+            _run_in_background(stack, detector.run(), f"detector-{collection}-{route.backend}")
+    return publisher, HubService(store, policy)
+
+
+async def _reader(
+    config: GatewayConfig,
+    collection: str,
+    binding: ResourceBinding,
+    adapters: Mapping[str, Adapter],
+) -> ResourceReader:
+    return await bind_reader(
+        collection,
+        binding.mapping,
+        adapters[binding.backend],
+        config.backends[binding.backend].timeout_seconds,
+        config.paging.scan_batch_size,
+    )
+
+
+async def bind_reader(
+    collection: str, path: Path, adapter: Adapter, timeout: float, batch: int
+) -> ResourceReader:
+    """Bind a mapping's source to its back end and compile the mapping against it."""
+    resource = RESOURCE_TYPES[collection]
+    file = str(path)
+    attributes = attribute_types(resource.schema)
+    try:
+        spec = read_mapping(path)
+        if spec["resource"] != resource.schema:
+            raise MappingSpecError(
+                file, "resource", spec.line_of("resource"), f"expected {resource.schema}"
+            )
+        try:
+            source = await adapter.bind(spec.get("source") or {})
+        except SourceSpecError as exc:
+            raise MappingSpecError(file, exc.place, spec.line_of("source"), exc.reason) from None
+        mapping = compile_mapping(
+            spec, file=file, columns=source.columns, attribute_types=attributes.types
+        )
+    except MappingSpecError as exc:
+        raise StartupError(str(exc)) from exc
+    log.info("resource_ready", resource=collection, backend=adapter.name, mapping=file)
+    return ResourceReader(
+        mapping=mapping,
+        source=source,
+        backend=adapter.name,
+        attributes=attributes,
+        timeout=timeout,
+        batch_size=batch,
+    )
+
+
+async def _open_on_demand(
+    config: GatewayConfig,
+    settings: OnDemandSettings,
+    bills: Reader,
+    adapters: Mapping[str, Adapter],
+    store: GatewayStore,
+    publisher: EventPublisher | None,
+    stack: AsyncExitStack,
+) -> tuple[ResourceReader, OnDemandService]:
+    routes = {route.backend: route for route in bills.routes}
+    if not routes:
+        raise StartupError("on_demand needs customerBill served by a back end (bills it makes)")
+    requests = await bind_reader(
+        CUSTOMER_BILL_ON_DEMAND.collection,
+        settings.mapping,
+        store.adapter,
+        10.0,
+        config.paging.scan_batch_size,
+    )
+    makers = []
+    for name, path in settings.actions_by_backend.items():
+        route = routes.get(name)
+        if route is None or "id" not in route.reader.mapping.fields:
+            raise StartupError(f"on_demand: back end {name!r} does not serve customerBill")
+        makers.append(
+            BillMaker(
+                backend=name,
+                action=_action(adapters[name], path),
+                timeout=config.backends[name].timeout_seconds,
+                bill_id=route.reader.mapping.fields["id"].transform,
+                prefix=route.prefix,
+                accounts=route.accounts,
+            )
+        )
+    service = OnDemandService(
+        store=store,
+        makers=makers,
+        bills=bills,
+        requests=requests.mapping,
+        settings=settings.worker,
+        publisher=publisher,
+    )
+    _run_in_background(stack, service.run_worker(), "on-demand-worker")
+    return requests, service
+
+
+def _detectable(reader: ResourceReader, attribute: str) -> bool:
+    """Whether changes can be found by reading the attribute in order from the back end."""
+    ref = reader.mapping.fields.get(attribute)
+    return ref is not None and ref.transform.ordered and reader.source.can_sort(ref.column)
+
+
+def _action(adapter: Adapter, path: Path) -> BackendAction:
+    """A declared back-end action, compiled at start-up; mistakes name file and line."""
+    file = str(path)
+    try:
+        spec = load_yaml(path)
+        if not isinstance(spec, SpecMap):
+            raise MappingSpecError(file, "", 1, "an action file is a YAML mapping")
+        try:
+            return adapter.action(spec)
+        except SourceSpecError as exc:
+            key = exc.place.split(".")[0].split("[")[0]
+            raise MappingSpecError(file, exc.place, spec.line_of(key), exc.reason) from None
+    except MappingSpecError as exc:
+        raise StartupError(str(exc)) from exc
