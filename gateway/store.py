@@ -174,7 +174,7 @@ def _migration_4(conn: Connection) -> None:
         conn.execute(text(f"ALTER SEQUENCE {sequence.scalar_one()} AS BIGINT"))
 
 
-#: Append only: each entry runs once, in order, at start-up.
+#: Append only: each entry runs once, in order, in the start-up transaction.
 MIGRATIONS: list[Callable[[Connection], None]] = [
     _migration_1,
     _migration_2,
@@ -249,6 +249,9 @@ class GatewayStore:
             if url.drivername.startswith("sqlite"):
                 # Readers never block the writer, and other gateway processes may share it.
                 await conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+                # The driver would begin only at the first INSERT: lock now, so gateways
+                # starting together migrate one after the other, each in one transaction.
+                await conn.exec_driver_sql("BEGIN IMMEDIATE")
             await conn.run_sync(_migrate)
 
     async def close(self) -> None:
@@ -302,7 +305,13 @@ class GatewayStore:
             bill_on_demand.c.lease_until.is_(None), bill_on_demand.c.lease_until <= now
         )
         async with self.transaction() as conn:
-            oldest = select(bill_on_demand).where(due).order_by(bill_on_demand.c.seq).limit(1)
+            oldest = (
+                select(bill_on_demand)
+                .where(due)
+                .order_by(bill_on_demand.c.seq)
+                .limit(1)
+                .with_for_update(skip_locked=True)  # PostgreSQL: others take the next one
+            )
             row = (await conn.execute(oldest)).mappings().first()
             if row is None:
                 return None
@@ -427,7 +436,14 @@ class GatewayStore:
         now = time()
         due = (outbox.c.hub_id == hub_id) & (outbox.c.state == "pending") & (outbox.c.due_at <= now)
         async with self.transaction() as conn:
-            seqs = select(outbox.c.seq).where(due).order_by(outbox.c.seq).limit(limit)
+            # PostgreSQL: rows another worker is claiming are skipped, not waited for and lost.
+            seqs = (
+                select(outbox.c.seq)
+                .where(due)
+                .order_by(outbox.c.seq)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            )
             rows = await conn.execute(
                 update(outbox)
                 .where(outbox.c.seq.in_(seqs.scalar_subquery()) & (outbox.c.due_at <= now))
