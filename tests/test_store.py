@@ -118,6 +118,10 @@ async def outbox_rows(store: GatewayStore, hub_id: str) -> dict[str, tuple[Any, 
         return {r[0]: tuple(r[1:]) for r in rows}
 
 
+async def new_hub(store: GatewayStore, name: str) -> str:
+    return await store.add_hub(f"http://127.0.0.1:9/{name}", None)
+
+
 async def queue(store: GatewayStore, hub_id: str, *event_ids: str) -> None:
     events = [
         OutboxEvent(ident, hub_id, f"http://127.0.0.1:9/{hub_id}", "E", f'{{"id":"{ident}"}}')
@@ -205,7 +209,7 @@ def test_concurrent_workers_claim_a_request_once(store_url: str) -> None:
 
 def test_hubs_are_listed_oldest_first_and_removed_by_id(store_url: str) -> None:
     async def scenario(store: GatewayStore) -> None:
-        first = await store.add_hub("http://127.0.0.1:9/a", None)
+        first = await new_hub(store, "a")
         second = await store.add_hub("http://127.0.0.1:9/b", "eventType=X")
         async with store.transaction() as conn:
             hubs = await store.hubs(conn)
@@ -224,10 +228,7 @@ def test_hubs_are_listed_oldest_first_and_removed_by_id(store_url: str) -> None:
 
 def test_removing_a_hub_drops_its_pending_events_but_not_delivered_ones(store_url: str) -> None:
     async def scenario(store: GatewayStore) -> None:
-        gone, kept = (
-            await store.add_hub("http://127.0.0.1:9/a", None),
-            await store.add_hub("http://127.0.0.1:9/b", None),
-        )
+        gone, kept = await new_hub(store, "a"), await new_hub(store, "b")
         await queue(store, gone, "sent", "dead", "waiting", "retrying")
         await queue(store, kept, "other")
         claimed = await store.claim_events(gone, 60, 10)
@@ -250,10 +251,7 @@ def test_removing_a_hub_drops_its_pending_events_but_not_delivered_ones(store_ur
 
 def test_events_are_claimed_in_order_leased_settled_and_purged(store_url: str) -> None:
     async def scenario(store: GatewayStore) -> None:
-        a, b = (
-            await store.add_hub("http://127.0.0.1:9/a", None),
-            await store.add_hub("http://127.0.0.1:9/b", None),
-        )
+        a, b = await new_hub(store, "a"), await new_hub(store, "b")
         assert await store.hubs_with_due_events() == []
         await queue(store, a, "e0", "e1", "e2")
         await queue(store, b, "f0")
@@ -291,7 +289,7 @@ def test_events_are_claimed_in_order_leased_settled_and_purged(store_url: str) -
 
 def test_an_unsettled_claim_of_events_runs_out(store_url: str) -> None:
     async def scenario(store: GatewayStore) -> None:
-        hub_id = await store.add_hub("http://127.0.0.1:9/a", None)
+        hub_id = await new_hub(store, "a")
         await queue(store, hub_id, "e0")
         assert ids(await store.claim_events(hub_id, 0.3, 10)) == ["e0"]
         assert await store.claim_events(hub_id, 60, 10) == []
@@ -303,7 +301,7 @@ def test_an_unsettled_claim_of_events_runs_out(store_url: str) -> None:
 
 def test_concurrent_workers_claim_each_event_once(store_url: str) -> None:
     async def scenario(store: GatewayStore) -> None:
-        hub_id = await store.add_hub("http://127.0.0.1:9/a", None)
+        hub_id = await new_hub(store, "a")
         await queue(store, hub_id, *(f"e{i}" for i in range(20)))
         batches = await asyncio.gather(*(store.claim_events(hub_id, 60, 5) for _ in range(6)))
         claimed = [event_id for batch in batches for event_id in ids(batch)]
@@ -423,7 +421,7 @@ def test_outbox_keys_outgrow_32_bits_on_postgresql_also_after_an_upgrade(postgre
                     await conn.execute(text("SELECT setval('outbox_seq_seq', 3000000000)"))
 
     async def migrated(store: GatewayStore) -> None:
-        hub_id = await store.add_hub("http://127.0.0.1:9/a", None)
+        hub_id = await new_hub(store, "a")
         async with store.transaction() as conn:
             await conn.execute(text("SELECT setval('outbox_seq_seq', 3000000000)"))
         await queue(store, hub_id, "e0")
