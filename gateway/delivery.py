@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import uuid
 from time import monotonic, time
-from typing import Any
 
 import httpx
 import structlog
@@ -23,7 +22,7 @@ from adapters.base import BackendError
 from gateway.backoff import backoff_seconds
 from gateway.callbacks import CallbackPolicy, CallbackRefused
 from gateway.config import DeliverySettings
-from gateway.store import GatewayStore
+from gateway.store import ClaimedEvent, GatewayStore
 
 log = structlog.get_logger("gateway.delivery")
 
@@ -106,21 +105,21 @@ class DeliveryWorker:
                 unsent: list[int] = []
                 for index, event in enumerate(events):
                     if monotonic() > stop_at:
-                        unsent = [e["seq"] for e in events[index:]]
+                        unsent = [e.seq for e in events[index:]]
                         break
                     outcome = await self._post(event)
                     if outcome is None:
-                        delivered.append(event["seq"])
+                        delivered.append(event.seq)
                         continue
                     error, final = outcome
-                    attempts = event["attempts"] + 1
-                    too_old = time() - event["created_at"] > self.settings.max_age_seconds
+                    attempts = event.attempts + 1
+                    too_old = time() - event.created_at > self.settings.max_age_seconds
                     if final or too_old or attempts >= self.settings.max_attempts:
-                        dead.append((event["seq"], error))
+                        dead.append((event.seq, error))
                         log.warning(
                             "event_dead_lettered",
                             hub=hub_id,
-                            event_id=event["event_id"],
+                            event_id=event.event_id,
                             attempts=attempts,
                             error=error,
                         )
@@ -128,9 +127,9 @@ class DeliveryWorker:
                     delay = backoff_seconds(
                         attempts, self.settings.retry_base_seconds, self.settings.retry_max_seconds
                     )
-                    retry.append((event["seq"], time() + delay, error))
+                    retry.append((event.seq, time() + delay, error))
                     # A failing subscriber: the rest wait with it (not counted as attempts).
-                    unsent = [e["seq"] for e in events[index + 1 :]]
+                    unsent = [e.seq for e in events[index + 1 :]]
                     break
                 try:
                     await self.store.settle_events(delivered, retry, dead)
@@ -143,9 +142,9 @@ class DeliveryWorker:
                 if retry:
                     return  # back off; the slot goes to other subscribers
 
-    async def _post(self, event: dict[str, Any]) -> tuple[str, bool] | None:
+    async def _post(self, event: ClaimedEvent) -> tuple[str, bool] | None:
         """None when delivered; else (error, final) where final means never retry."""
-        url = event["url"]
+        url = event.url
         host_key = url.split("/", 3)[2] if "://" in url else url
         if time() - self._checked.get(host_key, 0) > 60:
             try:
@@ -156,8 +155,8 @@ class DeliveryWorker:
         try:
             response = await self._client.post(
                 url,
-                content=event["payload"],
-                headers={"Content-Type": "application/json", "X-Event-Id": event["event_id"]},
+                content=event.payload,
+                headers={"Content-Type": "application/json", "X-Event-Id": event.event_id},
             )
         except httpx.TimeoutException:
             return f"no answer within {self.settings.timeout_seconds:g} s", False

@@ -15,7 +15,6 @@ from datetime import datetime
 from typing import Any
 
 import structlog
-from sqlalchemy import insert, select
 
 from adapters.base import BackendError, Plan
 from gateway.calls import backend_call
@@ -25,7 +24,7 @@ from gateway.pushdown import plan_read
 from gateway.query import Filter, Query, SortTerm, parse_instant
 from gateway.reads import ResourceReader
 from gateway.resources import with_prefixed_id
-from gateway.store import GatewayStore, seen_state, set_watermark
+from gateway.store import GatewayStore
 from mappings.errors import RecordMappingError
 
 log = structlog.get_logger("gateway.detector")
@@ -119,7 +118,7 @@ class ChangeDetector:
                     if stamp is not None and stamp > newest:
                         newest = stamp
                 queued += await self.publisher.publish(conn, events)
-                await set_watermark(conn, self.mark_name, newest.isoformat())
+                await self.store.set_watermark(conn, self.mark_name, newest.isoformat())
             if events:
                 log.info("changes_detected", resource=self.collection, events=len(events))
             offset += len(page.records)
@@ -133,7 +132,7 @@ class ChangeDetector:
         count = 0
         async with self.store.transaction() as conn:
             async for records in source.stream(Plan(), 1000):
-                rows = {}
+                rows: dict[str, str | None] = {}
                 for item in map(self._map, records):
                     if item is None:
                         continue
@@ -142,23 +141,8 @@ class ChangeDetector:
                     if stamp is not None and (newest is None or stamp > newest):
                         newest = stamp
                 # A state the gateway recorded meanwhile (a PATCH during this first pass) is
-                # newer than what this pass read: keep it, or its change would be told twice.
-                known = await conn.execute(
-                    select(seen_state.c.key).where(
-                        (seen_state.c.resource == self.collection) & seen_state.c.key.in_(rows)
-                    )
-                )
-                for (key,) in known:
-                    rows.pop(key, None)
-                if rows:
-                    await conn.execute(
-                        insert(seen_state),
-                        [
-                            {"resource": self.collection, "key": k, "state": v}
-                            for k, v in rows.items()
-                        ],
-                    )
-                count += len(rows)
+                # newer than what this pass read: it is kept, or its change would be told twice.
+                count += await self.store.record_baseline_states(conn, self.collection, rows)
             start = newest.isoformat() if newest else "1970-01-01T00:00:00+00:00"
-            await set_watermark(conn, self.mark_name, start)
+            await self.store.set_watermark(conn, self.mark_name, start)
         log.info("change_detection_baseline", resource=self.collection, resources=count)

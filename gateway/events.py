@@ -13,12 +13,10 @@ import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from functools import cache
-from time import time
 from typing import Any
 
 import orjson
 import structlog
-from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.callbacks import CallbackPolicy
@@ -28,7 +26,7 @@ from gateway.oas import AttributeTypes, attribute_types, schema_errors
 from gateway.patch import invalid, parse_body
 from gateway.query import RESERVED, parse_query
 from gateway.residual import compile_filters
-from gateway.store import GatewayStore, hub, now_text, outbox, seen_state
+from gateway.store import EventKind, GatewayStore, Hub, OutboxEvent
 
 log = structlog.get_logger("gateway.events")
 
@@ -107,40 +105,35 @@ class EventPublisher:
         """Queue `events` for every matching hub, inside the caller's store transaction."""
         if not events:
             return 0
-        hubs = (await conn.execute(select(hub))).mappings().all()
-        now = time()
-        rows = []
+        hubs = await self.store.hubs(conn)
+        queued = []
         for event in events:
             payload = orjson.dumps(event).decode()
             for subscriber in hubs:
                 if self._matches(subscriber, event):
-                    rows.append(
-                        {
-                            "event_id": event["eventId"],
-                            "hub_id": subscriber["id"],
-                            "url": self.url_for(subscriber["callback"], event["eventType"]),
-                            "event_type": event["eventType"],
-                            "payload": payload,
-                            "state": "pending",
-                            "attempts": 0,
-                            "due_at": now,
-                            "created_at": now,
-                        }
+                    queued.append(
+                        OutboxEvent(
+                            event_id=event["eventId"],
+                            hub_id=subscriber.id,
+                            url=self.url_for(subscriber.callback, event["eventType"]),
+                            event_type=event["eventType"],
+                            payload=payload,
+                        )
                     )
-        if rows:
-            await conn.execute(insert(outbox), rows)
-            log.info("events_queued", events=len(events), deliveries=len(rows))
-        return len(rows)
+        if queued:
+            await self.store.enqueue_events(conn, queued)
+            log.info("events_queued", events=len(events), deliveries=len(queued))
+        return len(queued)
 
-    def _matches(self, subscriber: Any, event: Resource) -> bool:
-        test = self._queries.get(subscriber["id"])
+    def _matches(self, subscriber: Hub, event: Resource) -> bool:
+        test = self._queries.get(subscriber.id)
         if test is None:
             try:
-                test = compile_hub_query(subscriber["query"])
+                test = compile_hub_query(subscriber.query)
             except Exception:  # a query stored by an older version that no longer parses
-                log.warning("hub_query_unusable", hub=subscriber["id"])
+                log.warning("hub_query_unusable", hub=subscriber.id)
                 test = lambda event: False  # noqa: E731
-            self._queries[subscriber["id"]] = test
+            self._queries[subscriber.id] = test
         return test(event)
 
     async def observe(
@@ -151,33 +144,13 @@ class EventPublisher:
         state: str | None,
         *,
         existed: bool = False,
-    ) -> str | None:
-        """Record a back-end resource's state; the event type due for it, if any.
+    ) -> EventKind | None:
+        """Record a back-end resource's state; the event kind due for it, if any.
 
-        A key seen for the first time is a creation (unless the caller knows it `existed`,
-        as a PATCH does); a known key whose state differs is a state change; anything else
-        was already reported.
+        See `GatewayStore.record_state`: one log of reported states is shared by the
+        gateway's own writes and the change detector, so each change is told once.
         """
-        changed = await conn.execute(
-            update(seen_state)
-            .where(
-                (seen_state.c.resource == resource_type)
-                & (seen_state.c.key == key)
-                & ((seen_state.c.state != state) | seen_state.c.state.is_(None))
-            )
-            .values(state=state)
-        )
-        if changed.rowcount:
-            return "StateChangeEvent"
-        known = await conn.execute(
-            select(seen_state.c.key).where(
-                (seen_state.c.resource == resource_type) & (seen_state.c.key == key)
-            )
-        )
-        if known.first() is not None:
-            return None
-        await conn.execute(insert(seen_state).values(resource=resource_type, key=key, state=state))
-        return "StateChangeEvent" if existed else "CreateEvent"
+        return await self.store.record_state(conn, resource_type, key, state, existed=existed)
 
 
 class HubService:
@@ -198,11 +171,7 @@ class HubService:
         callback, query = request["callback"], request.get("query")
         await self.policy.require(callback)
         compile_hub_query(query)
-        ident = str(uuid.uuid4())
-        async with self.store.transaction() as conn:
-            await conn.execute(
-                insert(hub).values(id=ident, callback=callback, query=query, created_at=now_text())
-            )
+        ident = await self.store.add_hub(callback, query)
         log.info("hub_registered", hub=ident, callback=callback)
         out = {"id": ident, "callback": callback, "@type": "Hub"}
         if query:
@@ -210,12 +179,7 @@ class HubService:
         return out
 
     async def unregister(self, ident: str) -> None:
-        async with self.store.transaction() as conn:
-            gone = await conn.execute(delete(hub).where(hub.c.id == ident))
-            if not gone.rowcount:
-                raise not_found("hub", ident)
-            # Deleting a subscription stops its deliveries, including those queued.
-            await conn.execute(
-                delete(outbox).where((outbox.c.hub_id == ident) & (outbox.c.state == "pending"))
-            )
+        # Deleting a subscription stops its deliveries, including those queued.
+        if not await self.store.remove_hub(ident):
+            raise not_found("hub", ident)
         log.info("hub_unregistered", hub=ident)

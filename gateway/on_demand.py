@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from adapters.base import BackendAction, BackendError
 from gateway.backoff import backoff_seconds
@@ -194,7 +195,7 @@ class OnDemandService:
                         conn, [build_event("CustomerBillCreateEvent", bill)]
                     )
 
-    async def _publish(self, conn: Any, ident: str, event_type: str) -> None:
+    async def _publish(self, conn: AsyncConnection, ident: str, event_type: str) -> None:
         if self.publisher is None:
             return
         row = await self.store.on_demand_row(conn, ident)

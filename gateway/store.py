@@ -1,34 +1,55 @@
-"""The gateway's own state: on-demand bill requests (hub and outbox to follow).
+"""The gateway's own state, and the only module that speaks SQL to it.
 
-An embedded SQLite file by default; any async SQLAlchemy URL (PostgreSQL) when several
+Tables, and who writes them (always through the methods of `GatewayStore`):
+
+- `bill_on_demand`: bill requests. `POST /customerBillOnDemand` creates them (on_demand.py);
+  the on-demand worker claims, retries and finishes them.
+- `hub`: event subscriptions, added by `POST /hub` and removed by `DELETE /hub/{id}`
+  (events.py), which also drops the hub's undelivered events.
+- `outbox`: one row per (event, subscriber), queued by the event publisher (events.py) in
+  the same transaction as the change it reports; claimed, settled and purged by the
+  delivery worker (delivery.py).
+- `seen_state`: the last state reported per back-end resource, recorded by the publisher
+  for the gateway's own writes and by the change detector (detector.py), which also
+  records its first pass there.
+- `watermark`: how far each change detector has read.
+- `store_schema_version`: the migrations applied.
+
+An embedded SQLite file by default; PostgreSQL (any async SQLAlchemy URL) when several
 gateway processes share the work. The schema is created and migrated at start-up from
-the numbered migrations below, recorded in `store_schema_version`. Work is shared by
-leases: a worker claims a request with a compare-and-set on `lease_until`, so two
-workers never run the same request at once, and a crashed worker's claim runs out.
+the numbered migrations below. Work is shared by leases: a worker claims a request or an
+event with a compare-and-set on its lease time, so two workers never run the same one at
+once, and a crashed worker's claim runs out. A method that takes an `AsyncConnection`
+runs inside the caller's transaction (`transaction()`), so that a change, its recorded
+state and the events reporting it commit together; the others run in their own.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from time import time
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 from sqlalchemy import (
+    BigInteger,
     Column,
+    ColumnElement,
     Connection,
     Float,
     Index,
+    Insert,
     Integer,
     MetaData,
     String,
     Table,
     Text,
+    Update,
     delete,
     event,
     insert,
@@ -38,6 +59,7 @@ from sqlalchemy import (
     text,
     update,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -47,6 +69,10 @@ from adapters.sql import SqlAdapter, SqlOptions
 
 STORE_BACKEND = "gateway_store"
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+#: Taken (PostgreSQL) while migrating, so gateways starting together migrate one by one.
+_MIGRATION_LOCK = 678_000_001
+#: Rows per INSERT of a first pass: well under the bound parameters a statement may have.
+_INSERT_BATCH = 1000
 
 metadata = MetaData()
 
@@ -93,7 +119,9 @@ hub = Table(
 outbox = Table(
     "outbox",
     metadata,
-    Column("seq", Integer, primary_key=True),
+    # 64 bits: a row per event and subscriber adds up. SQLite's INTEGER key is 64 bits
+    # already, and only INTEGER makes it the autoincrementing row id.
+    Column("seq", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True),
     Column("event_id", String(36), nullable=False),
     Column("hub_id", String(36), nullable=False, index=True),
     Column("url", Text, nullable=False),
@@ -138,8 +166,24 @@ def _migration_3(conn: Connection) -> None:
         conn.execute(text("ALTER TABLE bill_on_demand ADD COLUMN backend VARCHAR(60)"))
 
 
-#: Append only: each entry runs once, in order, in its own transaction.
-MIGRATIONS: list[Callable[[Connection], None]] = [_migration_1, _migration_2, _migration_3]
+def _migration_4(conn: Connection) -> None:
+    # PostgreSQL stores made `outbox.seq` a 32-bit serial, which a busy outbox outgrows.
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("ALTER TABLE outbox ALTER COLUMN seq TYPE BIGINT"))
+        sequence = conn.execute(text("SELECT pg_get_serial_sequence('outbox', 'seq')"))
+        conn.execute(text(f"ALTER SEQUENCE {sequence.scalar_one()} AS BIGINT"))
+
+
+#: Append only: each entry runs once, in order, in the start-up transaction.
+MIGRATIONS: list[Callable[[Connection], None]] = [
+    _migration_1,
+    _migration_2,
+    _migration_3,
+    _migration_4,
+]
+
+#: What a state recorded for a back-end resource calls for: the suffix of its event type.
+EventKind = Literal["CreateEvent", "StateChangeEvent"]
 
 
 def now_text() -> str:
@@ -148,10 +192,44 @@ def now_text() -> str:
 
 @dataclass(frozen=True, slots=True)
 class OnDemandRequest:
+    """A claimed request: what the worker needs to make its bill."""
+
     id: str
     account_id: str
-    attempts: int
+    attempts: int  # this one included
     backend: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Hub:
+    """A subscription: where its events go, and which (a TMF630 filter on the event)."""
+
+    id: str
+    callback: str
+    query: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEvent:
+    """One event for one subscriber, to be queued."""
+
+    event_id: str
+    hub_id: str
+    url: str
+    event_type: str
+    payload: str  # the event document, as sent
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedEvent:
+    """A queued event leased to one delivery worker."""
+
+    seq: int
+    event_id: str
+    url: str
+    payload: str
+    attempts: int  # attempts made before this one
+    created_at: float  # epoch seconds
 
 
 class GatewayStore:
@@ -159,6 +237,7 @@ class GatewayStore:
         self.adapter = SqlAdapter(STORE_BACKEND, SqlOptions(url=url))
 
     async def open(self) -> None:
+        """Connect, and create or migrate the schema."""
         url = make_url(self.adapter.url)
         if url.drivername.startswith("sqlite") and url.database not in (None, "", ":memory:"):
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
@@ -170,10 +249,24 @@ class GatewayStore:
             if url.drivername.startswith("sqlite"):
                 # Readers never block the writer, and other gateway processes may share it.
                 await conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+                # The driver would begin only at the first INSERT: lock now, so gateways
+                # starting together migrate one after the other, each in one transaction.
+                await conn.exec_driver_sql("BEGIN IMMEDIATE")
             await conn.run_sync(_migrate)
 
     async def close(self) -> None:
         await self.adapter.close()
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncConnection]:
+        """One store transaction: committed when the block ends, rolled back if it raises."""
+        try:
+            async with self.adapter.engine.begin() as conn:
+                yield conn
+        except SQLAlchemyError as exc:
+            raise BackendError(f"gateway store: {exc}", status=503) from exc
+
+    # Bills on demand: the API creates requests, the workers claim and finish them.
 
     async def create_on_demand(
         self,
@@ -186,6 +279,7 @@ class GatewayStore:
         description: str | None,
         related_party: Any,
     ) -> str:
+        """Store a new request, `inProgress` and due for work; returns its id."""
         ident = str(uuid.uuid4())
         stamp = now_text()
         row = {
@@ -210,33 +304,26 @@ class GatewayStore:
         due = (bill_on_demand.c.state == "inProgress") & or_(
             bill_on_demand.c.lease_until.is_(None), bill_on_demand.c.lease_until <= now
         )
-        try:
-            async with self.adapter.engine.begin() as conn:
-                row = (
-                    (
-                        await conn.execute(
-                            select(bill_on_demand)
-                            .where(due)
-                            .order_by(bill_on_demand.c.seq)
-                            .limit(1)
-                        )
-                    )
-                    .mappings()
-                    .first()
+        async with self.transaction() as conn:
+            oldest = (
+                select(bill_on_demand)
+                .where(due)
+                .order_by(bill_on_demand.c.seq)
+                .limit(1)
+                .with_for_update(skip_locked=True)  # PostgreSQL: others take the next one
+            )
+            row = (await conn.execute(oldest)).mappings().first()
+            if row is None:
+                return None
+            claimed = await conn.execute(
+                update(bill_on_demand)
+                .where(due & (bill_on_demand.c.seq == row["seq"]))
+                .values(
+                    lease_owner=owner,
+                    lease_until=now + lease_seconds,
+                    attempts=bill_on_demand.c.attempts + 1,
                 )
-                if row is None:
-                    return None
-                claimed = await conn.execute(
-                    update(bill_on_demand)
-                    .where(due & (bill_on_demand.c.seq == row["seq"]))
-                    .values(
-                        lease_owner=owner,
-                        lease_until=now + lease_seconds,
-                        attempts=bill_on_demand.c.attempts + 1,
-                    )
-                )
-        except SQLAlchemyError as exc:
-            raise BackendError(f"gateway store: {exc}", status=503) from exc
+            )
         if claimed.rowcount != 1:
             return None  # another worker was quicker
         return OnDemandRequest(
@@ -271,47 +358,107 @@ class GatewayStore:
         return result.rowcount == 1
 
     async def on_demand_row(self, conn: AsyncConnection, ident: str) -> dict[str, Any]:
+        """A request's row, column by column, for its mapping to make the TMF resource."""
         row = await conn.execute(select(bill_on_demand).where(bill_on_demand.c.id == ident))
         return dict(row.mappings().one())
 
     async def retry_on_demand_later(self, ident: str, owner: str, delay: float) -> None:
         """Give the request back, not to be claimed before `delay` seconds from now."""
-        await self._execute(
-            update(bill_on_demand)
-            .where((bill_on_demand.c.id == ident) & (bill_on_demand.c.lease_owner == owner))
-            .values(lease_until=time() + delay, updated_at=now_text())
-        )
+        async with self.transaction() as conn:
+            await conn.execute(
+                update(bill_on_demand)
+                .where((bill_on_demand.c.id == ident) & (bill_on_demand.c.lease_owner == owner))
+                .values(lease_until=time() + delay, updated_at=now_text())
+            )
 
-    @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[AsyncConnection]:
-        """One store transaction: committed when the block ends, rolled back if it raises."""
-        try:
-            async with self.adapter.engine.begin() as conn:
-                yield conn
-        except SQLAlchemyError as exc:
-            raise BackendError(f"gateway store: {exc}", status=503) from exc
+    # Hubs: the subscriptions events are queued for.
 
-    # The outbox, for the delivery worker.
+    async def add_hub(self, callback: str, query: str | None) -> str:
+        """Store a subscription; returns its id."""
+        ident = str(uuid.uuid4())
+        async with self.transaction() as conn:
+            await conn.execute(
+                insert(hub).values(id=ident, callback=callback, query=query, created_at=now_text())
+            )
+        return ident
+
+    async def remove_hub(self, ident: str) -> bool:
+        """Delete a subscription and its undelivered events; False when there is no such hub.
+
+        Delivered and dead-lettered rows stay, as the record of what was sent.
+        """
+        async with self.transaction() as conn:
+            gone = await conn.execute(delete(hub).where(hub.c.id == ident))
+            if not gone.rowcount:
+                return False
+            await conn.execute(
+                delete(outbox).where((outbox.c.hub_id == ident) & (outbox.c.state == "pending"))
+            )
+        return True
+
+    async def hubs(self, conn: AsyncConnection) -> list[Hub]:
+        """Every subscription, oldest first, as the caller's transaction sees them."""
+        rows = await conn.execute(select(hub.c.id, hub.c.callback, hub.c.query).order_by(hub.c.seq))
+        return [Hub(ident, callback, query) for ident, callback, query in rows]
+
+    # The outbox: the publisher queues, the delivery workers claim and settle.
+
+    async def enqueue_events(self, conn: AsyncConnection, events: Sequence[OutboxEvent]) -> None:
+        """Queue deliveries, due now, inside the caller's transaction (the change's own)."""
+        if not events:
+            return
+        now = time()
+        rows = [
+            {
+                "event_id": e.event_id,
+                "hub_id": e.hub_id,
+                "url": e.url,
+                "event_type": e.event_type,
+                "payload": e.payload,
+                "state": "pending",
+                "attempts": 0,
+                "due_at": now,
+                "created_at": now,
+            }
+            for e in events
+        ]
+        await conn.execute(insert(outbox), rows)
 
     async def hubs_with_due_events(self) -> list[str]:
+        """Ids of the hubs that have events due for sending now."""
         due = (outbox.c.state == "pending") & (outbox.c.due_at <= time())
         async with self.transaction() as conn:
             rows = await conn.execute(select(outbox.c.hub_id).where(due).distinct())
             return [r[0] for r in rows]
 
-    async def claim_events(self, hub_id: str, lease: float, limit: int) -> list[dict[str, Any]]:
+    async def claim_events(self, hub_id: str, lease: float, limit: int) -> list[ClaimedEvent]:
         """Due events of one hub, oldest first, leased so no other worker sends them now."""
         now = time()
         due = (outbox.c.hub_id == hub_id) & (outbox.c.state == "pending") & (outbox.c.due_at <= now)
         async with self.transaction() as conn:
-            seqs = select(outbox.c.seq).where(due).order_by(outbox.c.seq).limit(limit)
+            # PostgreSQL: rows another worker is claiming are skipped, not waited for and lost.
+            seqs = (
+                select(outbox.c.seq)
+                .where(due)
+                .order_by(outbox.c.seq)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            )
             rows = await conn.execute(
                 update(outbox)
                 .where(outbox.c.seq.in_(seqs.scalar_subquery()) & (outbox.c.due_at <= now))
                 .values(due_at=now + lease)
-                .returning(outbox)
+                .returning(
+                    outbox.c.seq,
+                    outbox.c.event_id,
+                    outbox.c.url,
+                    outbox.c.payload,
+                    outbox.c.attempts,
+                    outbox.c.created_at,
+                )
             )
-            return sorted((dict(r) for r in rows.mappings()), key=lambda r: r["seq"])
+            claimed = [ClaimedEvent(*row) for row in rows]
+        return sorted(claimed, key=lambda e: e.seq)
 
     async def settle_events(
         self, delivered: list[int], retry: list[tuple[int, float, str]], dead: list[tuple[int, str]]
@@ -320,21 +467,17 @@ class GatewayStore:
         async with self.transaction() as conn:
             if delivered:
                 await conn.execute(
-                    update(outbox)
-                    .where(outbox.c.seq.in_(delivered))
-                    .values(state="delivered", attempts=outbox.c.attempts + 1, last_error=None)
+                    _attempted(outbox.c.seq.in_(delivered)).values(
+                        state="delivered", last_error=None
+                    )
                 )
             for seq, due_at, error in retry:
                 await conn.execute(
-                    update(outbox)
-                    .where(outbox.c.seq == seq)
-                    .values(due_at=due_at, attempts=outbox.c.attempts + 1, last_error=error)
+                    _attempted(outbox.c.seq == seq).values(due_at=due_at, last_error=error)
                 )
             for seq, error in dead:
                 await conn.execute(
-                    update(outbox)
-                    .where(outbox.c.seq == seq)
-                    .values(state="dead", attempts=outbox.c.attempts + 1, last_error=error)
+                    _attempted(outbox.c.seq == seq).values(state="dead", last_error=error)
                 )
 
     async def release_events(self, seqs: list[int], due_at: float) -> None:
@@ -342,28 +485,125 @@ class GatewayStore:
         async with self.transaction() as conn:
             await conn.execute(update(outbox).where(outbox.c.seq.in_(seqs)).values(due_at=due_at))
 
-    async def purge_delivered(self, older_than: float) -> None:
+    async def purge_delivered(self, older_than: float) -> int:
+        """Forget delivered events queued before `older_than` (epoch seconds); how many."""
         async with self.transaction() as conn:
-            await conn.execute(
+            purged = await conn.execute(
                 delete(outbox).where(
                     (outbox.c.state == "delivered") & (outbox.c.created_at < older_than)
                 )
             )
+        return purged.rowcount
 
-    # The change detector's position.
+    # States reported per back-end resource: the gateway's writes and the change detector.
+
+    async def record_state(
+        self,
+        conn: AsyncConnection,
+        resource: str,
+        key: str,
+        state: str | None,
+        *,
+        existed: bool = False,
+    ) -> EventKind | None:
+        """Record a resource's state; the kind of event it calls for, if any.
+
+        A key seen for the first time is a creation (unless the caller knows it `existed`,
+        as a PATCH does); a known key whose state differs is a state change; anything else
+        was already reported.
+        """
+        if await self._change_state(conn, resource, key, state):
+            return "StateChangeEvent"
+        known = await conn.execute(
+            select(seen_state.c.key).where(
+                (seen_state.c.resource == resource) & (seen_state.c.key == key)
+            )
+        )
+        if known.first() is not None:
+            return None
+        added = await conn.execute(
+            _insert_missing(conn, seen_state).values(resource=resource, key=key, state=state)
+        )
+        if added.rowcount:
+            return "StateChangeEvent" if existed else "CreateEvent"
+        # Another transaction recorded the key meanwhile (and reports it); ours may differ.
+        return "StateChangeEvent" if await self._change_state(conn, resource, key, state) else None
+
+    async def _change_state(
+        self, conn: AsyncConnection, resource: str, key: str, state: str | None
+    ) -> bool:
+        changed = await conn.execute(
+            update(seen_state)
+            .where(
+                (seen_state.c.resource == resource)
+                & (seen_state.c.key == key)
+                & seen_state.c.state.is_distinct_from(state)
+            )
+            .values(state=state)
+        )
+        return bool(changed.rowcount)
+
+    async def record_baseline_states(
+        self, conn: AsyncConnection, resource: str, states: Mapping[str, str | None]
+    ) -> int:
+        """Record states (key -> state) without events; the number of keys that were new.
+
+        A key already recorded keeps its state: the gateway recorded it while this pass
+        was reading, so it is newer than what the pass read.
+        """
+        keys = list(states)
+        new: dict[str, str | None] = {}
+        for start in range(0, len(keys), _INSERT_BATCH):
+            batch = keys[start : start + _INSERT_BATCH]
+            known = await conn.execute(
+                select(seen_state.c.key).where(
+                    (seen_state.c.resource == resource) & seen_state.c.key.in_(batch)
+                )
+            )
+            seen = set(known.scalars())
+            new.update((key, states[key]) for key in batch if key not in seen)
+        rows = [{"resource": resource, "key": k, "state": v} for k, v in new.items()]
+        for start in range(0, len(rows), _INSERT_BATCH):
+            await conn.execute(
+                _insert_missing(conn, seen_state), rows[start : start + _INSERT_BATCH]
+            )
+        return len(rows)
+
+    # The change detectors' positions.
 
     async def get_watermark(self, name: str) -> str | None:
+        """A named position, or None when it was never set."""
         async with self.transaction() as conn:
             row = await conn.execute(select(watermark.c.value).where(watermark.c.name == name))
             found = row.first()
             return found[0] if found else None
 
-    async def _execute(self, statement: Any) -> Any:
-        try:
-            async with self.adapter.engine.begin() as conn:
-                return await conn.execute(statement)
-        except SQLAlchemyError as exc:
-            raise BackendError(f"gateway store: {exc}", status=503) from exc
+    async def set_watermark(self, conn: AsyncConnection, name: str, value: str) -> None:
+        """Move a named position, inside the caller's transaction."""
+        move = update(watermark).where(watermark.c.name == name).values(value=value)
+        if (await conn.execute(move)).rowcount:
+            return
+        added = await conn.execute(_insert_missing(conn, watermark).values(name=name, value=value))
+        if not added.rowcount:  # another transaction set it first
+            await conn.execute(move)
+
+
+def _attempted(which: ColumnElement[bool]) -> Update:
+    """An UPDATE of the outbox rows `which` that counts one more delivery attempt."""
+    return update(outbox).where(which).values(attempts=outbox.c.attempts + 1)
+
+
+def _insert_missing(conn: AsyncConnection, table: Table) -> Insert:
+    """An INSERT that skips a row whose key another transaction has just written.
+
+    SQLite and PostgreSQL skip it (the caller sees a row count of 0); elsewhere a plain
+    INSERT, which fails the transaction in that race.
+    """
+    if conn.dialect.name == "postgresql":
+        return postgresql.insert(table).on_conflict_do_nothing()
+    if conn.dialect.name == "sqlite":
+        return sqlite.insert(table).on_conflict_do_nothing()
+    return insert(table)
 
 
 def _sqlite_durability(dbapi_connection: Any, _: Any) -> None:
@@ -375,6 +615,8 @@ def _sqlite_durability(dbapi_connection: Any, _: Any) -> None:
 
 
 def _migrate(conn: Connection) -> None:
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
     schema_version.create(conn, checkfirst=True)
     applied = set(conn.execute(select(schema_version.c.version)).scalars())
     for number, migration in enumerate(MIGRATIONS, start=1):
@@ -382,12 +624,3 @@ def _migrate(conn: Connection) -> None:
             continue
         migration(conn)
         conn.execute(insert(schema_version).values(version=number, applied_at=now_text()))
-
-
-async def set_watermark(conn: AsyncConnection, name: str, value: str) -> None:
-    """Move a named position, inside the caller's transaction."""
-    moved = await conn.execute(
-        update(watermark).where(watermark.c.name == name).values(value=value)
-    )
-    if not moved.rowcount:
-        await conn.execute(insert(watermark).values(name=name, value=value))

@@ -7,13 +7,11 @@ import sqlite3
 from contextlib import AsyncExitStack
 from pathlib import Path
 
-from sqlalchemy import insert
-
 from gateway.app import open_services
 from gateway.config import DeliverySettings
 from gateway.detector import ChangeDetector
 from gateway.events import EventPublisher
-from gateway.store import GatewayStore, seen_state
+from gateway.store import GatewayStore
 from tests.conftest import gateway_config
 
 
@@ -30,9 +28,7 @@ def test_first_pass_keeps_states_recorded_meanwhile(demo_db: Path, tmp_path: Pat
             publisher = EventPublisher(store, DeliverySettings(), "http://gw")
             # A PATCH reported bill 1 as onHold just before the first pass read it as it was.
             async with store.transaction() as conn:
-                await conn.execute(
-                    insert(seen_state).values(resource="customerBill", key="1", state="onHold")
-                )
+                await store.record_state(conn, "customerBill", "1", "onHold")
             detector = ChangeDetector(
                 collection="customerBill",
                 event_prefix="CustomerBill",
