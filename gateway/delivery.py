@@ -22,6 +22,7 @@ from adapters.base import BackendError
 from gateway.backoff import backoff_seconds
 from gateway.callbacks import CallbackPolicy, CallbackRefused
 from gateway.config import DeliverySettings
+from gateway.pinned_transport import CallbackClient
 from gateway.store import ClaimedEvent, GatewayStore
 
 log = structlog.get_logger("gateway.delivery")
@@ -41,12 +42,12 @@ class DeliveryWorker:
         self._wake = asyncio.Event()
         self._running: dict[str, asyncio.Task[None]] = {}
         self._slots = asyncio.Semaphore(settings.concurrency)
-        self._client = httpx.AsyncClient(
-            timeout=httpx.Timeout(settings.timeout_seconds),
+        # Every delivery resolves and checks its callback once and connects to that address.
+        self._client = CallbackClient(
+            policy,
+            timeout=settings.timeout_seconds,
             limits=httpx.Limits(max_connections=settings.concurrency * 2),
-            follow_redirects=False,  # a redirect could lead past the callback check
         )
-        self._checked: dict[str, float] = {}
 
     def wake(self) -> None:
         self._wake.set()
@@ -144,20 +145,14 @@ class DeliveryWorker:
 
     async def _post(self, event: ClaimedEvent) -> tuple[str, bool] | None:
         """None when delivered; else (error, final) where final means never retry."""
-        url = event.url
-        host_key = url.split("/", 3)[2] if "://" in url else url
-        if time() - self._checked.get(host_key, 0) > 60:
-            try:
-                await self.policy.check(url)
-            except CallbackRefused as exc:
-                return exc.reason, True
-            self._checked[host_key] = time()
         try:
             response = await self._client.post(
-                url,
+                event.url,
                 content=event.payload,
                 headers={"Content-Type": "application/json", "X-Event-Id": event.event_id},
             )
+        except CallbackRefused as exc:
+            return exc.reason, True
         except httpx.TimeoutException:
             return f"no answer within {self.settings.timeout_seconds:g} s", False
         except httpx.HTTPError as exc:
