@@ -32,12 +32,15 @@ JWKS_FILE = "dev-jwks.json"
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     directory = Path(args.dir)
+    first_use = not (directory / KEY_FILE).exists()
     try:
         key = _signing_key(directory / KEY_FILE)
         kid = _write_jwks(key.public_key(), directory / JWKS_FILE)
     except (OSError, ValueError, TypeError) as exc:
         print(f"tmf678-gateway token: {exc}", file=sys.stderr)
         return 2
+    if first_use:
+        print(_hint(directory, args.issuer, args.audience), file=sys.stderr)
     now = int(time.time())
     claims: dict[str, Any] = {
         "iss": args.issuer,
@@ -95,6 +98,18 @@ def _signing_key(path: Path) -> ec.EllipticCurvePrivateKey:
         out.write(pem)
     print(f"made dev signing key {path}", file=sys.stderr)
     return key
+
+
+def _hint(directory: Path, issuer: str, audience: str) -> str:
+    """The `auth:` config block that accepts this helper's tokens."""
+    return (
+        "gateway config to accept these tokens:\n"
+        "  auth:\n"
+        "    enabled: true\n"
+        f"    jwks_file: {directory / JWKS_FILE}\n"
+        f"    issuer: {issuer}\n"
+        f"    audience: {audience}"
+    )
 
 
 def _write_jwks(public: ec.EllipticCurvePublicKey, path: Path) -> str:

@@ -1,14 +1,16 @@
 """Bearer JWT authentication (RFC 6750) against the keys of a JWKS file or endpoint.
 
-Keys are parsed when the JWKS is (re)loaded, never per request: a request costs one
-header peek and one PyJWT decode. A token naming an unknown `kid` makes the JWKS be
-fetched again, at most once per `jwks_refresh_seconds` however many such tokens come,
-so key rotation is picked up without letting callers hammer the authorization server.
+Keys are parsed when the JWKS is (re)loaded, never per request: a request costs a peek
+at the token's header (to pick the key) and one PyJWT decode. A token naming an unknown
+`kid` makes the JWKS be fetched again, at most once per `jwks_refresh_seconds` however
+many such tokens come, so key rotation is picked up without letting callers hammer the
+authorization server.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import math
 import time
 from collections.abc import Callable
@@ -119,12 +121,12 @@ class Authenticator:
         if not self.settings.enabled:
             return Caller.ANONYMOUS
         token = self._bearer_token(authorization)
-        try:
-            header = jwt.get_unverified_header(token)
-        except PyJWTError:
-            raise self._invalid("The access token is malformed") from None
-        alg = header.get("alg")
-        kid = header.get("kid")
+        header = _peek_header(token)
+        if header is None:
+            raise self._invalid("The access token is malformed")
+        alg, kid = header.get("alg"), header.get("kid")
+        if kid is not None and not isinstance(kid, str):
+            raise self._invalid("The access token is malformed")
         if not isinstance(alg, str) or alg not in self._algorithms:
             raise self._invalid("The access token signing algorithm is not allowed", kid)
         key = self._ring.lookup(kid, alg)
@@ -264,7 +266,7 @@ class Authenticator:
         )
 
     def _invalid(self, description: str, kid: str | None = None) -> ApiError:
-        log.debug("auth_rejected", reason=description, kid=kid)
+        log.debug("auth_rejected", reason=description, kid=kid[:64] if kid else kid)
         return ApiError(
             401,
             "Invalid access token",
@@ -277,6 +279,22 @@ class Authenticator:
                 )
             },
         )
+
+
+def _peek_header(token: str) -> dict[str, Any] | None:
+    """The JOSE header, read only to pick the key; PyJWT's decode checks it again, strictly.
+
+    (PyJWT's own `get_unverified_header` decodes and checks every segment: as costly as
+    the decode itself, which would then do it all a second time.)
+    """
+    segment, dot, _ = token.partition(".")
+    if not dot:
+        return None
+    try:
+        header = orjson.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+    except ValueError:  # binascii.Error and orjson.JSONDecodeError are ValueErrors
+        return None
+    return header if isinstance(header, dict) else None
 
 
 def _describe(exc: PyJWTError) -> str:

@@ -49,15 +49,15 @@ class AuthSettings(BaseModel):
     jwks_file: Path | None = None
     #: The authorization server's JWKS endpoint (https; http only to a loopback host).
     jwks_url: str | None = None
-    issuer: str | None = Field(None, min_length=1)
-    audience: str = Field("tmf678", min_length=1)
+    issuer: str | None = Field(default=None, min_length=1)
+    audience: str = Field(default="tmf678", min_length=1)
     algorithms: list[str] = Field(default_factory=lambda: ["RS256", "ES256", "EdDSA"])
-    leeway_seconds: float = Field(30, ge=0, le=60)
-    accounts_claim: str = Field("billing_accounts", min_length=1)
+    leeway_seconds: float = Field(default=30, ge=0, le=60)
+    accounts_claim: str = Field(default="billing_accounts", min_length=1)
     scopes: AuthScopes = Field(default_factory=AuthScopes)
     #: The least time between two JWKS fetches that an unknown `kid` may trigger.
-    jwks_refresh_seconds: float = Field(60, ge=1)
-    jwks_timeout_seconds: float = Field(5, gt=0)
+    jwks_refresh_seconds: float = Field(default=60, ge=1)
+    jwks_timeout_seconds: float = Field(default=5, gt=0)
     #: The `realm` of the `WWW-Authenticate` challenges.
     realm: str = "tmf678"
 
