@@ -21,8 +21,17 @@ install: $(VENV)/.installed
 $(DEMO_DB): | $(VENV)/.installed
 	$(PY) -c "from simulators.billing_db import ensure_demo_database; ensure_demo_database('$(DEMO_DB)')"
 
+GATEWAY_CONFIG ?= config/default.yaml
+
+# With config/secure.yaml and no key source given, trust a development key made under var/
+# (`$(VENV)/bin/tmf678-gateway token --scope ...` prints tokens signed with it).
 run: install $(DEMO_DB)
-	LEGACY_DB=$(DEMO_DB) HOST=$(HOST) PORT=$(PORT) $(PY) -m gateway
+	@if [ "$(notdir $(GATEWAY_CONFIG))" = secure.yaml ] && [ -z "$$AUTH_JWKS_FILE$$AUTH_JWKS_URL" ]; then \
+	  $(PY) -m gateway token --dir var > /dev/null || exit 1; \
+	  echo "make run: trusting the development key of var/dev-jwks.json"; \
+	  export AUTH_JWKS_FILE=var/dev-jwks.json AUTH_ISSUER=$${AUTH_ISSUER:-http://127.0.0.1:8678/dev-issuer}; \
+	fi; \
+	LEGACY_DB=$(DEMO_DB) GATEWAY_CONFIG=$(GATEWAY_CONFIG) HOST=$(HOST) PORT=$(PORT) $(PY) -m gateway
 
 # The bundled SQL, REST and SOAP back ends behind one gateway (config/federated.yaml).
 demo: install

@@ -1,7 +1,10 @@
-"""`python -m gateway`: serve the API with uvicorn (HOST/PORT from the environment).
+"""`tmf678-gateway [serve] [--config F]`: serve the API with uvicorn (HOST/PORT from the
+environment); `tmf678-gateway token --scope ... --accounts ...`: a signed token for
+trying the API locally (see gateway/devtoken.py).
 
 Back ends are opened and mappings compiled before the server binds its port, so a
-wrong configuration stops with one clear line (file, place, reason) and exit code 3.
+wrong configuration stops with one clear line (file, place, reason): exit code 2 for
+the configuration file, 3 for what start-up finds.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import ipaddress
 import os
 import sys
 from contextlib import AsyncExitStack
@@ -16,13 +20,46 @@ from contextlib import AsyncExitStack
 import structlog
 import uvicorn
 
+from gateway import devtoken
 from gateway.app import StartupError, build_app, open_services
 from gateway.config import DEFAULT_CONFIG, ConfigError, GatewayConfig, load_config
 from gateway.logs import configure_logging
 from gateway.resources import API_PREFIX
 
 
+def anonymous_refusal(config: GatewayConfig, host: str) -> str | None:
+    """Why the gateway must not serve anonymously on `host` (None when it may).
+
+    Anonymous mode (no `auth`) is for the demo on this machine; anywhere else every
+    caller could read and change every customer's bills, so it takes an explicit
+    `auth.anonymous_beyond_loopback: true`.
+    """
+    if config.auth.enabled or config.auth.anonymous_beyond_loopback or _loopback(host):
+        return None
+    return (
+        f"{config.source}: auth is off and {host!r} is not a loopback address; enable auth "
+        "(see config/secure.yaml) or set auth.anonymous_beyond_loopback: true"
+    )
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 async def serve(config: GatewayConfig, host: str, port: int) -> int:
+    refusal = anonymous_refusal(config, host)
+    if refusal is not None:
+        print(f"tmf678-gateway: cannot start: {refusal}", file=sys.stderr)
+        return 3
+    if not config.auth.enabled:
+        structlog.get_logger("gateway").warning(
+            "anonymous_mode", detail="auth is off: every caller has every scope and account"
+        )
     root = config.api.public_base_url or f"http://{host}:{port}"
     async with AsyncExitStack() as stack:
         try:
@@ -53,6 +90,11 @@ async def serve(config: GatewayConfig, host: str, port: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["token"]:  # a signed token for trying the API locally
+        return devtoken.main(argv[1:])
+    if argv[:1] == ["serve"]:
+        argv = argv[1:]
     parser = argparse.ArgumentParser(prog="tmf678-gateway", description=__doc__)
     parser.add_argument("--config", default=os.environ.get("GATEWAY_CONFIG", str(DEFAULT_CONFIG)))
     parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))

@@ -17,6 +17,7 @@ from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Route
 from starlette.types import Lifespan
 
+from gateway.access import Access
 from gateway.config import GatewayConfig
 from gateway.errors import ApiError, api_error_handler, http_error_handler
 from gateway.logs import RequestLogMiddleware
@@ -46,20 +47,26 @@ def api_routes(config: GatewayConfig, services: Services) -> list[BaseRoute]:
     """Every TMF678 operation, each given the reader or service it uses."""
     paging = Paging(config.paging.default_limit, config.paging.max_limit)
     base = BaseUrl(config.api.public_base_url)
+    access = Access(services.authenticator, config.auth.scopes)
     bill = f"{API_PREFIX}/{CUSTOMER_BILL.collection}/{{id}}"
     requests = f"{API_PREFIX}/{CUSTOMER_BILL_ON_DEMAND.collection}"
+    rates = APPLIED_CUSTOMER_BILLING_RATE
     return [
-        *resource_routes(CUSTOMER_BILL, services.customer_bills, paging, base),
-        *resource_routes(APPLIED_CUSTOMER_BILLING_RATE, services.applied_rates, paging, base),
-        *resource_routes(BILL_CYCLE, services.bill_cycles, paging, base),
-        *resource_routes(CUSTOMER_BILL_ON_DEMAND, services.bill_requests, paging, base),
-        Route(bill, patch_route(CUSTOMER_BILL, services.bill_patcher, base), methods=["PATCH"]),
+        *resource_routes(CUSTOMER_BILL, services.customer_bills, paging, base, access),
+        *resource_routes(rates, services.applied_rates, paging, base, access),
+        *resource_routes(BILL_CYCLE, services.bill_cycles, paging, base, access),
+        *resource_routes(CUSTOMER_BILL_ON_DEMAND, services.bill_requests, paging, base, access),
+        Route(
+            bill,
+            patch_route(CUSTOMER_BILL, services.bill_patcher, base, access),
+            methods=["PATCH"],
+        ),
         Route(
             requests,
-            create_on_demand_route(services.on_demand, services.bill_requests, base),
+            create_on_demand_route(services.on_demand, services.bill_requests, base, access),
             methods=["POST"],
         ),
-        *hub_routes(services.hubs, base),
+        *hub_routes(services.hubs, base, access),
     ]
 
 

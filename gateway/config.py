@@ -34,6 +34,7 @@ from pydantic import (
 
 from adapters.base import BackendOptions, StrictModel
 from adapters.registry import BUNDLED_KINDS, known_kinds, options_model
+from gateway.auth import AuthSettings
 from gateway.lifecycle import BILL_STATES, DEFAULT_BILL_TRANSITIONS
 from gateway.resources import RESOURCE_TYPES
 from mappings.errors import MappingSpecError
@@ -186,6 +187,8 @@ class EventsSettings(StrictModel):
     @field_validator("allow_callback_networks", mode="before")
     @classmethod
     def _host_bits_allowed(cls, value: Any) -> Any:
+        if isinstance(value, str):  # `${ALLOW_CALLBACK_NETWORKS:-}`: comma separated
+            value = [part.strip() for part in value.split(",") if part.strip()]
         if isinstance(value, list):  # "10.1.2.3/8" means its network, as in firewall rules
             return [_network(v) for v in value]
         return value
@@ -223,6 +226,8 @@ class GatewayConfig(StrictModel):
     store: StoreSettings = StoreSettings()
     on_demand: OnDemandSettings | None = None
     events: EventsSettings | None = None
+    #: Bearer tokens and scopes; off (anonymous, loopback only) unless enabled.
+    auth: AuthSettings = AuthSettings()
     #: The file it was read from, for messages.
     _source: str = PrivateAttr("<built-in>")
 

@@ -19,6 +19,7 @@ import orjson
 import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from gateway.auth import Caller
 from gateway.callbacks import CallbackPolicy
 from gateway.config import DeliverySettings
 from gateway.errors import bad_request, not_found
@@ -29,6 +30,7 @@ from gateway.residual import compile_filters
 from gateway.store import EventKind, GatewayStore, Hub, OutboxEvent
 
 log = structlog.get_logger("gateway.events")
+audit = structlog.get_logger("gateway.audit")
 
 Resource = dict[str, Any]
 
@@ -126,6 +128,8 @@ class EventPublisher:
         return len(queued)
 
     def _matches(self, subscriber: Hub, event: Resource) -> bool:
+        if subscriber.accounts is not None and _account(event) not in subscriber.accounts:
+            return False  # a subscriber never learns of another account's resources
         test = self._queries.get(subscriber.id)
         if test is None:
             try:
@@ -160,7 +164,7 @@ class HubService:
         self.store = store
         self.policy = policy
 
-    async def register(self, body: bytes) -> Resource:
+    async def register(self, body: bytes, caller: Caller) -> Resource:
         request = parse_body(body)
         if not isinstance(request, dict):
             raise invalid("Invalid body", "A Hub is a JSON object")
@@ -171,15 +175,27 @@ class HubService:
         callback, query = request["callback"], request.get("query")
         await self.policy.require(callback)
         compile_hub_query(query)
-        ident = await self.store.add_hub(callback, query)
+        ident = await self.store.add_hub(callback, query, caller.subject, caller.accounts)
         log.info("hub_registered", hub=ident, callback=callback)
+        audit.info("hub_registered", id=ident, callback=callback, query=query)
         out = {"id": ident, "callback": callback, "@type": "Hub"}
         if query:
             out["query"] = query
         return out
 
-    async def unregister(self, ident: str) -> None:
-        # Deleting a subscription stops its deliveries, including those queued.
-        if not await self.store.remove_hub(ident):
+    async def unregister(self, ident: str, caller: Caller) -> None:
+        # Deleting a subscription stops its deliveries, including those queued. Another
+        # caller's hub is a 404, as one that does not exist.
+        if not await self.store.remove_hub(ident, caller.subject):
             raise not_found("hub", ident)
         log.info("hub_unregistered", hub=ident)
+        audit.info("hub_unregistered", id=ident)
+
+
+def _account(event: Resource) -> str | None:
+    """The billing account of the resource an event is about."""
+    for resource in (event.get("event") or {}).values():
+        account = resource.get("billingAccount") if isinstance(resource, dict) else None
+        if isinstance(account, dict) and isinstance(account.get("id"), str):
+            return str(account["id"])
+    return None

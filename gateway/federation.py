@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import heapq
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from itertools import islice
 from typing import Any
 
@@ -112,7 +112,13 @@ class FederatedPatcher:
         self.patchers = dict(patchers)  # back end -> its patcher (a back end may have none)
 
     async def patch(
-        self, ident: str, body: bytes, content_type: str | None, if_match: str | None, base: str
+        self,
+        ident: str,
+        body: bytes,
+        content_type: str | None,
+        if_match: str | None,
+        base: str,
+        visible: Callable[[Resource], bool] | None = None,
     ) -> tuple[Resource, str]:
         found = self.reader.route_of(ident)
         patcher = self.patchers.get(found[0].backend) if found is not None else None
@@ -122,10 +128,10 @@ class FederatedPatcher:
         if if_match is not None:
             # ETags are over the federated resource; the route's write still compares-and-sets.
             current = await self.reader.get(ident, base)
-            if current is None:
+            if current is None or (visible is not None and not visible(current)):
                 raise not_found(self.reader.collection, ident)
             if not matches_if_match(if_match, etag(current, base)):
                 raise ApiError(412, "Precondition failed", "The resource changed since that ETag")
-        item, _ = await patcher.patch(local, body, content_type, None, base)
+        item, _ = await patcher.patch(local, body, content_type, None, base, visible)
         tagged = self.reader.tag(route, item, base)
         return tagged, etag(tagged, base)

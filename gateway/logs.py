@@ -106,7 +106,7 @@ class RequestLogMiddleware:
                 duration_ms=round((perf_counter() - started) * 1000, 2),
                 backend_ms=round(spent.seconds * 1000, 2),
             )
-            structlog.contextvars.unbind_contextvars("request_id")
+            structlog.contextvars.unbind_contextvars("request_id", "subject", "client_id")
             backend_time.reset(token)
 
 

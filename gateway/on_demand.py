@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +36,7 @@ from mappings.compiler import CompiledMapping
 from mappings.transforms import Transform
 
 log = structlog.get_logger("gateway.on_demand")
+audit = structlog.get_logger("gateway.audit")
 
 _SET_BY_GATEWAY = ("id", "href", "customerBill")
 
@@ -73,8 +75,13 @@ class OnDemandService:
         self.owner = str(uuid.uuid4())
         self._wake = asyncio.Event()
 
-    async def accept(self, body: bytes) -> str:
-        """Validate and store a request; returns its id. 400 for anything wrong."""
+    async def accept(
+        self, body: bytes, allows_account: Callable[[str], bool] = lambda account: True
+    ) -> str:
+        """Validate and store a request; returns its id. 400 for anything wrong.
+
+        An account the caller may not bill is refused alike whether it exists or not.
+        """
         request = parse_body(body)
         if not isinstance(request, dict):
             raise invalid("Invalid body", "A CustomerBillOnDemand is a JSON object")
@@ -93,6 +100,13 @@ class OnDemandService:
             raise invalid("Invalid CustomerBillOnDemand", "; ".join(errors[:5]))
         if request["@type"] != "CustomerBillOnDemand":
             raise invalid("Invalid CustomerBillOnDemand", "@type must be CustomerBillOnDemand")
+        if not allows_account(account["id"]):
+            raise ApiError(
+                400,
+                "Billing account not usable",
+                f"billingAccount {account['id']!r}: not an account this caller may bill",
+                code="INVALID_BILLING_ACCOUNT",
+            )
         maker = next((m for m in self.makers if m.holds(account["id"])), None)
         if maker is None:
             raise ApiError(
@@ -122,6 +136,7 @@ class OnDemandService:
             )
             await self._publish(conn, ident, "CustomerBillOnDemandCreateEvent")
         log.info("on_demand_accepted", request=ident, account=account["id"])
+        audit.info("customerBillOnDemand_created", id=ident, account=account["id"])
         self._wake.set()
         return ident
 

@@ -12,6 +12,9 @@ API_PREFIX = "/tmf-api/customerBillManagement/v5"
 class ResourceType:
     collection: str
     schema: str
+    #: The attribute naming the billing account a resource belongs to: a caller's data
+    #: scope applies there. None: shared by every account (bill cycles).
+    account_path: str | None = "billingAccount.id"
 
 
 CUSTOMER_BILL = ResourceType("customerBill", "CustomerBill")
@@ -19,7 +22,7 @@ CUSTOMER_BILL_ON_DEMAND = ResourceType("customerBillOnDemand", "CustomerBillOnDe
 APPLIED_CUSTOMER_BILLING_RATE = ResourceType(
     "appliedCustomerBillingRate", "AppliedCustomerBillingRate"
 )
-BILL_CYCLE = ResourceType("billCycle", "BillCycle")
+BILL_CYCLE = ResourceType("billCycle", "BillCycle", account_path=None)
 
 
 def with_prefixed_id(

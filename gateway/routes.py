@@ -16,6 +16,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from gateway.access import Access, scoped_query, visible
+from gateway.auth import Caller
 from gateway.errors import ApiError, not_found
 from gateway.events import HubService
 from gateway.fields import compile_fields, project
@@ -29,10 +31,21 @@ from gateway.writes import etag
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
+Visible = Callable[[dict[str, Any]], bool]
+
+
 class Patcher(Protocol):
     async def patch(
-        self, ident: str, body: bytes, content_type: str | None, if_match: str | None, base: str
-    ) -> tuple[dict[str, Any], str]: ...
+        self,
+        ident: str,
+        body: bytes,
+        content_type: str | None,
+        if_match: str | None,
+        base: str,
+        visible: Visible | None = None,
+    ) -> tuple[dict[str, Any], str]:
+        """Patch a resource; one that is not `visible` to the caller is a 404."""
+        ...
 
 
 class JSONResponse(Response):
@@ -69,17 +82,21 @@ def _projection(fields: tuple[str, ...] | None) -> Callable[[dict[str, Any]], di
     return lambda item: project(item, tree)
 
 
-def list_route(resource: ResourceType, reader: Reader, paging: Paging, base: BaseUrl) -> Endpoint:
+def list_route(
+    resource: ResourceType, reader: Reader, paging: Paging, base: BaseUrl, access: Access
+) -> Endpoint:
     attributes = attribute_types(resource.schema)
 
     async def list_resources(request: Request) -> Response:
+        caller = await access.caller(request, access.scopes.read)
         query = parse_query(
             request.url.query,
             attributes,
             default_limit=paging.default_limit,
             max_limit=paging.max_limit,
         )
-        items, total = await reader.list(query, base(request))
+        mine = scoped_query(query, resource, caller)
+        items, total = await reader.list(mine, base(request)) if mine else ([], 0)
         if query.fields is not None:
             items = list(map(_projection(query.fields), items))
         headers = {"X-Total-Count": str(total), "X-Result-Count": str(len(items))}
@@ -89,15 +106,16 @@ def list_route(resource: ResourceType, reader: Reader, paging: Paging, base: Bas
     return list_resources
 
 
-def get_route(resource: ResourceType, reader: Reader, base: BaseUrl) -> Endpoint:
+def get_route(resource: ResourceType, reader: Reader, base: BaseUrl, access: Access) -> Endpoint:
     attributes = attribute_types(resource.schema)
 
     async def get_resource(request: Request) -> Response:
+        caller = await access.caller(request, access.scopes.read)
         ident = request.path_params["id"]
         fields = parse_fields(request.query_params.get("fields"), attributes)
         root = base(request)
         item = await reader.get(ident, root)
-        if item is None:
+        if item is None or not visible(item, resource, caller):
             raise not_found(resource.collection, ident)
         return JSONResponse(_projection(fields)(item), headers={"ETag": etag(item, root)})
 
@@ -105,10 +123,13 @@ def get_route(resource: ResourceType, reader: Reader, base: BaseUrl) -> Endpoint
     return get_resource
 
 
-def patch_route(resource: ResourceType, patcher: Patcher | None, base: BaseUrl) -> Endpoint:
+def patch_route(
+    resource: ResourceType, patcher: Patcher | None, base: BaseUrl, access: Access
+) -> Endpoint:
     attributes = attribute_types(resource.schema)
 
     async def patch_resource(request: Request) -> Response:
+        caller = await access.caller(request, access.scopes.write)
         if patcher is None:
             raise ApiError(501, "Not implemented", f"No back end offers PATCH of {resource.schema}")
         fields = parse_fields(request.query_params.get("fields"), attributes)
@@ -118,6 +139,7 @@ def patch_route(resource: ResourceType, patcher: Patcher | None, base: BaseUrl) 
             request.headers.get("content-type"),
             request.headers.get("if-match"),
             base(request),
+            _visible_to(resource, caller),
         )
         return JSONResponse(_projection(fields)(item), headers={"ETag": tag})
 
@@ -126,15 +148,16 @@ def patch_route(resource: ResourceType, patcher: Patcher | None, base: BaseUrl) 
 
 
 def create_on_demand_route(
-    on_demand: OnDemandService | None, requests: Reader, base: BaseUrl
+    on_demand: OnDemandService | None, requests: Reader, base: BaseUrl, access: Access
 ) -> Endpoint:
     attributes = attribute_types(CUSTOMER_BILL_ON_DEMAND.schema)
 
     async def create_customer_bill_on_demand(request: Request) -> Response:
+        caller = await access.caller(request, access.scopes.order)
         if on_demand is None:
             raise ApiError(501, "Not implemented", "No back end is configured for bills on demand")
         fields = parse_fields(request.query_params.get("fields"), attributes)
-        ident = await on_demand.accept(await request.body())
+        ident = await on_demand.accept(await request.body(), caller.allows_account)
         item = await requests.get(ident, base(request))
         if item is None:  # pragma: no cover - just stored
             raise ApiError(500, "Internal error", "The request was stored but cannot be read")
@@ -145,20 +168,22 @@ def create_on_demand_route(
     return create_customer_bill_on_demand
 
 
-def hub_routes(hubs: HubService | None, base: BaseUrl) -> list[Route]:
+def hub_routes(hubs: HubService | None, base: BaseUrl, access: Access) -> list[Route]:
     def service() -> HubService:
         if hubs is None:
             raise ApiError(501, "Not implemented", "Event notifications are not configured")
         return hubs
 
     async def register_listener(request: Request) -> Response:
-        hub = await service().register(await request.body())
+        caller = await access.caller(request, access.scopes.hub)
+        hub = await service().register(await request.body(), caller)
         location = f"{base(request)}/hub/{hub['id']}"
         body = {**hub, "href": location}
         return JSONResponse(body, status_code=201, headers={"Location": location})
 
     async def unregister_listener(request: Request) -> Response:
-        await service().unregister(request.path_params["id"])
+        caller = await access.caller(request, access.scopes.hub)
+        await service().unregister(request.path_params["id"], caller)
         return Response(status_code=204)
 
     return [
@@ -168,11 +193,15 @@ def hub_routes(hubs: HubService | None, base: BaseUrl) -> list[Route]:
 
 
 def resource_routes(
-    resource: ResourceType, reader: Reader, paging: Paging, base: BaseUrl
+    resource: ResourceType, reader: Reader, paging: Paging, base: BaseUrl, access: Access
 ) -> list[Route]:
     """`GET /{collection}` and `GET /{collection}/{id}`."""
     path = f"{API_PREFIX}/{resource.collection}"
     return [
-        Route(path, list_route(resource, reader, paging, base), methods=["GET"]),
-        Route(f"{path}/{{id}}", get_route(resource, reader, base), methods=["GET"]),
+        Route(path, list_route(resource, reader, paging, base, access), methods=["GET"]),
+        Route(f"{path}/{{id}}", get_route(resource, reader, base, access), methods=["GET"]),
     ]
+
+
+def _visible_to(resource: ResourceType, caller: Caller) -> Visible:
+    return lambda item: visible(item, resource, caller)

@@ -21,6 +21,7 @@ import structlog
 
 from adapters.base import Adapter, BackendAction, BackendError, BackendOptions, SourceSpecError
 from adapters.registry import build_adapter
+from gateway.auth import AuthConfigError, Authenticator
 from gateway.callbacks import CallbackPolicy
 from gateway.config import EventsSettings, GatewayConfig, OnDemandSettings, ResourceBinding
 from gateway.delivery import DeliveryWorker
@@ -56,6 +57,7 @@ class StartupError(Exception):
 class Services:
     """What the routes use, by name: one reader per resource type and the write paths."""
 
+    authenticator: Authenticator
     customer_bills: Reader
     applied_rates: Reader
     bill_cycles: Reader
@@ -73,6 +75,12 @@ async def open_services(
     config: GatewayConfig, stack: AsyncExitStack, event_base_url: str
 ) -> Services:
     """Open every back end and the store; build readers, PATCH, on-demand and events."""
+    authenticator = Authenticator(config.auth)
+    try:
+        await authenticator.open()
+    except AuthConfigError as exc:
+        raise StartupError(str(exc)) from exc
+    stack.push_async_callback(authenticator.close)
     adapters = {
         name: await _open_adapter(name, config.backends[name], stack)
         for name in sorted(config.backends_in_use())
@@ -106,6 +114,7 @@ async def open_services(
             config, config.on_demand, bills, adapters, store, publisher, stack
         )
     return Services(
+        authenticator=authenticator,
         customer_bills=bills,
         applied_rates=readers.get(APPLIED_CUSTOMER_BILLING_RATE.collection, empty),
         bill_cycles=cycles,

@@ -52,6 +52,7 @@ from sqlalchemy import (
     Update,
     delete,
     event,
+    func,
     insert,
     inspect,
     or_,
@@ -68,6 +69,8 @@ from adapters.base import BackendError
 from adapters.sql import SqlAdapter, SqlOptions
 
 STORE_BACKEND = "gateway_store"
+#: The owner recorded for what an anonymous caller (the loopback demo) creates.
+ANONYMOUS_OWNER = "anonymous"
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 #: Taken (PostgreSQL) while migrating, so gateways starting together migrate one by one.
 _MIGRATION_LOCK = 678_000_001
@@ -112,6 +115,10 @@ hub = Table(
     Column("callback", Text, nullable=False),
     Column("query", Text),
     Column("created_at", String(20), nullable=False),
+    # Who created it (only they may delete it), and the billing accounts whose events it
+    # may receive (JSON list; NULL: every account).
+    Column("owner", String(200)),
+    Column("owner_accounts", Text),
 )
 
 # The transactional outbox: one row per (event, subscriber), written in the same store
@@ -174,12 +181,22 @@ def _migration_4(conn: Connection) -> None:
         conn.execute(text(f"ALTER SEQUENCE {sequence.scalar_one()} AS BIGINT"))
 
 
+def _migration_5(conn: Connection) -> None:
+    # Hubs belong to their callers; stores whose hub table predates that lack the columns.
+    present = {c["name"] for c in inspect(conn).get_columns("hub")}
+    if "owner" not in present:
+        conn.execute(text("ALTER TABLE hub ADD COLUMN owner VARCHAR(200)"))
+    if "owner_accounts" not in present:
+        conn.execute(text("ALTER TABLE hub ADD COLUMN owner_accounts TEXT"))
+
+
 #: Append only: each entry runs once, in order, in the start-up transaction.
 MIGRATIONS: list[Callable[[Connection], None]] = [
     _migration_1,
     _migration_2,
     _migration_3,
     _migration_4,
+    _migration_5,
 ]
 
 #: What a state recorded for a back-end resource calls for: the suffix of its event type.
@@ -207,6 +224,8 @@ class Hub:
     id: str
     callback: str
     query: str | None
+    #: The billing accounts whose events its owner may see; None: every account.
+    accounts: frozenset[str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -373,22 +392,38 @@ class GatewayStore:
 
     # Hubs: the subscriptions events are queued for.
 
-    async def add_hub(self, callback: str, query: str | None) -> str:
-        """Store a subscription; returns its id."""
+    async def add_hub(
+        self,
+        callback: str,
+        query: str | None,
+        owner: str = ANONYMOUS_OWNER,
+        accounts: frozenset[str] | None = None,
+    ) -> str:
+        """Store a subscription of `owner`, who may see `accounts`; returns its id."""
         ident = str(uuid.uuid4())
+        scope = None if accounts is None else orjson.dumps(sorted(accounts)).decode()
         async with self.transaction() as conn:
             await conn.execute(
-                insert(hub).values(id=ident, callback=callback, query=query, created_at=now_text())
+                insert(hub).values(
+                    id=ident,
+                    callback=callback,
+                    query=query,
+                    created_at=now_text(),
+                    owner=owner,
+                    owner_accounts=scope,
+                )
             )
         return ident
 
-    async def remove_hub(self, ident: str) -> bool:
-        """Delete a subscription and its undelivered events; False when there is no such hub.
+    async def remove_hub(self, ident: str, owner: str = ANONYMOUS_OWNER) -> bool:
+        """Delete `owner`'s subscription and its undelivered events; False when there is none.
 
-        Delivered and dead-lettered rows stay, as the record of what was sent.
+        Another caller's hub is not theirs to delete, and is reported as absent. Delivered
+        and dead-lettered rows stay, as the record of what was sent.
         """
+        mine = func.coalesce(hub.c.owner, ANONYMOUS_OWNER) == owner
         async with self.transaction() as conn:
-            gone = await conn.execute(delete(hub).where(hub.c.id == ident))
+            gone = await conn.execute(delete(hub).where((hub.c.id == ident) & mine))
             if not gone.rowcount:
                 return False
             await conn.execute(
@@ -398,8 +433,13 @@ class GatewayStore:
 
     async def hubs(self, conn: AsyncConnection) -> list[Hub]:
         """Every subscription, oldest first, as the caller's transaction sees them."""
-        rows = await conn.execute(select(hub.c.id, hub.c.callback, hub.c.query).order_by(hub.c.seq))
-        return [Hub(ident, callback, query) for ident, callback, query in rows]
+        rows = await conn.execute(
+            select(hub.c.id, hub.c.callback, hub.c.query, hub.c.owner_accounts).order_by(hub.c.seq)
+        )
+        return [
+            Hub(ident, callback, query, None if scope is None else frozenset(orjson.loads(scope)))
+            for ident, callback, query, scope in rows
+        ]
 
     # The outbox: the publisher queues, the delivery workers claim and settle.
 

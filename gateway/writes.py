@@ -10,12 +10,14 @@ lifecycle rule is never bypassed), or answered 412 when the caller sent `If-Matc
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cache
 from typing import Any
 
 import orjson
+import structlog
 
 from gateway.calls import backend_call
 from gateway.errors import ApiError, not_found
@@ -30,6 +32,9 @@ from gateway.resources import with_prefixed_id
 
 Resource = dict[str, Any]
 _ATTEMPTS = 3
+#: What the audit log records of a PATCH, before and after.
+_AUDITED = ("state", "billCycle")
+audit = structlog.get_logger("gateway.audit")
 
 
 def etag(resource: Resource, base: str) -> str:
@@ -75,7 +80,13 @@ class ResourcePatcher:
     id_prefix: str = ""
 
     async def patch(
-        self, ident: str, body: bytes, content_type: str | None, if_match: str | None, base: str
+        self,
+        ident: str,
+        body: bytes,
+        content_type: str | None,
+        if_match: str | None,
+        base: str,
+        visible: Callable[[Resource], bool] | None = None,
     ) -> tuple[Resource, str]:
         mapping, source = self.reader.mapping, self.reader.source
         by_id = reverse_filter(Filter("id", "eq", (ident,), "id"), mapping, source)
@@ -87,6 +98,8 @@ class ResourcePatcher:
                 if record is None:
                     raise not_found(mapping.collection, ident)
                 current = mapping.to_tmf(record, base)
+            if visible is not None and not visible(current):
+                raise not_found(mapping.collection, ident)
             if if_match is not None and not matches_if_match(if_match, etag(current, base)):
                 raise ApiError(
                     412,
@@ -117,6 +130,12 @@ class ResourcePatcher:
         if record is None:
             raise not_found(mapping.collection, ident)
         fresh = mapping.to_tmf(record, base)
+        audit.info(
+            f"{mapping.collection}_patched",
+            id=self.id_prefix + ident,
+            before={k: current.get(k) for k in _AUDITED},
+            after={k: fresh.get(k) for k in _AUDITED},
+        )
         if self.publisher is not None and fresh.get("state") != current.get("state"):
             base_url = self.publisher.base_url
             event_resource = with_prefixed_id(

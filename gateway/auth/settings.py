@@ -9,14 +9,13 @@ from typing import Annotated, Self
 
 import httpx
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     StringConstraints,
     field_validator,
     model_validator,
 )
 
+from adapters.base import StrictModel
 from gateway.auth.keys import ASYMMETRIC_ALGORITHMS
 
 # RFC 6749 scope-token (NQCHAR): printable ASCII without space, `"` or `\`, so a scope can
@@ -26,10 +25,8 @@ ScopeName = Annotated[str, StringConstraints(pattern=_SCOPE_TOKEN)]
 _QUOTABLE = re.compile(r"^[\x20\x21\x23-\x5B\x5D-\x7E]+$")
 
 
-class AuthScopes(BaseModel):
+class AuthScopes(StrictModel):
     """The scope names granting each kind of operation, as the authorization server spells them."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     read: ScopeName = "tmf678:read"
     write: ScopeName = "tmf678:write"
@@ -39,12 +36,12 @@ class AuthScopes(BaseModel):
     all_accounts: ScopeName = "tmf678:all-accounts"
 
 
-class AuthSettings(BaseModel):
+class AuthSettings(StrictModel):
     """Bearer JWT validation. Off by default: the demo runs anonymous with every scope."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
     enabled: bool = False
+    #: Serve anonymously on an address other than loopback (refused unless said here).
+    anonymous_beyond_loopback: bool = False
     #: A JWKS document on disk (re-read when a token names an unknown `kid`).
     jwks_file: Path | None = None
     #: The authorization server's JWKS endpoint (https; http only to a loopback host).
@@ -60,6 +57,11 @@ class AuthSettings(BaseModel):
     jwks_timeout_seconds: float = Field(default=5, gt=0)
     #: The `realm` of the `WWW-Authenticate` challenges.
     realm: str = "tmf678"
+
+    @field_validator("jwks_file", "jwks_url", "issuer", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return value or None  # `${AUTH_JWKS_URL:-}` in a config file: not given
 
     @field_validator("algorithms")
     @classmethod
