@@ -22,26 +22,25 @@ A spec says, per TMF attribute, where its value comes from in a back-end record:
         list: [{"@type": {const: AttachmentRef}, id: ARCH_KEY}]
 
 Leaves are `column` (+ `transform`), `const`, `template` or `sum` (+ `transform`).
-The compiled mapping also records, for each attribute read straight from a column,
-the column and transform, which is what query push-down reverses.
+A spec compiles to a tree of typed nodes (nodes.py), which fastpath.py writes out as one
+generated function. The compiled mapping also records, for each attribute read straight
+from a column, the column and transform, which is what query push-down reverses.
 """
 
 from __future__ import annotations
 
 import string
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from adapters.base import SourceColumns
-from mappings.errors import MappingSpecError, RecordMappingError
-from mappings.fastpath import specialise
+from mappings import nodes
+from mappings.errors import MappingSpecError
+from mappings.fastpath import FastPath, ToTmf, specialise
 from mappings.loader import SpecMap, load_yaml
 from mappings.transforms import Transform, TransformArgError, build_transform
-
-Record = Mapping[str, Any]
-ValueFn = Callable[[Record, str], Any]
 
 _LEAF_KEYS = frozenset({"column", "const", "template", "sum"})
 _TOP_KEYS = frozenset({"resource", "source", "attributes", "writes"})
@@ -61,7 +60,10 @@ class CompiledMapping:
     collection: str
     file: str
     source_spec: Mapping[str, Any]
-    to_tmf: Callable[[Record, str], dict[str, Any]]
+    #: Record to TMF resource: the generated function, which falls back on the node tree.
+    to_tmf: ToTmf
+    #: What `to_tmf` was made from: its source, and the node tree that reports failures.
+    fast_path: FastPath
     fields: dict[str, FieldRef] = field(default_factory=dict)
     #: TMF attributes a write may change, each written to its column through its transform.
     writable: dict[str, FieldRef] = field(default_factory=dict)
@@ -110,33 +112,22 @@ def compile_mapping(
             raise MappingSpecError(
                 file, f"attributes.{key}", attributes.line_of(key), "set by the gateway itself"
             )
-    id_fn = compiler.value(attributes["id"], "id", attributes.line_of("id"), scope=None)
-    items = [
+    ident = compiler.value(attributes["id"], "id", attributes.line_of("id"), scope=None)
+    items = tuple(
         (key, compiler.value(value, key, attributes.line_of(key), scope=None))
         for key, value in attributes.items()
         if key != "id"
-    ]
+    )
     collection = resource[0].lower() + resource[1:]
     writable, stamp = _writes(spec, file, compiler.fields)
-
-    def slow_to_tmf(record: Record, base: str) -> dict[str, Any]:
-        ident = id_fn(record, base)
-        if ident is None:
-            raise RecordMappingError("id", "the back-end record has no id")
-        out: dict[str, Any] = {"id": ident, "href": f"{base}/{collection}/{ident}"}
-        out["@type"] = resource
-        for key, fn in items:
-            value = fn(record, base)
-            if value is not None:
-                out[key] = value
-        return out
-
+    fast_path = specialise(nodes.ResourceNode(resource, collection, ident, items))
     return CompiledMapping(
         resource=resource,
         collection=collection,
         file=file,
         source_spec=spec.get("source") or {},
-        to_tmf=specialise(id_fn, items, resource, collection, slow_to_tmf),
+        to_tmf=fast_path.to_tmf,
+        fast_path=fast_path,
         fields=compiler.fields,
         writable=writable,
         stamp=stamp,
@@ -219,7 +210,7 @@ class _Compiler:
         if self.types is not None and path not in self.types:
             raise self.fail(path, line, "not an attribute of this resource in the TMF678 OAS")
 
-    def value(self, node: Any, path: str, line: int | None, scope: str | None) -> ValueFn:
+    def value(self, node: Any, path: str, line: int | None, scope: str | None) -> nodes.Node:
         self.check_attribute(path, line)
         if isinstance(node, str):
             shorthand = SpecMap(column=node)
@@ -237,7 +228,7 @@ class _Compiler:
 
     def leaf(
         self, node: SpecMap, path: str, line: int | None, scope: str | None, pushable: bool
-    ) -> ValueFn:
+    ) -> nodes.Node:
         kinds = node.keys() & _LEAF_KEYS
         if len(kinds) != 1:
             raise self.fail(path, line, f"a value has exactly one of {sorted(_LEAF_KEYS)}")
@@ -248,13 +239,7 @@ class _Compiler:
         if kind == "const":
             if "transform" in node:
                 raise self.fail(path, node.line_of("transform"), "const takes no transform")
-            constant = node["const"]
-
-            def const(record: Record, base: str) -> Any:
-                return constant
-
-            const.constant = constant  # type: ignore[attr-defined]
-            return const
+            return nodes.ConstNode(node["const"])
         if kind == "template":
             if "transform" in node:
                 raise self.fail(path, node.line_of("transform"), "template takes no transform")
@@ -267,14 +252,16 @@ class _Compiler:
             cols = node["sum"]
             if not isinstance(cols, list) or not cols:
                 raise self.fail(path, node.line_of("sum"), "sum takes a list of columns")
-            cols = [self.check_column(c, path, node.line_of("sum"), scope) for c in cols]
-            return _sum_leaf(cols, transform, path)
+            columns = tuple(self.check_column(c, path, node.line_of("sum"), scope) for c in cols)
+            return nodes.SumNode(path, columns, transform)
         column = self.check_column(node["column"], path, node.line_of("column"), scope)
         if pushable and scope is None and all(g == column for g in self.guards):
             self.fields[path] = FieldRef(column, transform)
-        return _column_leaf(column, transform, path)
+        return nodes.ColumnNode(path, column, transform)
 
-    def template(self, text: Any, path: str, line: int | None, scope: str | None) -> ValueFn:
+    def template(
+        self, text: Any, path: str, line: int | None, scope: str | None
+    ) -> nodes.TemplateNode:
         if not isinstance(text, str):
             raise self.fail(path, line, "template must be a string")
         pieces: list[tuple[str, str | None]] = []
@@ -288,38 +275,25 @@ class _Compiler:
             if name is not None and name != "base":
                 self.check_column(name, path, line, scope)
             pieces.append((literal, name))
-        return _template_leaf(pieces, path)
+        return nodes.TemplateNode(path, tuple(pieces))
 
-    def obj(self, node: SpecMap, path: str, scope: str | None) -> ValueFn:
+    def obj(self, node: SpecMap, path: str, scope: str | None) -> nodes.ObjectNode:
         when = node.get("when")
         if when is not None:
             when = self.check_column(when, f"{path}.when", node.line_of("when"), scope)
         self.guards.extend([when] if when is not None else [])
-        items = [
+        items = tuple(
             (key, self.value(value, f"{path}.{key}", node.line_of(key), scope))
             for key, value in node.items()
             if key != "when"
-        ]
+        )
         if when is not None:
             self.guards.pop()
         if not items:
             raise self.fail(path, node.line, "empty object")
+        return nodes.ObjectNode(items, when)
 
-        def build(record: Record, base: str) -> dict[str, Any] | None:
-            if when is not None and record.get(when) is None:
-                return None
-            out = {}
-            for key, fn in items:
-                value = fn(record, base)
-                if value is not None:
-                    out[key] = value
-            return out
-
-        build.items = items  # type: ignore[attr-defined]
-        build.when = when  # type: ignore[attr-defined]
-        return build
-
-    def children(self, node: SpecMap, path: str, scope: str | None) -> ValueFn:
+    def children(self, node: SpecMap, path: str, scope: str | None) -> nodes.EachNode:
         extra = node.keys() - {"each", "item"}
         if extra or "item" not in node:
             raise self.fail(
@@ -331,88 +305,15 @@ class _Compiler:
         if self.columns is not None and child not in self.columns.children:
             raise self.fail(path, node.line_of("each"), f"unknown child rows {child!r} in source")
         item = self.value(node["item"], path, node.line_of("item"), scope=child)
+        return nodes.EachNode(path, child, item)
 
-        def build(record: Record, base: str) -> list[Any]:
-            rows = record.get(child)
-            if rows is None:
-                raise RecordMappingError(path, f"child rows {child!r} missing from the record")
-            return [item(row, base) for row in rows]
-
-        build.each = child  # type: ignore[attr-defined]
-        build.item = item  # type: ignore[attr-defined]
-        return build
-
-    def column_list(self, node: SpecMap, path: str, scope: str | None) -> ValueFn:
+    def column_list(self, node: SpecMap, path: str, scope: str | None) -> nodes.ListNode:
         elements = node["list"]
         if set(node) != {"list"} or not isinstance(elements, list) or not elements:
             raise self.fail(path, node.line, "an array from columns is {list: [item, ...]}")
         self.guards.append(None)  # nothing inside an array is pushed down
-        fns = [self.value(element, path, node.line_of("list"), scope) for element in elements]
+        values = tuple(
+            self.value(element, path, node.line_of("list"), scope) for element in elements
+        )
         self.guards.pop()
-
-        def build(record: Record, base: str) -> list[Any] | None:
-            out = [v for v in (fn(record, base) for fn in fns) if v is not None]
-            return out or None
-
-        build.elements = fns  # type: ignore[attr-defined]
-        return build
-
-
-def _column_leaf(column: str, transform: Transform, path: str) -> ValueFn:
-    convert = None if type(transform) is Transform else transform.to_tmf
-
-    def leaf(record: Record, base: str) -> Any:
-        try:
-            raw = record[column]
-        except KeyError:
-            raise RecordMappingError(path, f"column {column} missing from the record") from None
-        if raw is None or convert is None:
-            return raw
-        try:
-            return convert(raw)
-        except (ValueError, TypeError, ArithmeticError) as exc:
-            raise RecordMappingError(path, f"{column}={raw!r}: {exc}") from None
-
-    leaf.column = column  # type: ignore[attr-defined]
-    leaf.convert = convert  # type: ignore[attr-defined]
-    return leaf
-
-
-def _sum_leaf(columns: list[str], transform: Transform, path: str) -> ValueFn:
-    def leaf(record: Record, base: str) -> Any:
-        try:
-            raws = [record[c] for c in columns]
-        except KeyError as exc:
-            raise RecordMappingError(
-                path, f"column {exc.args[0]} missing from the record"
-            ) from None
-        if any(r is None for r in raws):
-            return None
-        try:
-            return transform.to_tmf(sum(raws))
-        except (ValueError, TypeError, ArithmeticError) as exc:
-            raise RecordMappingError(path, f"{columns}={raws!r}: {exc}") from None
-
-    return leaf
-
-
-def _template_leaf(pieces: list[tuple[str, str | None]], path: str) -> ValueFn:
-    def leaf(record: Record, base: str) -> str | None:
-        out = []
-        for literal, name in pieces:
-            out.append(literal)
-            if name is None:
-                continue
-            if name == "base":
-                out.append(base)
-                continue
-            try:
-                value = record[name]
-            except KeyError:
-                raise RecordMappingError(path, f"column {name} missing from the record") from None
-            if value is None:
-                return None
-            out.append(str(value))
-        return "".join(out)
-
-    return leaf
+        return nodes.ListNode(values)

@@ -1,134 +1,250 @@
-"""One straight-line Python function per mapping, generated at start-up from its closures.
+"""One straight-line Python function per mapping, generated at start-up from its node tree.
 
-The compiler builds a tree of small closures (one per attribute) that knows how to fail
-precisely. Calling that tree costs a Python call per attribute, which is most of the
-mapping time of a 50-bill page. Here the tree's column reads, constants and objects are
-written out as one function body (`exec` of generated source, as attrs and dataclasses
-do); other nodes (templates, sums, arrays) are called as they are. On any exception the
-record goes through the closure tree again, which raises the error that names the
-attribute and column; so both paths give the same output and the same errors.
+The compiler builds a tree of typed nodes (nodes.py), one per value, that knows how to
+fail precisely. Calling that tree costs a Python call per value, which is most of the
+mapping time of a 50-bill page. Here the whole tree is written out as one function body
+(`exec` of generated source, as attrs and dataclasses do), with the transforms that are one
+expression (minor units, integer ids, code tables) written in. On any exception the record
+goes through the node tree instead, which raises the error that names the attribute and
+column; so both paths give the same output and the same errors.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple, TypeAlias, assert_never
 
-Record = Any
-ToTmf = Callable[[Record, str], dict[str, Any]]
+from mappings.nodes import (
+    ColumnNode,
+    ConstNode,
+    EachNode,
+    ListNode,
+    Node,
+    ObjectNode,
+    Record,
+    ResourceNode,
+    SumNode,
+    TemplateNode,
+)
+from mappings.transforms import DateTime, DecimalText, Enum, IntegerText, MinorUnits, Transform
+
+ToTmf: TypeAlias = Callable[[Record, str], dict[str, Any]]
+#: Constants of these types are written into the source as literals, not looked up.
+_LITERAL_TYPES = (str, int, bool, type(None))
+#: Transforms (these exact classes) whose `to_tmf` never gives None.
+_NEVER_NONE = (Transform, DateTime, DecimalText, IntegerText, MinorUnits)
+
+
+class _Value(NamedTuple):
+    """How generated code gets a node's value: `expr`, valid when all `guards` hold.
+
+    When a guard fails the value is None. `nullable`: `expr` itself may be None too.
+    """
+
+    guards: tuple[str, ...]
+    expr: str
+    nullable: bool
+
+    @property
+    def always(self) -> bool:
+        """`expr` is the value, and never None."""
+        return not self.guards and not self.nullable
+
+    def expression(self) -> str:
+        if not self.guards:
+            return self.expr
+        return f"({self.expr} if {' and '.join(self.guards)} else None)"
+
+
+class FastPath(NamedTuple):
+    """A mapping's generated function and what it was made from."""
+
+    to_tmf: ToTmf
+    #: The generated Python source of `to_tmf`, for reading and for tests.
+    source: str
+    #: The node tree `to_tmf` falls back on, which reports what is wrong with a record.
+    slow: ResourceNode
+
+
+def specialise(tree: ResourceNode) -> FastPath:
+    """`tree`'s twin without per-value calls; the tree still reports every failure."""
+    writer = _Writer()
+    writer.names.update(slow=tree, RESOURCE=tree.resource, PREFIX=f"/{tree.collection}/")
+    body = " " * 8
+    ident = writer.value(tree.ident, body)
+    writer.lines.append(f"{body}ident = {ident.expression()}")
+    writer.lines.append(f"{body}if ident is not None:")
+    head = ('"id": ident', '"href": f"{base}{PREFIX}{ident}"', '"@type": RESOURCE')
+    writer.fill("o", tree.items, body + "    ", head)
+    writer.lines.append(f"{body}    return o")
+    source = "\n".join(
+        [
+            "def fast(r, base):",
+            "    try:",
+            *writer.lines,
+            "    except Exception:",
+            "        pass  # the node tree says what is wrong, and where",
+            "    return slow(r, base)",
+            "",
+        ]
+    )
+    namespace: dict[str, Any] = dict(writer.names)
+    exec(compile(source, f"<mapping {tree.resource}>", "exec"), namespace)  # noqa: S102
+    fast: ToTmf = namespace["fast"]
+    return FastPath(fast, source, tree)
 
 
 class _Writer:
+    """Writes the statements of one function body; `rec` names the record being read."""
+
     def __init__(self) -> None:
         self.lines: list[str] = []
         self.names: dict[str, Any] = {}
-        self.helpers: list[str] = []
         self.counter = 0
+        self.rec = "r"
 
     def name(self, value: Any, prefix: str) -> str:
         """A global of the generated function bound to `value`."""
-        self.counter += 1
-        key = f"{prefix}{self.counter}"
+        key = self.temp(prefix)
         self.names[key] = value
         return key
 
-    def temp(self) -> str:
+    def temp(self, prefix: str = "t") -> str:
         self.counter += 1
-        return f"t{self.counter}"
+        return f"{prefix}{self.counter}"
 
-    def expression(self, fn: Any, indent: str) -> str:
-        """An expression for `fn(r, base)`; statements it needs are emitted first."""
-        column = getattr(fn, "column", None)
-        if column is not None:
-            convert = getattr(fn, "convert", None)
-            read = f"r[{column!r}]"
-            if convert is None:
-                return read
-            value = self.temp()
-            return f"(None if ({value} := {read}) is None else {self.name(convert, 'c')}({value}))"
-        if hasattr(fn, "constant"):
-            return self.name(fn.constant, "k")
-        items = getattr(fn, "items", None)
-        if items is not None:
-            out = self.temp()
-            when = getattr(fn, "when", None)
-            if when is None:
-                self.fill(out, items, indent)
-                return out
-            self.lines.append(f"{indent}{out} = None")
-            self.lines.append(f"{indent}if r.get({when!r}) is not None:")
-            self.fill(out, items, indent + "    ")
-            return out
-        each = getattr(fn, "each", None)
-        if each is not None:  # rows missing: iterating None fails, and `slow` says so
-            return f"[{self.helper(fn.item)}(x, base) for x in r.get({each!r})]"
-        elements = getattr(fn, "elements", None)
-        if elements is not None:
-            out = self.temp()
-            self.lines.append(f"{indent}{out} = []")
-            for element in elements:
+    def read(self, column: str) -> tuple[str, str]:
+        """A temp holding column `column` of the record, and the guard that reads it."""
+        temp = self.temp()
+        return temp, f"({temp} := {self.rec}[{column!r}]) is not None"
+
+    def value(self, node: Node, indent: str) -> _Value:
+        """`node(rec, base)` in generated code; statements it needs are emitted first."""
+        match node:
+            case ColumnNode(column=column, transform=transform):
+                temp, guard = self.read(column)
+                return _Value((guard,), *self.converted(transform, temp))
+            case ConstNode(value=value):
+                literal = type(value) in _LITERAL_TYPES
+                expr = repr(value) if literal else self.name(value, "k")
+                return _Value((), expr, nullable=value is None)
+            case TemplateNode(pieces=pieces):
+                return self.template(pieces)
+            case SumNode(columns=columns, transform=transform):
+                temps = [self.temp() for _ in columns]
+                for temp, column in zip(temps, columns, strict=True):
+                    self.lines.append(f"{indent}{temp} = {self.rec}[{column!r}]")
+                guards = tuple(f"{temp} is not None" for temp in temps)
+                total = f"sum(({', '.join(temps)},))"
+                return _Value(guards, *self.converted(transform, total))
+            case ObjectNode(items=items, when=when):
+                out = self.temp()
+                if when is None:
+                    self.fill(out, items, indent)
+                    return _Value((), out, nullable=False)
+                self.lines.append(f"{indent}{out} = None")
+                self.lines.append(f"{indent}if {self.rec}.get({when!r}) is not None:")
+                self.fill(out, items, indent + "    ")
+                return _Value((), out, nullable=True)
+            case EachNode(child=child, item=item):
+                # Rows missing: iterating None fails, and the node tree says so.
+                out, outer = self.temp(), self.rec
+                self.rec = "x" if outer == "r" else self.temp("x")
+                self.lines.append(f"{indent}{out} = []")
+                self.lines.append(f"{indent}for {self.rec} in {outer}.get({child!r}):")
+                value = self.value(item, indent + "    ").expression()
+                self.lines.append(f"{indent}    {out}.append({value})")  # None too, as the node
+                self.rec = outer
+                return _Value((), out, nullable=False)
+            case ListNode(elements=elements):
+                out = self.temp()
+                self.lines.append(f"{indent}{out} = []")
+                values = [self.value(element, indent) for element in elements]
+                always = [self.guarded(f"{out}.append(", v, indent, ")") for v in values]
+                if any(always):  # the list is never empty
+                    return _Value((), out, nullable=False)
+                return _Value((), f"({out} or None)", nullable=True)
+            case _:
+                assert_never(node)
+
+    def converted(self, transform: Transform, raw: str) -> tuple[str, bool]:
+        """`transform.to_tmf(raw)` as an expression, and whether its value may be None.
+
+        One-expression transforms are written out; they fail where `to_tmf` does (if with
+        other exceptions), and the node tree then reports it. Exact classes only: a subclass
+        may convert otherwise.
+        """
+        nullable = type(transform) not in _NEVER_NONE
+        if type(transform) is Transform:
+            return raw, nullable
+        if type(transform) is MinorUnits:
+            return f"int({raw}) / {transform.divisor!r}", nullable
+        if type(transform) is IntegerText:
+            return f"str(int({raw}))", nullable
+        if type(transform) is Enum:
+            return f"{self.name(transform.table, 'e')}[{raw}]", nullable
+        return f"{self.name(transform.converter(), 'c')}({raw})", nullable
+
+    def template(self, pieces: tuple[tuple[str, str | None], ...]) -> _Value:
+        """Adjacent literals and f-strings, guarded column by column as the node reads them."""
+        parts: list[str] = []
+        guards: list[str] = []
+        for literal, name in pieces:
+            if literal:
+                parts.append(repr(literal))  # a plain literal: its braces are text
+            if name == "base":
+                parts.append("f'{base}'")
+            elif name is not None:
+                temp, guard = self.read(name)
+                guards.append(guard)
+                parts.append(f"f'{{{temp}!s}}'")
+        return _Value(tuple(guards), f"({' '.join(parts)})" if parts else "''", nullable=False)
+
+    def fill(
+        self,
+        out: str,
+        items: tuple[tuple[str, Node], ...],
+        indent: str,
+        head: tuple[str, ...] = (),
+    ) -> None:
+        """`out = {...}` with the non-null values of `items`, in their order, after `head`.
+
+        Values that are always there, up to the first that may be missing, go into the
+        dict display itself.
+        """
+        entries = list(head)
+        display = True
+        for key, node in items:
+            value = self.value(node, indent)
+            if display:
+                if value.always:
+                    entries.append(f"{key!r}: {value.expr}")
+                    continue
+                self.lines.append(f"{indent}{out} = {{{', '.join(entries)}}}")
+                display = False
+            self.guarded(f"{out}[{key!r}] = ", value, indent)
+        if display:
+            self.lines.append(f"{indent}{out} = {{{', '.join(entries)}}}")
+
+    def guarded(self, before: str, value: _Value, indent: str, after: str = "") -> bool:
+        """The statement `before value after`, run unless the value is None.
+
+        Returns whether it always runs (the value is never None).
+        """
+        guards = list(value.guards)
+        expr = value.expr
+        if value.nullable:
+            if expr == "None":  # a const None: never set
+                return False
+            if not expr.isidentifier():
                 temp = self.temp()
-                self.lines.append(f"{indent}{temp} = {self.expression(element, indent)}")
-                self.lines.append(f"{indent}if {temp} is not None:")
-                self.lines.append(f"{indent}    {out}.append({temp})")
-            return f"({out} or None)"
-        return f"{self.name(fn, 'f')}(r, base)"
-
-    def helper(self, fn: Any) -> str:
-        """A generated function of its own for `fn` (an array's item), emitted first."""
-        outer, self.lines = self.lines, []
-        value = self.expression(fn, "    ")
-        self.counter += 1
-        name = f"h{self.counter}"
-        self.helpers += [f"def {name}(r, base):", *self.lines, f"    return {value}", ""]
-        self.lines = outer
-        return name
-
-    def fill(self, out: str, items: list[tuple[str, Any]], indent: str) -> None:
-        self.lines.append(f"{indent}{out} = {{}}")
-        for key, fn in items:
-            value = self.expression(fn, indent)
-            if hasattr(fn, "constant") and fn.constant is not None:
-                self.lines.append(f"{indent}{out}[{key!r}] = {value}")
-                continue
-            temp = self.temp()
-            self.lines.append(f"{indent}{temp} = {value}")
-            self.lines.append(f"{indent}if {temp} is not None:")
-            self.lines.append(f"{indent}    {out}[{key!r}] = {temp}")
-
-
-def specialise(
-    id_fn: Any, items: list[tuple[str, Any]], resource: str, collection: str, slow: ToTmf
-) -> ToTmf:
-    """`slow`'s twin without per-attribute calls; `slow` still reports every failure."""
-    writer = _Writer()
-    writer.names.update(slow=slow, RESOURCE=resource, PREFIX=f"/{collection}/")
-    body = "    "
-    ident = writer.expression(id_fn, body)
-    writer.lines.append(f"{body}ident = {ident}")
-    writer.lines.append(f"{body}if ident is None:")
-    writer.lines.append(f"{body}    return slow(r, base)")
-    writer.lines.append(
-        f'{body}o = {{"id": ident, "href": f"{{base}}{{PREFIX}}{{ident}}", "@type": RESOURCE}}'
-    )
-    for key, fn in items:
-        value = writer.expression(fn, body)
-        temp = writer.temp()
-        writer.lines.append(f"{body}{temp} = {value}")
-        writer.lines.append(f"{body}if {temp} is not None:")
-        writer.lines.append(f"{body}    o[{key!r}] = {temp}")
-    writer.lines.append(f"{body}return o")
-    source = "\n".join([*writer.helpers, "def fast(r, base):", *writer.lines, ""])
-    namespace: dict[str, Any] = dict(writer.names)
-    exec(compile(source, f"<mapping {resource}>", "exec"), namespace)  # noqa: S102
-    fast = namespace["fast"]
-
-    def to_tmf(record: Record, base: str) -> dict[str, Any]:
-        try:
-            return fast(record, base)
-        except Exception:  # the closure tree says what is wrong, and where
-            return slow(record, base)
-
-    to_tmf.source = source  # type: ignore[attr-defined]
-    to_tmf.slow = slow  # type: ignore[attr-defined]
-    return to_tmf
+                guards.append(f"({temp} := {expr}) is not None")
+                expr = temp
+            else:
+                guards.append(f"{expr} is not None")
+        if not guards:
+            self.lines.append(f"{indent}{before}{expr}{after}")
+            return True
+        self.lines.append(f"{indent}if {' and '.join(guards)}:")
+        self.lines.append(f"{indent}    {before}{expr}{after}")
+        return False

@@ -11,7 +11,7 @@ import yaml
 from mappings.errors import MappingSpecError
 
 
-class SpecMap(dict):
+class SpecMap(dict[str, Any]):
     """A YAML mapping that also knows the line of each of its keys."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -35,7 +35,8 @@ class _LocatingLoader(yaml.SafeLoader):
         for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
     }
 
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> SpecMap:
+    def construct_spec_map(self, node: yaml.MappingNode) -> SpecMap:
+        """Every mapping of the document, as a `SpecMap` (plain dicts forget their lines)."""
         result = SpecMap()
         result.line = node.start_mark.line + 1
         result.key_lines = {}
@@ -58,7 +59,7 @@ _LocatingLoader.add_implicit_resolver(
     "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
 )
 _LocatingLoader.add_constructor(
-    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _LocatingLoader.construct_mapping
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _LocatingLoader.construct_spec_map
 )
 
 

@@ -9,6 +9,7 @@ import pytest
 
 from mappings.compiler import load_mapping
 from mappings.errors import RecordMappingError
+from mappings.nodes import ResourceNode
 from tests.test_compiler import BASE, RECORD, compiled
 
 
@@ -33,14 +34,29 @@ def outcome(fn: Any, record: dict[str, Any]) -> Any:
 
 @pytest.mark.parametrize("record", variants())
 def test_fast_and_slow_paths_agree(tmp_path: Path, record: dict[str, Any]) -> None:
-    to_tmf = compiled(tmp_path).to_tmf
-    assert outcome(to_tmf, record) == outcome(to_tmf.slow, record)
+    mapping = compiled(tmp_path)
+    assert outcome(mapping.to_tmf, record) == outcome(mapping.fast_path.slow, record)
+
+
+def test_a_record_that_fits_never_reaches_the_node_tree(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mapping = compiled(tmp_path)
+    expected = mapping.fast_path.slow(RECORD, BASE)
+
+    def refuse(self: ResourceNode, record: Any, base: str) -> Any:
+        raise AssertionError("the generated function fell back on the node tree")
+
+    monkeypatch.setattr(ResourceNode, "__call__", refuse)
+    assert list(mapping.to_tmf(RECORD, BASE).items()) == list(expected.items())
+    with pytest.raises(AssertionError, match="fell back"):  # and a misfit does reach it
+        mapping.to_tmf({**RECORD, "ST": "Z"}, BASE)
 
 
 def test_column_reads_are_inlined(tmp_path: Path) -> None:
-    source = compiled(tmp_path).to_tmf.source
+    source = compiled(tmp_path).fast_path.source
     assert "r['NO']" in source and "r['CUR']" in source
-    assert "for x in r.get('lines')" in source  # child rows through a generated helper
+    assert "for x in r.get('lines')" in source  # child rows in a generated loop
 
 
 def test_every_bundled_mapping_compiles_to_a_fast_path() -> None:
@@ -48,5 +64,5 @@ def test_every_bundled_mapping_compiles_to_a_fast_path() -> None:
     files = [p for p in root.rglob("*.yaml") if "actions" not in p.parts]
     assert len(files) >= 6
     for path in files:
-        source = load_mapping(path).to_tmf.source
+        source = load_mapping(path).fast_path.source
         assert "def fast(r, base):" in source and "r['" in source, path  # columns inlined
