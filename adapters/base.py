@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
@@ -162,10 +162,15 @@ class Source(Protocol):
     planner then asks it instead of `can_push` term by term.
     """
 
-    #: None when the back end cannot say before records arrive (REST, SOAP).
-    columns: SourceColumns | None
-    #: The field that identifies a record: the last sort key, so paging is stable.
-    key_column: str
+    @property
+    def columns(self) -> SourceColumns | None:
+        """None when the back end cannot say before records arrive (REST, SOAP)."""
+        ...
+
+    @property
+    def key_column(self) -> str:
+        """The field that identifies a record: the last sort key, so paging is stable."""
+        ...
 
     def can_push(self, column: str, op: str) -> bool:
         """Whether `column <op> value` can be evaluated by the back end."""
@@ -231,11 +236,11 @@ class BackendOptions(StrictModel):
 class Adapter(Protocol):
     """A connection to one back end: opened at start-up, closed at shutdown.
 
-    An adapter class names its options model in `Options` and is built as
-    `cls(name, options)` with an instance of it.
+    An adapter class names its options model in a class attribute `Options` (a
+    `BackendOptions` subclass) and is built as `cls(name, options)` with an instance of it;
+    the registry checks both.
     """
 
-    Options: ClassVar[type[BackendOptions]]
     name: str
 
     async def open(self) -> None: ...

@@ -65,9 +65,10 @@ class SqlAction:
         self.steps = [_step(f"steps[{i}]", s) for i, s in enumerate(spec.get("steps") or [])]
         if not self.steps:
             raise SourceSpecError("steps", "an action needs at least one step")
-        self.result = spec.get("result")
-        if not isinstance(self.result, str):
+        result = spec.get("result")
+        if not isinstance(result, str):
             raise SourceSpecError("result", "name the parameter the action returns")
+        self.result: str = result
 
     def _bindings(self, given: Mapping[str, Any]) -> dict[str, Any]:
         now = datetime.now(UTC)

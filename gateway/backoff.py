@@ -11,4 +11,5 @@ import random
 
 def backoff_seconds(attempt: int, base: float, cap: float) -> float:
     """Delay before retry number `attempt` (1 = first retry): base x 2^(n-1), capped, jittered."""
-    return min(cap, base * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+    delay: float = min(cap, base * 2 ** (attempt - 1))
+    return delay * random.uniform(0.5, 1.0)

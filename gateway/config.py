@@ -220,9 +220,8 @@ class GatewayConfig(StrictModel):
     backends: dict[str, BackendOptions] = {}
     #: A resource from one back end, or (a list) federated over several.
     resources: dict[Collection, ResourceBinding | list[FederatedBinding]] = {}
-    lifecycle: dict[Literal["customerBill"], dict[BillState, list[BillState]]] = {
-        "customerBill": {k: list(v) for k, v in DEFAULT_BILL_TRANSITIONS.items()}
-    }
+    #: PATCH state transitions (default: `DEFAULT_BILL_TRANSITIONS`).
+    lifecycle: dict[Literal["customerBill"], dict[BillState, list[BillState]]] = {}
     store: StoreSettings = StoreSettings()
     on_demand: OnDemandSettings | None = None
     events: EventsSettings | None = None
@@ -360,10 +359,10 @@ def _check_references(config: GatewayConfig, data: SpecMap, file: str) -> None:
             if backend not in config.backends:
                 raise fail(("on_demand", key), f"no back end {backend!r}")
     if config.events is not None:
-        for collection in config.events.change_detection:
-            if collection not in config.resources:
+        for watched in config.events.change_detection:
+            if watched not in config.resources:
                 raise fail(
-                    ("events", "change_detection", collection),
+                    ("events", "change_detection", watched),
                     "not a resource served from a back end",
                 )
 

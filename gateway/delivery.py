@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from functools import partial
 from time import monotonic, time
 
 import httpx
@@ -49,6 +50,9 @@ class DeliveryWorker:
             limits=httpx.Limits(max_connections=settings.concurrency * 2),
         )
 
+    def _forget(self, hub_id: str, _: object) -> None:
+        self._running.pop(hub_id, None)
+
     def wake(self) -> None:
         self._wake.set()
 
@@ -69,7 +73,7 @@ class DeliveryWorker:
                     if hub_id not in self._running:
                         task = asyncio.create_task(self._send_hub(hub_id))
                         self._running[hub_id] = task
-                        task.add_done_callback(lambda _, h=hub_id: self._running.pop(h, None))
+                        task.add_done_callback(partial(self._forget, hub_id))
                 if time() - last_purge > 3600:
                     await self.store.purge_delivered(time() - 86400)
                     last_purge = time()
@@ -148,7 +152,7 @@ class DeliveryWorker:
         try:
             response = await self._client.post(
                 event.url,
-                content=event.payload,
+                content=event.payload.encode(),
                 headers={"Content-Type": "application/json", "X-Event-Id": event.event_id},
             )
         except CallbackRefused as exc:

@@ -27,7 +27,8 @@ _REF = "#/components/schemas/"
 @cache
 def load_spec() -> dict[str, Any]:
     with SPEC_PATH.open(encoding="utf-8") as f:
-        return yaml.safe_load(f)
+        spec: dict[str, Any] = yaml.safe_load(f)
+    return spec
 
 
 def _rewrite(node: Any) -> Any:
@@ -54,7 +55,8 @@ def _rewrite(node: Any) -> Any:
 
 @cache
 def _components() -> dict[str, Any]:
-    return _rewrite(load_spec()["components"])
+    components: dict[str, Any] = _rewrite(load_spec()["components"])
+    return components
 
 
 _RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")

@@ -92,14 +92,15 @@ class OnDemandService:
             raise invalid("Attribute not allowed", "a new request's state is inProgress")
         # The OAS requires @type; a missing one is taken as the only possible value.
         request.setdefault("@type", "CustomerBillOnDemand")
-        account = request.get("billingAccount")
-        if isinstance(account, dict):
-            account.setdefault("@type", "BillingAccountRef")
+        reference = request.get("billingAccount")
+        if isinstance(reference, dict):
+            reference.setdefault("@type", "BillingAccountRef")
         errors = schema_errors("CustomerBillOnDemand_FVO", request)
         if errors:
             raise invalid("Invalid CustomerBillOnDemand", "; ".join(errors[:5]))
         if request["@type"] != "CustomerBillOnDemand":
             raise invalid("Invalid CustomerBillOnDemand", "@type must be CustomerBillOnDemand")
+        account = request["billingAccount"]  # an object with an id: the schema says so
         if not allows_account(account["id"]):
             raise ApiError(
                 400,

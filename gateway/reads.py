@@ -8,6 +8,7 @@ and keeps only the requested window (a bounded heap when it must sort itself).
 
 from __future__ import annotations
 
+import builtins
 import heapq
 import re
 from collections.abc import Sequence
@@ -81,12 +82,14 @@ class ResourceReader:
             record = await self.source.one(predicate)
             return None if record is None else self.mapping.to_tmf(record, base)
 
-    async def _scan(self, plan: ReadPlan, query: Query, base: str) -> tuple[list[Resource], int]:
+    async def _scan(
+        self, plan: ReadPlan, query: Query, base: str
+    ) -> tuple[builtins.list[Resource], int]:
         matches = compile_filters(plan.residual, self.attributes.types)
         to_tmf = self.mapping.to_tmf
         end = query.offset + query.limit
         total = 0
-        window: list[Resource] = []
+        window: builtins.list[Resource] = []  # (`list` is also a method here)
         key = sort_key(query.sort, self.attributes.types) if plan.sort_in_gateway else None
         async for records in self.source.stream(plan.backend, self.batch_size):
             batch = [r for r in (to_tmf(record, base) for record in records) if matches(r)]
