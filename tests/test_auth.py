@@ -9,7 +9,6 @@ import hmac
 import json
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -17,7 +16,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
+from jwt.algorithms import RSAAlgorithm
 from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -28,50 +27,9 @@ from gateway.auth import AuthConfigError, Authenticator, AuthSettings, Caller
 from gateway.auth.keys import parse_jwks
 from gateway.errors import ApiError
 from tests.servers import ThreadedServer
+from tests.tokens import ISSUER, Signer
 
-ISSUER = "https://idp.example.test/realms/billing"
 T = TypeVar("T")
-
-
-@dataclass
-class Signer:
-    """A private key with its kid and algorithm; its public half as a JWK."""
-
-    key: Any
-    alg: str
-    kid: str
-    jwk: dict[str, Any] = field(init=False)
-
-    def __post_init__(self) -> None:
-        public = self.key.public_key()
-        if isinstance(public, rsa.RSAPublicKey):
-            jwk = RSAAlgorithm.to_jwk(public, as_dict=True)
-        elif isinstance(public, ec.EllipticCurvePublicKey):
-            jwk = ECAlgorithm.to_jwk(public, as_dict=True)
-        else:
-            jwk = OKPAlgorithm.to_jwk(public, as_dict=True)
-        self.jwk = {**jwk, "kid": self.kid}
-
-    def token(
-        self, kid: str | None = "", headers: dict[str, Any] | None = None, **claims: Any
-    ) -> str:
-        now = int(time.time())
-        body = {
-            "iss": ISSUER,
-            "aud": "tmf678",
-            "sub": "alice",
-            "client_id": "billing-portal",
-            "scope": "tmf678:read",
-            "iat": now,
-            "exp": now + 300,
-            "billing_accounts": ["BA-000003", "BA-000010"],
-        }
-        body.update(claims)
-        body = {k: v for k, v in body.items() if v is not None}
-        head = {"kid": self.kid if kid == "" else kid, **(headers or {})}
-        if head["kid"] is None:
-            del head["kid"]
-        return jwt.encode(body, self.key, algorithm=self.alg, headers=head)
 
 
 @pytest.fixture(scope="module")

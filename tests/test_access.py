@@ -1,0 +1,267 @@
+"""Callers through the whole gateway: scopes per operation and the billing-account scope.
+
+A gateway over the demo database with `auth` on; tokens are signed with a key made
+here. Each caller sees, counts, changes and hears about only its own accounts.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+from starlette.testclient import TestClient
+from structlog.contextvars import merge_contextvars
+from structlog.testing import capture_logs
+
+from gateway.__main__ import anonymous_refusal
+from gateway.app import create_app
+from gateway.auth import AuthSettings
+from gateway.config import GatewayConfig
+from tests.conftest import API, assert_valid, fetch_all, gateway_config, tuned
+from tests.listener import Listener
+from tests.tokens import ISSUER, Signer
+
+ALICE = ("BA-000003",)
+BOB = ("BA-000010", "BA-000011")
+EVERY_SCOPE = "tmf678:read tmf678:write tmf678:order tmf678:hub"
+
+
+@pytest.fixture(scope="module")
+def signer() -> Signer:
+    return Signer(ec.generate_private_key(ec.SECP256R1()), "ES256", "gw-test")
+
+
+def secure(config: GatewayConfig, signer: Signer, jwks: Path) -> GatewayConfig:
+    jwks.write_text(json.dumps({"keys": [signer.jwk]}))
+    auth = AuthSettings(enabled=True, issuer=ISSUER, jwks_file=jwks)
+    return config.model_copy(update={"auth": auth})
+
+
+@pytest.fixture
+def gateway(scratch_db: Path, tmp_path: Path, signer: Signer) -> Iterator[TestClient]:
+    config = tuned(
+        gateway_config(scratch_db, store=tmp_path / "store.sqlite"),
+        worker={"poll_seconds": 0.05},
+        delivery={"poll_seconds": 0.05, "timeout_seconds": 1},
+        detection_seconds=0.1,
+    )
+    with TestClient(create_app(secure(config, signer, tmp_path / "jwks.json"))) as client:
+        client.db = scratch_db  # type: ignore[attr-defined]
+        client.store = tmp_path / "store.sqlite"  # type: ignore[attr-defined]
+        yield client
+
+
+def bearer(
+    signer: Signer, accounts: tuple[str, ...] | None, scope: str = EVERY_SCOPE, **claims: Any
+) -> dict[str, str]:
+    if accounts is None:
+        scope += " tmf678:all-accounts"
+    token = signer.token(scope=scope, billing_accounts=list(accounts or ()), **claims)
+    return {"Authorization": f"Bearer {token}"}
+
+
+def sql(db: Path, statement: str, *params: Any) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(db) as conn:
+        return conn.execute(statement, params).fetchall()
+
+
+def marks(accounts: tuple[str, ...]) -> str:
+    return ",".join("?" * len(accounts))
+
+
+OPERATIONS = [
+    ("GET", "customerBill", None, "tmf678:read"),
+    ("GET", "customerBill/1", None, "tmf678:read"),
+    ("GET", "appliedCustomerBillingRate", None, "tmf678:read"),
+    ("GET", "appliedCustomerBillingRate/1", None, "tmf678:read"),
+    ("GET", "billCycle", None, "tmf678:read"),
+    ("GET", "billCycle/1", None, "tmf678:read"),
+    ("GET", "customerBillOnDemand", None, "tmf678:read"),
+    ("GET", "customerBillOnDemand/x", None, "tmf678:read"),
+    ("PATCH", "customerBill/1", {"state": "onHold"}, "tmf678:write"),
+    ("POST", "customerBillOnDemand", {"billingAccount": {"id": "BA-000003"}}, "tmf678:order"),
+    ("POST", "hub", {"callback": "http://127.0.0.1:9/x"}, "tmf678:hub"),
+    ("DELETE", "hub/x", None, "tmf678:hub"),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body", "scope"), OPERATIONS)
+def test_every_operation_needs_a_token_with_its_scope(
+    gateway: TestClient, signer: Signer, method: str, path: str, body: Any, scope: str
+) -> None:
+    url = f"{API}/{path}"
+    anonymous = gateway.request(method, url, json=body)
+    assert anonymous.status_code == 401
+    assert_valid("Error", anonymous.json())
+    assert anonymous.headers["www-authenticate"].startswith("Bearer")
+    others = " ".join(s for s in EVERY_SCOPE.split() if s != scope)
+    lacking = gateway.request(method, url, json=body, headers=bearer(signer, ALICE, others))
+    assert lacking.status_code == 403
+    assert_valid("Error", lacking.json())
+    assert f'error="insufficient_scope", scope="{scope}"' in lacking.headers["www-authenticate"]
+    allowed = gateway.request(method, url, json=body, headers=bearer(signer, ALICE, scope))
+    assert allowed.status_code not in (401, 403), allowed.text
+    bad = signer.token(scope=scope, iss="https://elsewhere.example")
+    wrong = gateway.request(method, url, json=body, headers={"Authorization": f"Bearer {bad}"})
+    assert wrong.status_code == 401 and 'error="invalid_token"' in wrong.headers["www-authenticate"]
+
+
+@pytest.mark.parametrize(
+    ("collection", "table"),
+    [("customerBill", "INV_HDR"), ("appliedCustomerBillingRate", "CHG_LINE")],
+)
+def test_lists_and_totals_hold_only_the_callers_accounts(
+    gateway: TestClient, signer: Signer, collection: str, table: str
+) -> None:
+    for accounts in (ALICE, BOB):
+        gateway.headers.update(bearer(signer, accounts))
+        items = fetch_all(gateway, collection)
+        expected = sql(
+            gateway.db,
+            f"SELECT count(*) FROM {table} WHERE ACCT_NO IN ({marks(accounts)})",
+            *accounts,
+        )[0][0]
+        assert expected > 0 and len(items) == expected
+        assert {i["billingAccount"]["id"] for i in items} == set(accounts)
+        page = gateway.get(f"{API}/{collection}?limit=1")
+        assert page.headers["X-Total-Count"] == str(expected)
+        # A filter for someone else's account finds nothing, and counts nothing.
+        other = gateway.get(f"{API}/{collection}?billingAccount.id=BA-000020")
+        assert other.json() == [] and other.headers["X-Total-Count"] == "0"
+    gateway.headers.update(bearer(signer, None))
+    everything = gateway.get(f"{API}/{collection}?limit=1").headers["X-Total-Count"]
+    assert everything == str(sql(gateway.db, f"SELECT count(*) FROM {table}")[0][0])
+
+
+def test_bill_cycles_are_shared_and_an_empty_scope_sees_no_bills(
+    gateway: TestClient, signer: Signer
+) -> None:
+    gateway.headers.update(bearer(signer, ()))
+    cycles = fetch_all(gateway, "billCycle")
+    assert len(cycles) == sql(gateway.db, "SELECT count(*) FROM BILL_RUN")[0][0]
+    bills = gateway.get(f"{API}/customerBill")
+    assert bills.json() == [] and bills.headers["X-Total-Count"] == "0"
+
+
+def test_a_resource_outside_the_scope_is_a_404_like_one_that_does_not_exist(
+    gateway: TestClient, signer: Signer
+) -> None:
+    (theirs,) = sql(gateway.db, "SELECT min(INV_ID) FROM INV_HDR WHERE ACCT_NO = ?", BOB[0])[0]
+    (rate,) = sql(gateway.db, "SELECT min(CHG_ID) FROM CHG_LINE WHERE ACCT_NO = ?", BOB[0])[0]
+    gateway.headers.update(bearer(signer, ALICE))
+    for collection, ident in (("customerBill", theirs), ("appliedCustomerBillingRate", rate)):
+        hidden = gateway.get(f"{API}/{collection}/{ident}")
+        missing = gateway.get(f"{API}/{collection}/999999")
+        assert hidden.status_code == missing.status_code == 404
+        assert hidden.json() == {
+            **missing.json(),
+            "message": missing.json()["message"].replace("999999", str(ident)),
+        }
+    gateway.headers.update(bearer(signer, BOB))
+    assert gateway.get(f"{API}/customerBill/{theirs}").status_code == 200
+
+
+def test_patch_outside_the_scope_is_a_404_and_changes_nothing(
+    gateway: TestClient, signer: Signer
+) -> None:
+    ident, state = sql(
+        gateway.db,
+        "SELECT INV_ID, STAT_CD FROM INV_HDR WHERE ACCT_NO = ? AND STAT_CD = 'N'",
+        BOB[0],
+    )[0]
+    gateway.headers.update(bearer(signer, ALICE))
+    refused = gateway.patch(f"{API}/customerBill/{ident}", json={"state": "onHold"})
+    assert refused.status_code == 404
+    assert_valid("Error", refused.json())
+    assert sql(gateway.db, "SELECT STAT_CD FROM INV_HDR WHERE INV_ID = ?", ident) == [(state,)]
+    gateway.headers.update(bearer(signer, BOB))
+    with capture_logs(processors=[merge_contextvars]) as logs:
+        done = gateway.patch(
+            f"{API}/customerBill/{ident}",
+            json={"state": "onHold"},
+            headers={"X-Request-ID": "audit-1"},
+        )
+    assert done.status_code == 200 and done.json()["state"] == "onHold"
+    (audit,) = [e for e in logs if e["event"] == "customerBill_patched"]
+    assert audit["subject"] == "alice" and audit["client_id"] == "billing-portal"
+    assert audit["request_id"] == "audit-1" and audit["id"] == str(ident)
+    assert audit["before"]["state"] == "new" and audit["after"]["state"] == "onHold"
+
+
+def test_bills_on_demand_only_for_the_callers_accounts(gateway: TestClient, signer: Signer) -> None:
+    gateway.headers.update(bearer(signer, ALICE))
+    before = sql(gateway.store, "SELECT count(*) FROM bill_on_demand")
+    refused = gateway.post(f"{API}/customerBillOnDemand", json={"billingAccount": {"id": BOB[0]}})
+    assert refused.status_code == 400 and refused.json()["code"] == "INVALID_BILLING_ACCOUNT"
+    unknown = gateway.post(f"{API}/customerBillOnDemand", json={"billingAccount": {"id": "BA-9"}})
+    assert unknown.json()["message"] == refused.json()["message"].replace(BOB[0], "BA-9")
+    assert sql(gateway.store, "SELECT count(*) FROM bill_on_demand") == before
+    mine = gateway.post(f"{API}/customerBillOnDemand", json={"billingAccount": {"id": ALICE[0]}})
+    assert mine.status_code == 201
+    gateway.headers.update(bearer(signer, BOB))
+    assert gateway.get(f"{API}/customerBillOnDemand").json() == []
+    assert gateway.get(f"{API}/customerBillOnDemand/{mine.json()['id']}").status_code == 404
+    gateway.headers.update(bearer(signer, ALICE))
+    listed = gateway.get(f"{API}/customerBillOnDemand").json()
+    assert [r["id"] for r in listed] == [mine.json()["id"]]
+
+
+def test_hubs_belong_to_their_callers_and_hear_only_their_accounts(
+    gateway: TestClient, signer: Signer
+) -> None:
+    alice, bob, office = bearer(signer, ALICE), bearer(signer, BOB, sub="bob"), bearer(signer, None)
+    mine = sql(
+        gateway.db,
+        "SELECT min(INV_ID) FROM INV_HDR WHERE ACCT_NO = ? AND STAT_CD IN ('N', 'S', 'V', 'P')",
+        ALICE[0],
+    )[0][0]
+    theirs = sql(
+        gateway.db,
+        "SELECT min(INV_ID) FROM INV_HDR WHERE ACCT_NO = ? AND STAT_CD IN ('N', 'S', 'V', 'P')",
+        BOB[0],
+    )[0][0]
+    with Listener() as listener:
+        hub_a = gateway.post(
+            f"{API}/hub", json={"callback": f"{listener.base}/alice"}, headers=alice
+        )
+        hub_b = gateway.post(f"{API}/hub", json={"callback": f"{listener.base}/bob"}, headers=bob)
+        assert hub_a.status_code == hub_b.status_code == 201
+        stolen = gateway.delete(f"{API}/hub/{hub_a.json()['id']}", headers=bob)
+        assert stolen.status_code == 404
+        assert_valid("Error", stolen.json())
+        for ident in (mine, theirs):
+            changed = gateway.patch(
+                f"{API}/customerBill/{ident}", json={"state": "onHold"}, headers=office
+            )
+            assert changed.status_code == 200
+        (heard_a,) = listener.wait_for("alice", 1, "CustomerBillStateChangeEvent")
+        (heard_b,) = listener.wait_for("bob", 1, "CustomerBillStateChangeEvent")
+        assert heard_a["event"]["customerBill"]["id"] == str(mine)
+        assert heard_b["event"]["customerBill"]["id"] == str(theirs)
+        # Every queued delivery went out: nothing else was due to either of them.
+        assert sql(gateway.store, "SELECT count(*) FROM outbox WHERE state != 'delivered'") == [
+            (0,)
+        ]
+        assert {
+            e["event"]["customerBill"]["billingAccount"]["id"] for e in listener.events("alice")
+        } == {ALICE[0]}
+        assert {
+            e["event"]["customerBill"]["billingAccount"]["id"] for e in listener.events("bob")
+        } <= set(BOB)
+        assert gateway.delete(f"{API}/hub/{hub_a.json()['id']}", headers=alice).status_code == 204
+
+
+def test_anonymous_mode_is_for_loopback_only(demo_db: Path) -> None:
+    config = gateway_config(demo_db)
+    assert anonymous_refusal(config, "127.0.0.1") is None
+    assert anonymous_refusal(config, "localhost") is None
+    assert anonymous_refusal(config, "::1") is None
+    refusal = anonymous_refusal(config, "0.0.0.0")
+    assert refusal is not None and "auth is off" in refusal
+    said = config.model_copy(update={"auth": AuthSettings(anonymous_beyond_loopback=True)})
+    assert anonymous_refusal(said, "0.0.0.0") is None
