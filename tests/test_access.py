@@ -21,9 +21,14 @@ from structlog.testing import capture_logs
 from gateway.__main__ import anonymous_refusal
 from gateway.app import create_app
 from gateway.auth import AuthSettings
-from gateway.config import GatewayConfig
-from tests.conftest import API, assert_valid, fetch_all, gateway_config, tuned
+from gateway.config import GatewayConfig, load_config
+from simulators.rest_billing import create_app as rest_simulator
+from simulators.rest_billing import seed as rest_seed
+from simulators.soap_billing import create_app as soap_simulator
+from simulators.soap_billing import seed as soap_seed
+from tests.conftest import API, ROOT, assert_valid, fetch_all, gateway_config, tuned
 from tests.listener import Listener
+from tests.servers import ThreadedServer
 from tests.tokens import ISSUER, Signer
 
 ALICE = ("BA-000003",)
@@ -265,3 +270,30 @@ def test_anonymous_mode_is_for_loopback_only(demo_db: Path) -> None:
     assert refusal is not None and "auth is off" in refusal
     said = config.model_copy(update={"auth": AuthSettings(anonymous_beyond_loopback=True)})
     assert anonymous_refusal(said, "0.0.0.0") is None
+
+
+def test_the_account_scope_holds_across_federated_back_ends(
+    scratch_db: Path, tmp_path: Path, signer: Signer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mine = ("BA-000003", "ENT-0003", "CUST00002")
+    rest, soap = rest_simulator(rest_seed()), soap_simulator(soap_seed())
+    with ThreadedServer(rest) as rest_server, ThreadedServer(soap) as soap_server:
+        monkeypatch.setenv("LEGACY_DB", str(scratch_db))
+        monkeypatch.setenv("ENTERPRISE_URL", rest_server.base)
+        monkeypatch.setenv("CONSUMER_WSDL", f"{soap_server.base}/billing.wsdl")
+        monkeypatch.setenv("GATEWAY_STORE", str(tmp_path / "store.sqlite"))
+        config = secure(load_config(ROOT / "config" / "federated.yaml"), signer, tmp_path / "k")
+        with TestClient(create_app(config)) as client:
+            client.headers.update(bearer(signer, None))
+            everything = fetch_all(client, "customerBill")
+            expected = sorted(b["id"] for b in everything if b["billingAccount"]["id"] in mine)
+            assert {b["id"][:2] for b in everything if b["id"] in expected} == {"L-", "E-", "S-"}
+            client.headers.update(bearer(signer, mine))
+            seen = fetch_all(client, "customerBill")
+            assert sorted(b["id"] for b in seen) == expected
+            page = client.get(f"{API}/customerBill?limit=1&sort=-billDate")
+            assert page.headers["X-Total-Count"] == str(len(expected))
+            outside = next(b["id"] for b in everything if b["billingAccount"]["id"] not in mine)
+            assert client.get(f"{API}/customerBill/{outside}").status_code == 404
+            patched = client.patch(f"{API}/customerBill/{outside}", json={"state": "onHold"})
+            assert patched.status_code == 404
