@@ -166,6 +166,36 @@ def test_expired_token(jwks_file: Path, rsa_signer: Signer) -> None:
     invalid(settings(jwks_file), token, "The access token expired")
 
 
+def test_a_token_is_verified_once_and_still_expires(
+    jwks_file: Path, rsa_signer: Signer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    expires = int(time.time()) + 2
+    token = rsa_signer.token(exp=expires, scope="tmf678:read")
+    decoded: list[str] = []
+    real = jwt.decode
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        decoded.append(args[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(jwt, "decode", counting)
+
+    async def work(auth: Authenticator) -> None:
+        header = f"Bearer {token}"
+        for _ in range(5):
+            assert (await auth.authenticate(header, "tmf678:read")).subject == "alice"
+        with pytest.raises(ApiError) as refused:  # the scope is still checked on every request
+            await auth.authenticate(header, "tmf678:write")
+        assert refused.value.status == 403
+        await asyncio.sleep(expires + 0.05 - time.time())
+        with pytest.raises(ApiError) as expired:
+            await auth.authenticate(header, "tmf678:read")
+        assert expired.value.status == 401 and expired.value.message == "The access token expired"
+
+    run(settings(jwks_file, leeway_seconds=0), work)
+    assert decoded == [token, token]  # once when new, once more when its time was up
+
+
 def test_leeway_covers_small_clock_skew(jwks_file: Path, rsa_signer: Signer) -> None:
     now = int(time.time())
     just_expired = rsa_signer.token(exp=now - 10)

@@ -20,6 +20,7 @@ import httpx
 import jwt
 import orjson
 import structlog
+from cachetools import TTLCache
 from jwt import PyJWK
 from jwt.exceptions import (
     DecodeError,
@@ -45,6 +46,8 @@ from gateway.errors import ApiError
 log = structlog.get_logger("gateway.auth")
 
 _MAX_TOKEN = 16384
+_VERIFIED_TOKENS = 10_000
+_VERIFIED_SECONDS = 300.0
 _DECODE_OPTIONS: Options = {
     "require": ["exp", "iss", "aud", "sub"],
     "enforce_minimum_key_length": True,
@@ -78,6 +81,12 @@ class Authenticator:
         self._clock = clock
         self._ring = KeyRing()
         self._algorithms = frozenset(settings.algorithms)
+        #: Tokens already verified -> (caller, valid until epoch, valid from epoch). A
+        #: client sends the same token for many requests; checking its signature once
+        #: keeps authentication off the hot path. Emptied whenever the keys change.
+        self._verified: TTLCache[str, tuple[Caller, float, float]] = TTLCache(
+            maxsize=_VERIFIED_TOKENS, ttl=_VERIFIED_SECONDS
+        )
         self._lock = asyncio.Lock()
         self._client: httpx.AsyncClient | None = None
         self._last_fetch: float | None = None
@@ -121,6 +130,11 @@ class Authenticator:
         if not self.settings.enabled:
             return Caller.ANONYMOUS
         token = self._bearer_token(authorization)
+        known = self._verified.get(token)
+        now = time.time()
+        leeway = self.settings.leeway_seconds
+        if known is not None and known[2] - leeway <= now < known[1] + leeway:
+            return self._allowed(known[0], scope)
         header = _peek_header(token)
         if header is None:
             raise self._invalid("The access token is malformed")
@@ -147,6 +161,16 @@ class Authenticator:
         except PyJWTError as exc:
             raise self._invalid(_describe(exc), kid) from None
         caller = self._caller(claims, kid)
+        nbf = claims.get("nbf")
+        self._verified[token] = (
+            caller,
+            float(claims["exp"]),
+            float(nbf) if isinstance(nbf, int | float) else -math.inf,
+        )
+        return self._allowed(caller, scope)
+
+    def _allowed(self, caller: Caller, scope: str) -> Caller:
+        """The caller, when its token carries `scope`; else 403."""
         if scope not in caller.scopes:
             log.debug("auth_forbidden", sub=caller.subject, scope=scope)
             raise ApiError(
@@ -215,6 +239,7 @@ class Authenticator:
         self._fetch_failed = False
         log.info("jwks_refreshed", keys=len(ring))
         self._ring = ring
+        self._verified.clear()  # a key that is gone must not keep vouching for its tokens
 
     async def _load(self) -> KeyRing:
         if self.settings.jwks_file is not None:
