@@ -117,9 +117,8 @@ def main() -> None:
     for mode, values in rates.items():
         shown = ", ".join(f"{v:,.0f}" for v in values)
         print(f"  {mode:13s} req/s: {shown} (best {best[mode]:,.0f})")
-    print(
-        f"  authenticated / anonymous: {best['bearer token'] / best['anonymous']:.2f} (target >= 0.9)"
-    )
+    ratio = best["bearer token"] / best["anonymous"]
+    print(f"  authenticated / anonymous: {ratio:.2f} (target >= 0.9)")
 
 
 if __name__ == "__main__":
