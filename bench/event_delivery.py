@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
+import os
 import socket
 import subprocess
 import sys
@@ -26,10 +26,12 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from gateway.app import create_app, open_gateway  # noqa: E402
+from gateway.app import open_services  # noqa: E402
+from gateway.auth import Caller  # noqa: E402
 from gateway.config import load_config  # noqa: E402
 from gateway.events import build_event  # noqa: E402
 from gateway.logs import configure_logging  # noqa: E402
+from gateway.resources import API_PREFIX as API  # noqa: E402
 from simulators.billing_db import ensure_demo_database  # noqa: E402
 
 LISTENER = """
@@ -66,17 +68,17 @@ async def main(events: int) -> None:
     base = f"http://127.0.0.1:{port}"
     work = Path(tempfile.mkdtemp(prefix="tmf678-bench-"))
     db = ensure_demo_database(work / "legacy.sqlite")
+    os.environ["LEGACY_DB"] = str(db)
+    os.environ["GATEWAY_STORE"] = str(work / "store.sqlite")
     config = load_config(ROOT / "config" / "default.yaml")
-    config.backends["legacy_billing"].options["url"] = f"sqlite+aiosqlite:///{db}"
-    delivery = {**config.events.delivery, "timeout_seconds": 2, "poll_seconds": 0.05}
-    config = dataclasses.replace(
-        config,
-        store_url=f"sqlite+aiosqlite:///{work / 'store.sqlite'}",
-        events=dataclasses.replace(config.events, delivery=delivery, change_detection={}),
-        on_demand=None,
+    assert config.events is not None
+    delivery = config.events.delivery.model_copy(
+        update={"timeout_seconds": 2, "poll_seconds": 0.05}
     )
-    app = create_app(config)
-    api = app.state.api
+    events_settings = config.events.model_copy(
+        update={"delivery": delivery, "change_detection": {}}
+    )
+    config = config.model_copy(update={"events": events_settings, "on_demand": None})
     try:
         async with httpx.AsyncClient() as client:
             for _ in range(100):
@@ -86,13 +88,17 @@ async def main(events: int) -> None:
                 except httpx.TransportError:
                     await asyncio.sleep(0.1)
             async with AsyncExitStack() as stack:
-                await open_gateway(config, api, stack)
+                services = await open_services(config, stack, f"http://127.0.0.1{API}")
+                assert services.hubs is not None and services.publisher is not None
                 hubs = [f"ok{i}" for i in range(9)] + ["slow"]
                 for name in hubs:
-                    await api.hubs.register(f'{{"callback": "{base}/{name}"}}'.encode())
-                bill = await api.readers["customerBill"].get("1", api.event_base_url)
+                    await services.hubs.register(
+                        f'{{"callback": "{base}/{name}"}}'.encode(), Caller.ANONYMOUS
+                    )
+                bill = await services.customer_bills.get("1", services.event_base_url)
+                assert bill is not None
                 batch = [build_event("CustomerBillStateChangeEvent", bill) for _ in range(events)]
-                publisher = api.patchers["customerBill"].publisher
+                publisher = services.publisher
                 started = time.perf_counter()
                 async with publisher.store.transaction() as conn:
                     queued = await publisher.publish(conn, batch)
