@@ -28,7 +28,8 @@ def clip(value: object, limit: int = MAX_ECHO) -> str:
     text = value if isinstance(value, str) else str(value)
     if len(text) <= limit:
         return text
-    return f"{text[:limit]}... ({len(text)} characters)"
+    tail = f"... ({len(text)} characters)"
+    return text[: max(limit - len(tail), 0)] + tail
 
 
 class ApiError(Exception):

@@ -10,9 +10,12 @@ Every response gets `X-Content-Type-Options: nosniff` and `Cache-Control: no-sto
 data is the caller's). CORS is off unless origins are listed; then Starlette's
 CORSMiddleware answers preflights and marks responses for those origins only.
 
-What uvicorn refuses before the application (a malformed request line, a method its
-parser does not know, a URL over 64 KiB) never reaches this module: see the notes in
-gateway/__main__.py.
+What uvicorn refuses before the application never reaches this module: a malformed
+request line, a raw NUL or space in the target, a method its parser (llhttp, through
+httptools) does not know such as `FOO`, a URL over 64 KiB. uvicorn answers those with a
+plain-text 400 and has no option to change that body; its httptools parser has no header
+size option either (`h11_max_incomplete_event_size` applies to h11 only), so an oversized
+header block is read by uvicorn and then refused here.
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from starlette.datastructures import Headers
 from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.errors import SAFETY_HEADERS, ApiError, clip, error_response
@@ -52,7 +57,7 @@ class GuardMiddleware:
         entry: ASGIApp = self._guarded
         if cors_origins:
             # Outside the checks: preflights are answered, refusals carry CORS headers.
-            entry = CORSMiddleware(
+            entry = _TmfCorsMiddleware(
                 entry,
                 allow_origins=list(cors_origins),
                 allow_methods=CORS_METHODS,
@@ -94,6 +99,20 @@ class GuardMiddleware:
             if started or error.status != 413:
                 raise
             await error_response(error)(scope, receive, send)
+
+
+class _TmfCorsMiddleware(CORSMiddleware):
+    """Starlette's CORS, with a refused preflight answered as a TMF Error too."""
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        response = super().preflight_response(request_headers)
+        if response.status_code < 400:
+            return response
+        detail = bytes(response.body).decode("utf-8", "replace")
+        error = ApiError(
+            response.status_code, "CORS preflight refused", detail, code="CORS_REFUSED"
+        )
+        return error_response(error)
 
 
 def refusal_for(scope: Scope, limits: Limits) -> ApiError | None:

@@ -29,6 +29,9 @@ class Limits:
     header_count: int = 100
     #: Nesting of arrays and objects in any JSON body (400 beyond).
     json_depth: int = 32
+    #: JSON values (nodes) in any body (400 beyond): schema validation and its messages
+    #: cost per value, and a request of this API needs a few thousand at most.
+    json_nodes: int = 20_000
     #: Operations in one JSON Patch, before and after selector expansion (400 beyond).
     patch_operations: int = 1000
     #: JSON values (nodes) the `copy` operations of one patch may duplicate (400 beyond):

@@ -24,7 +24,7 @@ import jsonpointer
 import orjson
 
 from gateway.errors import ApiError, clip
-from gateway.limits import current_limits
+from gateway.limits import Limits, current_limits
 from gateway.oas import schema_errors
 
 JSON = "application/json"
@@ -42,31 +42,44 @@ def invalid(reason: str, message: str) -> ApiError:
     return ApiError(400, reason, message, code="INVALID_BODY")
 
 
-def parse_body(body: bytes, *, max_depth: int | None = None) -> Any:
-    """The JSON document of a request body; 400 when malformed or nested too deep."""
+def parse_body(body: bytes, *, limits: Limits | None = None) -> Any:
+    """The JSON document of a request body; 400 when malformed, too deep or too large."""
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise invalid("Malformed JSON", f"The request body is not JSON: {clip(exc)}") from None
-    limit = current_limits().json_depth if max_depth is None else max_depth
-    if nested_deeper_than(document, limit):
+    limits = limits or current_limits()
+    depth, nodes = json_shape(document, limits.json_depth, limits.json_nodes)
+    if depth > limits.json_depth:
         raise invalid(
             "JSON nested too deep",
-            f"The request body nests arrays and objects more than {limit} levels deep",
+            f"The request body nests arrays and objects more than {limits.json_depth} levels",
+        )
+    if nodes > limits.json_nodes:
+        raise invalid(
+            "JSON too large",
+            f"The request body holds more than {limits.json_nodes} JSON values",
         )
     return document
 
 
-def nested_deeper_than(document: Any, limit: int) -> bool:
-    """Whether arrays/objects nest more than `limit` levels (no recursion: any depth is safe)."""
-    stack: list[tuple[Any, int]] = [(document, 1)] if isinstance(document, dict | list) else []
+def json_shape(document: Any, max_depth: int, max_nodes: int) -> tuple[int, int]:
+    """(nesting depth, number of values), walked without recursion and given up as soon as
+    either passes its maximum (so any input costs at most `max_nodes` steps)."""
+    depth, nodes = 0, 0
+    stack: list[tuple[Any, int]] = [(document, 1)]
     while stack:
-        node, depth = stack.pop()
-        if depth > limit:
-            return True
-        children = node.values() if isinstance(node, dict) else node
-        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
-    return False
+        node, level = stack.pop()
+        nodes += 1
+        if isinstance(node, dict | list):
+            depth = max(depth, level)
+            if depth > max_depth or nodes + len(node) > max_nodes:
+                return depth, nodes + len(node)
+            children = node.values() if isinstance(node, dict) else node
+            stack.extend((child, level + 1) for child in children)
+        elif nodes > max_nodes:
+            break
+    return depth, nodes
 
 
 def _count_nodes(value: Any, stop: int) -> int:

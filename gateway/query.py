@@ -22,6 +22,7 @@ from urllib.parse import unquote_plus
 import re2
 
 from gateway.errors import bad_request, clip
+from gateway.limits import current_limits
 from gateway.oas import AttributeTypes
 
 RESERVED = frozenset({"fields", "sort", "offset", "limit"})
@@ -71,7 +72,16 @@ def parse_query(
     default_limit: int,
     max_limit: int,
 ) -> Query:
-    """Parse a raw query string; any mistake raises a 400 `ApiError` naming the parameter."""
+    """Parse a raw query string; any mistake raises a 400 `ApiError` naming the parameter.
+
+    A query longer than a URL may be (a hub's `query`, which comes in a body) is refused:
+    its terms, values and regexes would otherwise cost without bound, once per event.
+    """
+    longest = current_limits().url_bytes
+    if len(query_string) > longest:
+        raise bad_request(
+            "Query too long", f"A query takes at most {longest} characters, not {len(query_string)}"
+        )
     reserved: dict[str, str] = {}
     grouped: dict[tuple[str, str], list[Any]] = {}
     params: dict[tuple[str, str], str] = {}
