@@ -29,7 +29,9 @@ def clip(value: object, limit: int = MAX_ECHO) -> str:
     if len(text) <= limit:
         return text
     tail = f"... ({len(text)} characters)"
-    return text[: max(limit - len(tail), 0)] + tail
+    if limit <= len(tail):
+        return text[:limit]
+    return text[: limit - len(tail)] + tail
 
 
 class ApiError(Exception):

@@ -23,6 +23,7 @@ from urllib.parse import unquote_plus
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from structlog.tracebacks import ExceptionDictTransformer
+from structlog.typing import Processor
 
 from gateway.calls import BackendTime, backend_time
 from gateway.errors import ApiError, error_response
@@ -53,7 +54,7 @@ _exceptions = structlog.processors.ExceptionRenderer(ExceptionDictTransformer(sh
 
 def configure_logging(level: str = "INFO") -> None:
     """JSON lines on stdout, for our events and for libraries' stdlib logs alike."""
-    shared = [
+    shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
@@ -162,5 +163,6 @@ def _clipped(text: str) -> str:
 def _header(scope: Scope, name: bytes) -> str | None:
     for key, value in scope.get("headers", ()):
         if key == name:
-            return value.decode("latin-1")
+            text: str = value.decode("latin-1")
+            return text
     return None

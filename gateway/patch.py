@@ -109,7 +109,7 @@ def apply_patch(document: dict[str, Any], body: bytes, content_type: str | None)
     if kind in (JSON, MERGE_PATCH):
         if not isinstance(patch, dict):
             raise invalid("Invalid patch", "A merge patch is a JSON object")
-        return merge_patch(document, patch)
+        return merge_object(document, patch)
     _check_operation_count(patch)
     errors = schema_errors("JsonPatchOperations", patch)
     if errors:
@@ -118,11 +118,14 @@ def apply_patch(document: dict[str, Any], body: bytes, content_type: str | None)
         patch = [op for operation in patch for op in _expand_operation(document, operation)]
         _check_operation_count(patch)
     try:
-        return _apply_json_patch(document, patch)
+        result = _apply_json_patch(document, patch)
     except jsonpatch.JsonPatchTestFailed as exc:
         raise ApiError(409, "Patch test failed", clip(exc), code="PATCH_CONFLICT") from None
     except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException) as exc:
         raise invalid("Patch does not apply", clip(exc)) from None
+    if not isinstance(result, dict):  # e.g. `replace` at "" with a list
+        raise invalid("Patch does not apply", "The patched resource must stay a JSON object")
+    return result
 
 
 def _check_operation_count(patch: Any) -> None:
@@ -155,6 +158,11 @@ def merge_patch(target: Any, patch: Any) -> Any:
     """RFC 7386: objects merge key by key, `null` removes, anything else replaces."""
     if not isinstance(patch, dict):
         return copy.deepcopy(patch)
+    return merge_object(target, patch)
+
+
+def merge_object(target: Any, patch: dict[str, Any]) -> dict[str, Any]:
+    """A merge patch that is an object: the result is always an object."""
     result = dict(target) if isinstance(target, dict) else {}
     for key, value in patch.items():
         if value is None:

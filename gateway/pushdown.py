@@ -23,7 +23,6 @@ from adapters.base import (
     SortKey,
     Source,
 )
-from gateway.errors import bad_request, clip
 from gateway.query import Filter, Query
 from mappings.compiler import CompiledMapping
 
@@ -68,11 +67,10 @@ def reverse_filter(flt: Filter, mapping: CompiledMapping, source: Source) -> Pre
         try:
             predicate = ref.transform.condition(ref.column, flt.op, value)
         except (ValueError, ArithmeticError):
-            # No raw value stands for it (a 5,000-digit id): equal to none, unlike all.
+            # No raw value stands for it (a 5,000-digit id, the year 1): equal to none,
+            # unlike all; a range over it is left to the gateway, which compares TMF values.
             if flt.op not in ("eq", "ne"):
-                raise bad_request(
-                    "Invalid filter value", f"{clip(flt.param)!r}: out of range here"
-                ) from None
+                return None
             predicate = MATCH_NONE if flt.op == "eq" else MATCH_ALL
         if predicate is None:
             return None
@@ -127,7 +125,7 @@ def _runnable(predicate: Predicate, source: Source) -> bool:
     """Whether the back end can evaluate the predicate (its own judgement, if it has one)."""
     accepts = getattr(source, "accepts", None)
     if accepts is not None:
-        return accepts(predicate)
+        return bool(accepts(predicate))
     return _each_term_runnable(predicate, source)
 
 

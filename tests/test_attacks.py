@@ -189,6 +189,20 @@ ATTACKS = [
         code="INVALID_BODY",
         words="not an index",
     ),
+    Attack(
+        "JSON Patch replacing the whole bill with a list",
+        **patch_bill([{"op": "replace", "path": "", "value": []}], JSON_PATCH),
+        status=400,
+        code="INVALID_BODY",
+        words="must stay a JSON object",
+    ),
+    Attack(
+        "JSON Patch moving an array to the root",
+        **patch_bill([{"op": "move", "from": "/taxItem", "path": ""}], JSON_PATCH),
+        status=400,
+        code="INVALID_BODY",
+        words="must stay a JSON object",
+    ),
     # Integers past 64 bits.
     *(
         Attack(f"GET {kind} id 2^63", **get(f"{kind}/{BIG}"), status=404, code="NOT_FOUND")
@@ -396,9 +410,15 @@ def test_a_chunked_body_is_cut_off_at_the_limit(target: Any) -> None:
         (f"id={BIG},1", "one"),
         (f"billCycle.id={HUGE}", "none"),
         ("id=" + "1" * 4400, "none"),
+        ("id.ne=" + "1" * 4400, "all"),
+        ("billDate=0001-01-01", "none"),
+        ("billDate.gt=0001-01-01T00:00:00Z", "all"),
+        ("billDate.lt=0001-01-01T00:00:00Z", "none"),
+        ("billDate.lt=9999-12-31T23:59:59-23:59", "all"),
     ],
 )
 def test_filters_past_64_bits_mean_what_they_say(target: Any, query: str, expected: str) -> None:
+    """Also values no back-end value stands for (the year 1 in a `%Y%m%d` column)."""
     client, _ = target
     total = int(client.get(f"{API}/customerBill?limit=1").headers["X-Total-Count"])
     response = client.get(f"{API}/customerBill?{query}&limit=1")
