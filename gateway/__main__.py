@@ -83,6 +83,10 @@ async def serve(config: GatewayConfig, host: str, port: int) -> int:
                 access_log=False,
                 lifespan="off",  # opened above, closed by the exit stack
                 proxy_headers=True,
+                server_header=False,  # no "server: uvicorn" banner
+                # Bounds the request line and headers when uvicorn runs h11; its default
+                # parser (httptools) has no such option: gateway/guards.py answers 431.
+                h11_max_incomplete_event_size=16 * 1024,
             )
         )
         await server.serve()

@@ -20,6 +20,7 @@ from starlette.types import Lifespan
 from gateway.access import Access
 from gateway.config import GatewayConfig
 from gateway.errors import ApiError, api_error_handler, http_error_handler
+from gateway.guards import GuardMiddleware
 from gateway.logs import RequestLogMiddleware
 from gateway.resources import (
     API_PREFIX,
@@ -75,7 +76,7 @@ def _starlette(
 ) -> Starlette:
     return Starlette(
         routes=routes,
-        middleware=[Middleware(RequestLogMiddleware)],
+        middleware=[Middleware(RequestLogMiddleware), Middleware(GuardMiddleware)],
         exception_handlers={ApiError: api_error_handler, HTTPException: http_error_handler},
         lifespan=lifespan,
     )

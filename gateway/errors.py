@@ -1,4 +1,9 @@
-"""TMF `Error` bodies: the only shape an error ever leaves the gateway in."""
+"""TMF `Error` bodies: the only shape an error ever leaves the gateway in.
+
+A message may quote what the caller sent, but never at full size: `clip` cuts a quoted
+value, and `ApiError.body` caps the whole message, so a 5 MB input cannot come back as a
+5 MB error. Every error response also says it is not to be sniffed or cached.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,24 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Match, Route
+
+#: The most characters of caller input a message quotes (`clip`).
+MAX_ECHO = 200
+#: The longest `message` an error body carries.
+MAX_MESSAGE = 1000
+#: Headers on every error response (and, through gateway/guards.py, on every response).
+SAFETY_HEADERS = {"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"}
+
+
+def clip(value: object, limit: int = MAX_ECHO) -> str:
+    """`value` as text, cut to `limit` characters (saying how long it was) for messages."""
+    text = value if isinstance(value, str) else str(value)
+    if len(text) <= limit:
+        return text
+    tail = f"... ({len(text)} characters)"
+    if limit <= len(tail):
+        return text[:limit]
+    return text[: limit - len(tail)] + tail
 
 
 class ApiError(Exception):
@@ -31,9 +54,9 @@ class ApiError(Exception):
         super().__init__(f"{status} {reason}: {message}" if message else f"{status} {reason}")
 
     def body(self) -> dict[str, str]:
-        body = {"@type": "Error", "code": self.code, "reason": self.reason}
+        body = {"@type": "Error", "code": self.code, "reason": clip(self.reason, MAX_ECHO)}
         if self.message:
-            body["message"] = self.message
+            body["message"] = clip(self.message, MAX_MESSAGE)
         body["status"] = str(self.status)
         return body
 
@@ -50,7 +73,7 @@ def bad_request(reason: str, message: str | None = None) -> ApiError:
 
 
 def not_found(collection: str, ident: str) -> ApiError:
-    return ApiError(404, "Resource not found", f"No {collection} with id {ident!r}")
+    return ApiError(404, "Resource not found", f"No {collection} with id {clip(ident)!r}")
 
 
 def error_response(error: ApiError) -> Response:
@@ -58,7 +81,7 @@ def error_response(error: ApiError) -> Response:
         orjson.dumps(error.body()),
         status_code=error.status,
         media_type="application/json",
-        headers=error.headers,
+        headers={**SAFETY_HEADERS, **error.headers},
     )
 
 
@@ -71,13 +94,14 @@ async def http_error_handler(request: Request, exc: Exception) -> Response:
     """Starlette's own 404/405 (no route, wrong method) as TMF errors."""
     assert isinstance(exc, HTTPException)
     if exc.status_code == 404:
-        error = ApiError(404, "Not found", f"No resource at {request.url.path}")
+        error = ApiError(404, "Not found", f"No resource at {clip(request.url.path)}")
     elif exc.status_code == 405:
         allowed = ", ".join(_allowed_methods(request))
         error = ApiError(
             405,
             "Method not allowed",
-            f"{request.method} is not defined on {request.url.path} (allowed: {allowed})",
+            f"{clip(request.method, 20)} is not defined on {clip(request.url.path)}"
+            f" (allowed: {allowed})",
             headers={"Allow": allowed} if allowed else None,
         )
     else:

@@ -4,6 +4,11 @@ The middleware is the outermost layer: it names the request (an incoming `X-Requ
 is honoured and echoed back), times it and the back-end calls within it, and turns any
 exception that escaped the routes into a TMF 500 without a stack trace in the reply
 (the trace goes to the log, where operators look for it).
+
+A trace is logged without frame locals (structlog's default shows them, and a local may
+hold a bearer token or a connection string); request headers are never logged, and a
+query parameter named like a credential is logged as `REDACTED`; httpx's own INFO line
+per back-end call (its full URL) is left out.
 """
 
 from __future__ import annotations
@@ -13,19 +18,43 @@ import re
 import sys
 import uuid
 from time import perf_counter
+from urllib.parse import unquote_plus
 
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from structlog.tracebacks import ExceptionDictTransformer
+from structlog.typing import Processor
 
 from gateway.calls import BackendTime, backend_time
 from gateway.errors import ApiError, error_response
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+#: Query parameters whose values are never written to the log.
+SECRET_PARAMETERS = frozenset(
+    {
+        "access_token",
+        "id_token",
+        "refresh_token",
+        "token",
+        "api_key",
+        "apikey",
+        "password",
+        "secret",
+        "client_secret",
+        "signature",
+        "sig",
+    }
+)
+#: The most characters of a path or query string one log line carries.
+MAX_LOGGED = 2000
+
+# Frames as file, line and function only: never their local variables.
+_exceptions = structlog.processors.ExceptionRenderer(ExceptionDictTransformer(show_locals=False))
 
 
 def configure_logging(level: str = "INFO") -> None:
     """JSON lines on stdout, for our events and for libraries' stdlib logs alike."""
-    shared = [
+    shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
@@ -37,16 +66,20 @@ def configure_logging(level: str = "INFO") -> None:
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 structlog.processors.JSONRenderer(),
             ],
-            foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
+            foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name, _exceptions],
         )
     )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # httpx logs every back-end call's full URL at INFO: a line per call, and a URL may
+    # carry a back end's credentials. Its warnings and errors still come through.
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(max(root.level, logging.WARNING))
     structlog.configure(
         processors=[
             *shared,
-            structlog.processors.dict_tracebacks,
+            _exceptions,
             structlog.processors.JSONRenderer(),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
@@ -88,7 +121,7 @@ class RequestLogMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         except Exception:
-            log.exception("unhandled_error", method=scope["method"], path=scope["path"])
+            log.exception("unhandled_error", method=scope["method"], path=_clipped(scope["path"]))
             if not response_started:
                 error = ApiError(
                     500,
@@ -100,8 +133,8 @@ class RequestLogMiddleware:
             log.info(
                 "request",
                 method=scope["method"],
-                path=scope["path"],
-                query=scope.get("query_string", b"").decode("latin-1") or None,
+                path=_clipped(scope["path"]),
+                query=logged_query(scope.get("query_string", b"")),
                 status=status,
                 duration_ms=round((perf_counter() - started) * 1000, 2),
                 backend_ms=round(spent.seconds * 1000, 2),
@@ -110,8 +143,26 @@ class RequestLogMiddleware:
             backend_time.reset(token)
 
 
+def logged_query(query_string: bytes) -> str | None:
+    """The query string as logged: credential-like parameters redacted, clipped."""
+    if not query_string:
+        return None
+    parts = []
+    for part in query_string.decode("latin-1").split("&"):
+        name, sep, _ = part.partition("=")
+        if sep and unquote_plus(name).strip().lower() in SECRET_PARAMETERS:
+            part = f"{name}=REDACTED"
+        parts.append(part)
+    return _clipped("&".join(parts))
+
+
+def _clipped(text: str) -> str:
+    return text if len(text) <= MAX_LOGGED else f"{text[:MAX_LOGGED]}...({len(text)} chars)"
+
+
 def _header(scope: Scope, name: bytes) -> str | None:
     for key, value in scope.get("headers", ()):
         if key == name:
-            return value.decode("latin-1")
+            text: str = value.decode("latin-1")
+            return text
     return None

@@ -11,7 +11,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from adapters.base import AllOf, AnyOf, Compare, IsNull, Plan, Predicate, SortKey, Source
+from adapters.base import (
+    MATCH_ALL,
+    MATCH_NONE,
+    AllOf,
+    AnyOf,
+    Compare,
+    IsNull,
+    Plan,
+    Predicate,
+    SortKey,
+    Source,
+)
 from gateway.query import Filter, Query
 from mappings.compiler import CompiledMapping
 
@@ -53,7 +64,14 @@ def reverse_filter(flt: Filter, mapping: CompiledMapping, source: Source) -> Pre
         return None
     terms: list[Predicate] = []
     for value in flt.values:
-        predicate = ref.transform.condition(ref.column, flt.op, value)
+        try:
+            predicate = ref.transform.condition(ref.column, flt.op, value)
+        except (ValueError, ArithmeticError):
+            # No raw value stands for it (a 5,000-digit id, the year 1): equal to none,
+            # unlike all; a range over it is left to the gateway, which compares TMF values.
+            if flt.op not in ("eq", "ne"):
+                return None
+            predicate = MATCH_NONE if flt.op == "eq" else MATCH_ALL
         if predicate is None:
             return None
         # Several values: any of them (one flat OR), except for `ne`: different from all.
@@ -65,7 +83,38 @@ def reverse_filter(flt: Filter, mapping: CompiledMapping, source: Source) -> Pre
         combined = terms[0]
     else:
         combined = AllOf(tuple(terms)) if flt.op == "ne" else AnyOf(tuple(terms))
+    combined = within_int64(combined)
     return combined if _runnable(combined, source) else None
+
+
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+
+
+def within_int64(predicate: Predicate) -> Predicate:
+    """The predicate with every integer beyond 64 bits replaced by its meaning.
+
+    Above the range: nothing equals it or is greater; every value is smaller or different
+    (`column <= INT64_MAX`, which keeps "missing is never smaller"). Below it, mirrored.
+    """
+    if isinstance(predicate, Compare):
+        value = predicate.value
+        if isinstance(value, bool) or not isinstance(value, int):
+            return predicate
+        if value > INT64_MAX:
+            if predicate.op in ("lt", "lte", "ne"):
+                return Compare(predicate.column, "lte", INT64_MAX)
+            return MATCH_NONE
+        if value < INT64_MIN:
+            if predicate.op in ("gt", "gte", "ne"):
+                return Compare(predicate.column, "gte", INT64_MIN)
+            return MATCH_NONE
+        return predicate
+    if isinstance(predicate, AnyOf):
+        return AnyOf(tuple(within_int64(term) for term in predicate.terms))
+    if isinstance(predicate, AllOf):
+        return AllOf(tuple(within_int64(term) for term in predicate.terms))
+    return predicate
 
 
 def _all(predicates: list[Predicate]) -> Predicate:
@@ -76,7 +125,7 @@ def _runnable(predicate: Predicate, source: Source) -> bool:
     """Whether the back end can evaluate the predicate (its own judgement, if it has one)."""
     accepts = getattr(source, "accepts", None)
     if accepts is not None:
-        return accepts(predicate)
+        return bool(accepts(predicate))
     return _each_term_runnable(predicate, source)
 
 

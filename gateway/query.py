@@ -6,7 +6,8 @@ URL-encoded or not. OR by comma (`state=new,sent`) or by repeating a term; AND
 across terms. `ne` with several values means "none of them". Values are typed from
 the OAS: date-times as instants (date-only is midnight UTC, no zone is UTC),
 numbers as `Decimal`, booleans as `bool`. Regexes use RE2, which runs in linear
-time, so no pattern can stall a request.
+time, so no pattern can stall a request. Numbers are refused beyond 40 integer digits:
+turning `1E999990` into the integer a back end compares would take a minute.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from urllib.parse import unquote_plus
 
 import re2
 
-from gateway.errors import bad_request
+from gateway.errors import bad_request, clip
+from gateway.limits import current_limits
 from gateway.oas import AttributeTypes
 
 RESERVED = frozenset({"fields", "sort", "offset", "limit"})
@@ -30,6 +32,8 @@ _TERM = re.compile(r"^(?P<attr>[^=<>!~]+?)(?P<sym>>=|<=|=~|!=|>|<|=)(?P<value>.*
 _SPACE_FOR_PLUS = re.compile(r"(\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?) (\d{2}(?::?\d{2})?)$")
 _MAX_REGEX = 256
 _MAX_WINDOW = 1_000_000_000
+#: Digits before the decimal point a number filter value may have (amounts, ids: < 20).
+MAX_NUMBER_DIGITS = 40
 
 _re2_options = re2.Options()
 _re2_options.log_errors = False
@@ -68,7 +72,16 @@ def parse_query(
     default_limit: int,
     max_limit: int,
 ) -> Query:
-    """Parse a raw query string; any mistake raises a 400 `ApiError` naming the parameter."""
+    """Parse a raw query string; any mistake raises a 400 `ApiError` naming the parameter.
+
+    A query longer than a URL may be (a hub's `query`, which comes in a body) is refused:
+    its terms, values and regexes would otherwise cost without bound, once per event.
+    """
+    longest = current_limits().url_bytes
+    if len(query_string) > longest:
+        raise bad_request(
+            "Query too long", f"A query takes at most {longest} characters, not {len(query_string)}"
+        )
     reserved: dict[str, str] = {}
     grouped: dict[tuple[str, str], list[Any]] = {}
     params: dict[tuple[str, str], str] = {}
@@ -78,8 +91,11 @@ def parse_query(
         text = unquote_plus(part)
         match = _TERM.match(text)
         if not match:
-            raise bad_request("Invalid query parameter", f"Cannot read {text!r} as attr=value")
+            raise bad_request(
+                "Invalid query parameter", f"Cannot read {clip(text)!r} as attr=value"
+            )
         attr, sym, value = match["attr"].strip(), match["sym"], match["value"]
+        text = clip(text)  # from here on, only quoted in messages
         if attr in RESERVED:
             if sym != "=":
                 raise bad_request("Invalid query parameter", f"{attr!r} takes '=' only")
@@ -123,11 +139,16 @@ def _typed_values(
         if head in attributes.types and attributes.types[head] != "object":
             raise bad_request(
                 "Unknown operator",
-                f"{param!r}: {tail!r} is not an operator (use {', '.join(sorted(OPERATORS))})",
+                f"{param!r}: {clip(tail)!r} is not an operator"
+                f" (use {', '.join(sorted(OPERATORS))})",
             )
-        raise bad_request("Unknown attribute", f"{param!r}: {attr!r} is not an attribute here")
+        raise bad_request(
+            "Unknown attribute", f"{param!r}: {clip(attr)!r} is not an attribute here"
+        )
     if type_ == "object":
-        raise bad_request("Invalid filter", f"{param!r}: filter on a leaf such as '{attr}.id'")
+        raise bad_request(
+            "Invalid filter", f"{param!r}: filter on a leaf such as '{clip(attr)}.id'"
+        )
     if op == "regex":
         if type_ != "string":
             raise bad_request("Invalid filter", f"{param!r}: regex applies to text attributes")
@@ -152,10 +173,15 @@ def _typed(type_: str, text: str, op: str, param: str) -> Any:
             number = Decimal(text)
         except InvalidOperation:
             raise bad_request(
-                "Invalid filter value", f"{param!r}: {text!r} is not a number"
+                "Invalid filter value", f"{param!r}: {clip(text)!r} is not a number"
             ) from None
         if not number.is_finite():
-            raise bad_request("Invalid filter value", f"{param!r}: {text!r} is not a number")
+            raise bad_request("Invalid filter value", f"{param!r}: {clip(text)!r} is not a number")
+        if number and number.adjusted() >= MAX_NUMBER_DIGITS:
+            raise bad_request(
+                "Invalid filter value",
+                f"{param!r}: out of range (at most {MAX_NUMBER_DIGITS} digits before the point)",
+            )
         return number
     if type_ == "boolean":
         lowered = text.lower()
@@ -169,7 +195,8 @@ def _typed(type_: str, text: str, op: str, param: str) -> Any:
         if instant is None:
             raise bad_request(
                 "Invalid filter value",
-                f"{param!r}: {text!r} is not a date-time (use 2024-01-31 or 2024-01-31T10:00:00Z)",
+                f"{param!r}: {clip(text)!r} is not a date-time"
+                " (use 2024-01-31 or 2024-01-31T10:00:00Z)",
             )
         return instant
     return text
@@ -197,9 +224,9 @@ def _parse_sort(raw: str | None, attributes: AttributeTypes) -> tuple[SortTerm, 
         path = item.lstrip("+-").strip()
         type_ = attributes.types.get(path)
         if type_ is None:
-            raise bad_request("Invalid sort", f"sort: {path!r} is not an attribute here")
+            raise bad_request("Invalid sort", f"sort: {clip(path)!r} is not an attribute here")
         if type_ == "object" or path in attributes.in_array:
-            raise bad_request("Invalid sort", f"sort: {path!r} is not a single value")
+            raise bad_request("Invalid sort", f"sort: {clip(path)!r} is not a single value")
         terms.append(SortTerm(path, descending))
     return tuple(terms)
 
@@ -210,7 +237,7 @@ def _parse_fields(raw: str | None, attributes: AttributeTypes) -> tuple[str, ...
     paths = tuple(p.strip() for p in raw.split(",") if p.strip())
     for path in paths:
         if path not in attributes.types:
-            raise bad_request("Invalid fields", f"fields: {path!r} is not an attribute here")
+            raise bad_request("Invalid fields", f"fields: {clip(path)!r} is not an attribute here")
     return paths
 
 
@@ -221,7 +248,7 @@ def _parse_int(name: str, raw: str | None, default: int) -> int:
         value = int(raw)
     except ValueError:
         raise bad_request(
-            f"Invalid {name}", f"{name} must be a whole number, not {raw!r}"
+            f"Invalid {name}", f"{name} must be a whole number, not {clip(raw)!r}"
         ) from None
     if value < 0:
         raise bad_request(f"Invalid {name}", f"{name} must not be negative")

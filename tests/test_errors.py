@@ -13,6 +13,7 @@ from structlog.testing import capture_logs
 
 from adapters.base import BackendError
 from gateway.app import create_app
+from gateway.errors import MAX_ECHO, MAX_MESSAGE, ApiError, clip, error_response
 from tests.conftest import API, assert_valid, gateway_config
 
 
@@ -111,3 +112,24 @@ def test_errors_are_json_even_for_unknown_routes_and_methods(client: TestClient)
     for response in (client.get("/"), client.put(f"{API}/billCycle/1")):
         assert response.headers["content-type"] == "application/json"
         assert_valid("Error", response.json())
+
+
+def test_clip_keeps_short_text_and_cuts_long_text_to_the_limit() -> None:
+    assert clip("short") == "short"
+    assert clip(12345, 3) == "123"  # too short to say how long it was
+    cut = clip("x" * 10_000)
+    assert len(cut) == MAX_ECHO and cut.endswith("... (10000 characters)")
+
+
+def test_an_error_body_caps_its_message_and_reason() -> None:
+    body = ApiError(400, "r" * 5000, "m" * 5_000_000).body()
+    assert len(body["message"]) == MAX_MESSAGE and body["message"].endswith("characters)")
+    assert len(body["reason"]) <= MAX_ECHO
+    assert_valid("Error", body)
+
+
+def test_error_responses_are_neither_sniffed_nor_cached() -> None:
+    response = error_response(ApiError(404, "Not found", headers={"Cache-Control": "max-age=5"}))
+    assert response.headers["x-content-type-options"] == "nosniff"
+    assert response.headers["cache-control"] == "max-age=5"  # an explicit header wins
+    assert error_response(ApiError(400, "Bad")).headers["cache-control"] == "no-store"

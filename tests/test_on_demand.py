@@ -157,7 +157,7 @@ def test_bad_requests_are_400_and_stored_nowhere(
     gateway: TestClient, body: Any, words: str
 ) -> None:
     response = (
-        gateway.post(ON_DEMAND, content=body)
+        gateway.post(ON_DEMAND, content=body, headers={"Content-Type": "application/json"})
         if isinstance(body, bytes)
         else gateway.post(ON_DEMAND, json=body)
     )

@@ -8,6 +8,7 @@ from decimal import Decimal
 import pytest
 
 from gateway.errors import ApiError
+from gateway.limits import Limits, limits_in_effect
 from gateway.oas import attribute_types
 from gateway.query import Filter, Query, SortTerm, parse_query
 
@@ -156,3 +157,34 @@ def test_bad_queries_are_400_naming_the_parameter(text: str, reason: str, named:
 def test_catastrophic_regex_is_linear_time() -> None:
     (pattern,) = only("billNo.regex=(a%2B)%2B$").values
     assert pattern.search("a" * 50_000 + "!") is None
+
+
+@pytest.mark.parametrize(
+    "text", ["1E40", "-1E40", "1" * 41, "99999999999999999999999999999999999999999.5"]
+)
+def test_numbers_past_40_integer_digits_are_refused(text: str) -> None:
+    with pytest.raises(ApiError) as caught:
+        parse(f"amountDue.value.gt={text}")
+    assert caught.value.status == 400 and "out of range" in (caught.value.message or "")
+
+
+@pytest.mark.parametrize(
+    "text", ["9" * 40, "1E39", "0E99999", "1E-99999", "99999999999999999999999"]
+)
+def test_numbers_up_to_40_integer_digits_are_kept_exactly(text: str) -> None:
+    assert only(f"amountDue.value.gt={text}").values == (Decimal(text),)
+
+
+def test_a_query_longer_than_a_url_may_be_is_refused() -> None:
+    with limits_in_effect(Limits(url_bytes=30)):
+        parse("state=new&billNo=B1")
+        with pytest.raises(ApiError) as caught:
+            parse("state=new&billNo=B1&billNo=B2&x")
+    assert "at most 30 characters" in (caught.value.message or "")
+
+
+def test_messages_quote_long_input_clipped() -> None:
+    with pytest.raises(ApiError) as caught:
+        parse("b" * 5000 + "=1")
+    message = caught.value.message or ""
+    assert "(5002 characters)" in message and len(message) < 500

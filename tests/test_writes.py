@@ -14,6 +14,9 @@ import pytest
 from starlette.testclient import TestClient
 
 from gateway.app import create_app
+from gateway.errors import ApiError
+from gateway.limits import Limits, limits_in_effect
+from gateway.patch import apply_patch, parse_body
 from tests.conftest import API, assert_valid, gateway_config
 from tests.test_main import free_port, start, stop, wait_ready
 
@@ -310,3 +313,72 @@ def test_concurrent_patches_never_break_the_lifecycle(live: tuple[str, Path]) ->
         assert all(r.status_code in (200, 409) for r in responses)
         # settled is final: once any "settled" succeeded, nothing may follow it
         assert "settled" in won and final == "C"
+
+
+BILL_DOC = {
+    "id": "1",
+    "@type": "CustomerBill",
+    "state": "new",
+    "taxItem": [
+        {"@type": "TaxItem", "taxCategory": "VAT", "taxRate": 19},
+        {"@type": "TaxItem", "taxCategory": "RED", "taxRate": 7},
+    ],
+}
+
+
+def test_json_patch_operations_are_bounded_before_and_after_selector_expansion() -> None:
+    test_id = {"op": "test", "path": "/id", "value": "1"}
+    with limits_in_effect(Limits(patch_operations=2)):
+        assert apply_patch(BILL_DOC, orjson.dumps([test_id] * 2), JSON_PATCH) == BILL_DOC
+        with pytest.raises(ApiError, match="at most 2 operations, not 3"):
+            apply_patch(BILL_DOC, orjson.dumps([test_id] * 3), JSON_PATCH)
+        # Two operations, but the selector picks both tax items: three once expanded.
+        every_rate = {"op": "replace", "path": "/taxItem?@type=TaxItem/taxRate", "value": 5}
+        with pytest.raises(ApiError, match="not 3"):
+            apply_patch(BILL_DOC, orjson.dumps([test_id, every_rate]), QUERY_PATCH)
+        patched = apply_patch(BILL_DOC, orjson.dumps([every_rate]), QUERY_PATCH)
+        assert [item["taxRate"] for item in patched["taxItem"]] == [5, 5]
+
+
+def test_copy_operations_share_one_budget_of_values() -> None:
+    doubling = orjson.dumps([{"op": "copy", "from": "", "path": f"/c{i}"} for i in range(3)])
+    with limits_in_effect(Limits(patch_copied_nodes=100)):
+        patched = apply_patch(BILL_DOC, doubling, JSON_PATCH)
+        assert patched["c2"]["c1"]["c0"] == BILL_DOC
+        more = orjson.dumps([{"op": "copy", "from": "", "path": f"/c{i}"} for i in range(4)])
+        with pytest.raises(ApiError, match="duplicate more than 100 values"):
+            apply_patch(BILL_DOC, more, JSON_PATCH)
+    assert BILL_DOC.keys() == {"id", "@type", "state", "taxItem"}  # never changed in place
+
+
+@pytest.mark.parametrize("index", ["\u00b2", "\u0663", "x", "-1"])
+def test_query_patch_array_index_must_be_ascii_digits(index: str) -> None:
+    body = orjson.dumps([{"op": "replace", "path": f"/taxItem/{index}/taxRate", "value": 1}])
+    with pytest.raises(ApiError) as caught:
+        apply_patch(BILL_DOC, body, QUERY_PATCH)
+    assert caught.value.status == 400 and "not an index" in (caught.value.message or "")
+
+
+def test_query_patch_index_of_thousands_of_digits_selects_nothing() -> None:
+    body = orjson.dumps([{"op": "replace", "path": "/taxItem/" + "9" * 5000, "value": 1}])
+    with pytest.raises(ApiError) as caught:
+        apply_patch(BILL_DOC, body, QUERY_PATCH)
+    assert caught.value.status == 409
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        (b'{"a":' * 33 + b"1" + b"}" * 33, "more than 32 levels"),
+        (b"[" * 32 + b"]" * 32, None),
+        (orjson.dumps({"a": [0] * 20_000}), "more than 20000 JSON values"),
+        (orjson.dumps({"a": [0] * 19_998}), None),
+    ],
+)
+def test_parse_body_bounds_depth_and_size(body: bytes, words: str | None) -> None:
+    if words is None:
+        parse_body(body)
+        return
+    with pytest.raises(ApiError) as caught:
+        parse_body(body)
+    assert caught.value.status == 400 and words in (caught.value.message or "")

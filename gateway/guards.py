@@ -1,0 +1,214 @@
+"""HTTP-level guards: what is refused before any route runs, and what every answer carries.
+
+Before a route: an oversized URL (414), header block (431) or declared body (413, without
+reading it), a control character in the path (400), a path segment longer than any id
+(404), and a body that is not JSON where the API takes JSON (415: a cross-site form can
+post `text/plain` or form bodies without a CORS preflight). While a route reads: a body
+streamed (chunked) past the limit is cut off with a 413. Every refusal is a TMF Error.
+
+Every response gets `X-Content-Type-Options: nosniff` and `Cache-Control: no-store` (the
+data is the caller's). CORS is off unless origins are listed; then Starlette's
+CORSMiddleware answers preflights and marks responses for those origins only.
+
+What uvicorn refuses before the application never reaches this module: a malformed
+request line, a raw NUL or space in the target, a method its parser (llhttp, through
+httptools) does not know such as `FOO`, a URL over 64 KiB. uvicorn answers those with a
+plain-text 400 and has no option to change that body; its httptools parser has no header
+size option either (`h11_max_incomplete_event_size` applies to h11 only), so an oversized
+header block is read by uvicorn and then refused here.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from starlette.datastructures import Headers
+from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway.errors import SAFETY_HEADERS, ApiError, clip, error_response
+from gateway.limits import DEFAULT_LIMITS, Limits, limits_in_effect
+from gateway.patch import JSON, PATCH_TYPES, media_type
+from gateway.resources import API_PREFIX
+
+_SAFETY_RAW = tuple((k.lower().encode(), v.encode()) for k, v in SAFETY_HEADERS.items())
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+#: What a browser on an allowed origin may send and read (when CORS is on).
+CORS_METHODS = ("GET", "POST", "PATCH", "DELETE")
+CORS_REQUEST_HEADERS = ("Authorization", "Content-Type", "If-Match", "X-Request-ID")
+CORS_EXPOSED_HEADERS = ("ETag", "Location", "X-Total-Count", "X-Result-Count", "X-Request-ID")
+
+
+class GuardMiddleware:
+    """Pure ASGI middleware enforcing `limits`; `cors_origins` lists the allowed origins."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        limits: Limits = DEFAULT_LIMITS,
+        cors_origins: Sequence[str] = (),
+    ) -> None:
+        self.app = app
+        self.limits = limits
+        entry: ASGIApp = self._guarded
+        if cors_origins:
+            # Outside the checks: preflights are answered, refusals carry CORS headers.
+            entry = _TmfCorsMiddleware(
+                entry,
+                allow_origins=list(cors_origins),
+                allow_methods=CORS_METHODS,
+                allow_headers=CORS_REQUEST_HEADERS,
+                expose_headers=CORS_EXPOSED_HEADERS,
+                allow_credentials=False,
+                max_age=600,
+            )
+        self._entry = entry
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_safe(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = _with_safety_headers(message)
+            await send(message)
+
+        with limits_in_effect(self.limits):
+            await self._entry(scope, receive, send_safe)
+
+    async def _guarded(self, scope: Scope, receive: Receive, send: Send) -> None:
+        refusal = refusal_for(scope, self.limits)
+        if refusal is not None:
+            await error_response(refusal)(scope, receive, send)
+            return
+        started = False
+
+        async def send_tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, _counting(receive, self.limits.body_bytes), send_tracked)
+        except ApiError as error:  # a body cut off outside a route's error handling
+            if started or error.status != 413:
+                raise
+            await error_response(error)(scope, receive, send)
+
+
+class _TmfCorsMiddleware(CORSMiddleware):
+    """Starlette's CORS, with a refused preflight answered as a TMF Error too."""
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        response = super().preflight_response(request_headers)
+        if response.status_code < 400:
+            return response
+        detail = bytes(response.body).decode("utf-8", "replace")
+        error = ApiError(
+            response.status_code, "CORS preflight refused", detail, code="CORS_REFUSED"
+        )
+        return error_response(error)
+
+
+def refusal_for(scope: Scope, limits: Limits) -> ApiError | None:
+    """Why the request is refused before routing, as a TMF error; None when it may pass."""
+    raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
+    url_bytes = len(raw_path) + len(scope.get("query_string", b""))
+    if url_bytes > limits.url_bytes:
+        return ApiError(
+            414,
+            "URI too long",
+            f"The path and query take {url_bytes} bytes; at most {limits.url_bytes} are read",
+            code="URI_TOO_LONG",
+        )
+    headers: list[tuple[bytes, bytes]] = list(scope.get("headers", ()))
+    header_bytes = sum(len(name) + len(value) for name, value in headers)
+    if len(headers) > limits.header_count or header_bytes > limits.header_bytes:
+        return ApiError(
+            431,
+            "Request header fields too large",
+            f"At most {limits.header_count} headers of {limits.header_bytes} bytes in all"
+            f" are read (got {len(headers)}, {header_bytes} bytes)",
+            code="HEADERS_TOO_LARGE",
+            headers={"Connection": "close"},
+        )
+    path: str = scope["path"]
+    if _CONTROL.search(path):
+        return ApiError(
+            400,
+            "Invalid path",
+            f"The path holds a control character: {clip(ascii(path))}",
+            code="INVALID_PATH",
+        )
+    if any(len(segment) > limits.segment_chars for segment in path.split("/")):
+        return ApiError(404, "Not found", f"No resource at {clip(path)}")
+    declared = _header(headers, b"content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limits.body_bytes:
+        return _too_large(limits.body_bytes)
+    method: str = scope["method"]
+    root: str = scope.get("root_path", "")
+    route_path = path[len(root) :] if root and path.startswith(root) else path
+    if method in _BODY_METHODS and route_path.startswith(API_PREFIX + "/") and _has_body(headers):
+        accepted = PATCH_TYPES if method == "PATCH" else (JSON,)
+        kind = media_type(_header(headers, b"content-type"))
+        if kind not in accepted:
+            return ApiError(
+                415,
+                "Unsupported media type",
+                f"{method} takes {', '.join(accepted)}; got {clip(kind) or 'no Content-Type'}",
+                code="UNSUPPORTED_MEDIA_TYPE",
+            )
+    return None
+
+
+def _counting(receive: Receive, limit: int) -> Receive:
+    """`receive`, refusing (413) a body that grows past `limit` bytes while it streams in."""
+    received = 0
+
+    async def receive_counted() -> Message:
+        nonlocal received
+        message = await receive()
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > limit:
+                raise _too_large(limit)
+        return message
+
+    return receive_counted
+
+
+def _too_large(limit: int) -> ApiError:
+    # Closing the connection spares reading (and discarding) the rest of the body.
+    return ApiError(
+        413,
+        "Request body too large",
+        f"A request body may take at most {limit} bytes",
+        code="PAYLOAD_TOO_LARGE",
+        headers={"Connection": "close"},
+    )
+
+
+def _has_body(headers: list[tuple[bytes, bytes]]) -> bool:
+    length = _header(headers, b"content-length")
+    return _header(headers, b"transfer-encoding") is not None or (
+        length is not None and length != "0"
+    )
+
+
+def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
+    for key, value in headers:
+        if key == name:
+            return value.decode("latin-1").strip()
+    return None
+
+
+def _with_safety_headers(message: Message) -> Message:
+    headers = list(message.get("headers", ()))
+    present = {name.lower() for name, _ in headers}
+    headers.extend((name, value) for name, value in _SAFETY_RAW if name not in present)
+    return {**message, "headers": headers}
