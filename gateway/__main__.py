@@ -27,19 +27,28 @@ from gateway.logs import configure_logging
 from gateway.resources import API_PREFIX
 
 
-def anonymous_refusal(config: GatewayConfig, host: str) -> str | None:
-    """Why the gateway must not serve anonymously on `host` (None when it may).
+def exposure_refusal(config: GatewayConfig, host: str) -> str | None:
+    """Why the gateway must not serve on `host` as configured (None when it may).
 
-    Anonymous mode (no `auth`) is for the demo on this machine; anywhere else every
-    caller could read and change every customer's bills, so it takes an explicit
-    `auth.anonymous_beyond_loopback: true`.
+    The demo's shortcuts are for this machine only. Anonymous mode (no `auth`) lets every
+    caller read and change every customer's bills, so beyond loopback it takes an
+    explicit `auth.anonymous_beyond_loopback: true`; and `href`s and Locations come from
+    the Host header unless `api.public_base_url` is set, so beyond loopback one of that
+    or `api.allowed_hosts` must say which hosts are real.
     """
-    if config.auth.enabled or config.auth.anonymous_beyond_loopback or _loopback(host):
+    if _loopback(host):
         return None
-    return (
-        f"{config.source}: auth is off and {host!r} is not a loopback address; enable auth "
-        "(see config/secure.yaml) or set auth.anonymous_beyond_loopback: true"
-    )
+    if not (config.auth.enabled or config.auth.anonymous_beyond_loopback):
+        return (
+            f"{config.source}: auth is off and {host!r} is not a loopback address; enable"
+            " auth (see config/secure.yaml) or set auth.anonymous_beyond_loopback: true"
+        )
+    if not (config.api.public_base_url or config.api.allowed_hosts):
+        return (
+            f"{config.source}: {host!r} is not a loopback address: set api.public_base_url"
+            " (PUBLIC_BASE_URL) or api.allowed_hosts, so no Host header decides the hrefs"
+        )
+    return None
 
 
 def _loopback(host: str) -> bool:
@@ -52,7 +61,7 @@ def _loopback(host: str) -> bool:
 
 
 async def serve(config: GatewayConfig, host: str, port: int) -> int:
-    refusal = anonymous_refusal(config, host)
+    refusal = exposure_refusal(config, host)
     if refusal is not None:
         print(f"tmf678-gateway: cannot start: {refusal}", file=sys.stderr)
         return 3

@@ -72,11 +72,19 @@ def api_routes(config: GatewayConfig, services: Services) -> list[BaseRoute]:
 
 
 def _starlette(
-    routes: list[BaseRoute] | None = None, lifespan: Lifespan[Starlette] | None = None
+    config: GatewayConfig,
+    routes: list[BaseRoute] | None = None,
+    lifespan: Lifespan[Starlette] | None = None,
 ) -> Starlette:
+    guard = Middleware(
+        GuardMiddleware,
+        limits=config.limits,
+        cors_origins=config.api.cors_origins,
+        allowed_hosts=[] if config.api.public_base_url else config.api.allowed_hosts,
+    )
     return Starlette(
         routes=routes,
-        middleware=[Middleware(RequestLogMiddleware), Middleware(GuardMiddleware)],
+        middleware=[Middleware(RequestLogMiddleware), guard],
         exception_handlers={ApiError: api_error_handler, HTTPException: http_error_handler},
         lifespan=lifespan,
     )
@@ -84,7 +92,7 @@ def _starlette(
 
 def build_app(config: GatewayConfig, services: Services) -> Starlette:
     """The application over services that are already open (the server's way)."""
-    app = _starlette(routes=api_routes(config, services))
+    app = _starlette(config, routes=api_routes(config, services))
     app.state.services = services
     return app
 
@@ -106,4 +114,4 @@ def create_app(config: GatewayConfig, *, event_base_url: str | None = None) -> S
             yield
         log.info("gateway_stopped")
 
-    return _starlette(lifespan=lifespan)
+    return _starlette(config, lifespan=lifespan)

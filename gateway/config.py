@@ -36,6 +36,7 @@ from adapters.base import BackendOptions, StrictModel
 from adapters.registry import BUNDLED_KINDS, known_kinds, options_model
 from gateway.auth import AuthSettings
 from gateway.lifecycle import BILL_STATES, DEFAULT_BILL_TRANSITIONS
+from gateway.limits import Limits
 from gateway.resources import RESOURCE_TYPES
 from mappings.errors import MappingSpecError
 from mappings.loader import SpecMap, load_yaml
@@ -71,6 +72,12 @@ assert set(get_args(BillState)) == set(BILL_STATES)
 class ApiSettings(StrictModel):
     #: Absolute origin (and path) for `href`s; when unset, built from each request.
     public_base_url: Annotated[str, Field(pattern=r"^https?://")] | None = None
+
+    #: Host names (the Host header without port) answered when `public_base_url` is
+    #: unset; empty: any. `href`s are built from the Host, so outside the demo set one.
+    allowed_hosts: list[str] = []
+    #: Origins allowed to call from a browser (CORS); empty: CORS off.
+    cors_origins: list[str] = []
 
     @field_validator("public_base_url", mode="before")
     @classmethod
@@ -227,6 +234,8 @@ class GatewayConfig(StrictModel):
     events: EventsSettings | None = None
     #: Bearer tokens and scopes; off (anonymous, loopback only) unless enabled.
     auth: AuthSettings = AuthSettings()
+    #: How much one request may make the gateway read, hold or do.
+    limits: Limits = Limits()
     #: The file it was read from, for messages.
     _source: str = PrivateAttr("<built-in>")
 

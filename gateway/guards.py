@@ -51,9 +51,11 @@ class GuardMiddleware:
         app: ASGIApp,
         limits: Limits = DEFAULT_LIMITS,
         cors_origins: Sequence[str] = (),
+        allowed_hosts: Sequence[str] = (),
     ) -> None:
         self.app = app
         self.limits = limits
+        self.hosts = frozenset(h.lower() for h in allowed_hosts)
         entry: ASGIApp = self._guarded
         if cors_origins:
             # Outside the checks: preflights are answered, refusals carry CORS headers.
@@ -82,7 +84,7 @@ class GuardMiddleware:
             await self._entry(scope, receive, send_safe)
 
     async def _guarded(self, scope: Scope, receive: Receive, send: Send) -> None:
-        refusal = refusal_for(scope, self.limits)
+        refusal = refusal_for(scope, self.limits) or self._host_refusal(scope)
         if refusal is not None:
             await error_response(refusal)(scope, receive, send)
             return
@@ -99,6 +101,18 @@ class GuardMiddleware:
             if started or error.status != 413:
                 raise
             await error_response(error)(scope, receive, send)
+
+    def _host_refusal(self, scope: Scope) -> ApiError | None:
+        """Hrefs and Locations are built from the Host header: only configured hosts."""
+        if not self.hosts:
+            return None
+        given = _header(list(scope.get("headers", ())), b"host") or ""
+        host = given.rsplit(":", 1)[0] if not given.endswith("]") else given
+        if host.lower() in self.hosts:
+            return None
+        return ApiError(
+            400, "Invalid host", f"Host {clip(given)!r} is not served here", code="INVALID_HOST"
+        )
 
 
 class _TmfCorsMiddleware(CORSMiddleware):

@@ -12,31 +12,38 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
+from typing import Annotated
+
+from pydantic import Field
+
+from adapters.base import StrictModel
+
+Positive = Annotated[int, Field(gt=0)]
 
 
-@dataclass(frozen=True, slots=True)
-class Limits:
+class Limits(StrictModel):
+    """The `limits:` section of the configuration; each bound has a safe default."""
+
     #: Bytes of a request body (413 beyond), checked on Content-Length and while reading.
-    body_bytes: int = 1 << 20
+    body_bytes: Positive = 1 << 20
     #: Bytes of the raw path and query string together (414 beyond).
-    url_bytes: int = 8 << 10
+    url_bytes: Positive = 8 << 10
     #: Characters of one path segment, e.g. an id (404 beyond: no resource has such an id).
-    segment_chars: int = 256
+    segment_chars: Positive = 256
     #: Bytes of all request header names and values together (431 beyond).
-    header_bytes: int = 16 << 10
+    header_bytes: Positive = 16 << 10
     #: Number of request header lines (431 beyond).
-    header_count: int = 100
+    header_count: Positive = 100
     #: Nesting of arrays and objects in any JSON body (400 beyond).
-    json_depth: int = 32
+    json_depth: Positive = 32
     #: JSON values (nodes) in any body (400 beyond): schema validation and its messages
     #: cost per value, and a request of this API needs a few thousand at most.
-    json_nodes: int = 20_000
+    json_nodes: Positive = 20_000
     #: Operations in one JSON Patch, before and after selector expansion (400 beyond).
-    patch_operations: int = 1000
+    patch_operations: Positive = 1000
     #: JSON values (nodes) the `copy` operations of one patch may duplicate (400 beyond):
     #: each copy can double the document, 2^30 times its size after 30 operations.
-    patch_copied_nodes: int = 100_000
+    patch_copied_nodes: Positive = 100_000
 
 
 DEFAULT_LIMITS = Limits()

@@ -18,7 +18,7 @@ from starlette.testclient import TestClient
 from structlog.contextvars import merge_contextvars
 from structlog.testing import capture_logs
 
-from gateway.__main__ import anonymous_refusal
+from gateway.__main__ import exposure_refusal
 from gateway.app import create_app
 from gateway.auth import AuthSettings
 from gateway.config import GatewayConfig, load_config
@@ -261,15 +261,32 @@ def test_hubs_belong_to_their_callers_and_hear_only_their_accounts(
         assert gateway.delete(f"{API}/hub/{hub_a.json()['id']}", headers=alice).status_code == 204
 
 
-def test_anonymous_mode_is_for_loopback_only(demo_db: Path) -> None:
+def test_anonymous_mode_and_host_built_hrefs_are_for_loopback_only(demo_db: Path) -> None:
     config = gateway_config(demo_db)
-    assert anonymous_refusal(config, "127.0.0.1") is None
-    assert anonymous_refusal(config, "localhost") is None
-    assert anonymous_refusal(config, "::1") is None
-    refusal = anonymous_refusal(config, "0.0.0.0")
+    assert exposure_refusal(config, "127.0.0.1") is None
+    assert exposure_refusal(config, "localhost") is None
+    assert exposure_refusal(config, "::1") is None
+    refusal = exposure_refusal(config, "0.0.0.0")
     assert refusal is not None and "auth is off" in refusal
     said = config.model_copy(update={"auth": AuthSettings(anonymous_beyond_loopback=True)})
-    assert anonymous_refusal(said, "0.0.0.0") is None
+    refusal = exposure_refusal(said, "0.0.0.0")
+    assert refusal is not None and "api.public_base_url" in refusal
+    public = said.model_copy(
+        update={"api": said.api.model_copy(update={"allowed_hosts": ["api.example.com"]})}
+    )
+    assert exposure_refusal(public, "0.0.0.0") is None
+
+
+def test_only_configured_hosts_are_answered(demo_db: Path) -> None:
+    config = gateway_config(demo_db)
+    api = config.api.model_copy(update={"allowed_hosts": ["api.example.com"]})
+    with TestClient(create_app(config.model_copy(update={"api": api}))) as client:
+        good = client.get(f"{API}/billCycle/1", headers={"Host": "api.example.com:8443"})
+        assert good.status_code == 200
+        assert good.json()["href"].startswith("http://api.example.com:8443/")
+        evil = client.get(f"{API}/billCycle/1", headers={"Host": "evil.example"})
+        assert evil.status_code == 400 and evil.json()["code"] == "INVALID_HOST"
+        assert_valid("Error", evil.json())
 
 
 def test_the_account_scope_holds_across_federated_back_ends(
