@@ -31,7 +31,6 @@ from gateway.resources import (
 )
 from gateway.routes import (
     BaseUrl,
-    Paging,
     create_on_demand_route,
     hub_routes,
     patch_route,
@@ -46,7 +45,7 @@ log = structlog.get_logger("gateway")
 
 def api_routes(config: GatewayConfig, services: Services) -> list[BaseRoute]:
     """Every TMF678 operation, each given the reader or service it uses."""
-    paging = Paging(config.paging.default_limit, config.paging.max_limit)
+    paging = config.paging
     base = BaseUrl(config.api.public_base_url)
     access = Access(services.authenticator, config.auth.scopes)
     bill = f"{API_PREFIX}/{CUSTOMER_BILL.collection}/{{id}}"

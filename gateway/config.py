@@ -38,23 +38,15 @@ from gateway.auth import AuthSettings
 from gateway.lifecycle import BILL_STATES, DEFAULT_BILL_TRANSITIONS
 from gateway.limits import Limits
 from gateway.resources import RESOURCE_TYPES
-from mappings.errors import MappingSpecError
+from mappings.errors import MappingSpecError, SpecError
 from mappings.loader import SpecMap, load_yaml
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "default.yaml"
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
-class ConfigError(Exception):
+class ConfigError(SpecError):
     """The gateway configuration is wrong; start-up stops with the file, place and reason."""
-
-    def __init__(self, file: str, place: str, line: int | None, reason: str) -> None:
-        self.file = file
-        self.place = place
-        self.line = line
-        self.reason = reason
-        where = f"{file}:{line}" if line else file
-        super().__init__(f"{where}: {place}: {reason}" if place else f"{where}: {reason}")
 
 
 def _relative(value: Path, info: ValidationInfo) -> Path:

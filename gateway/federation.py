@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import heapq
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from itertools import islice
 from typing import Any
 
@@ -24,7 +24,7 @@ from gateway.query import Filter, Query
 from gateway.reads import BackendRoute
 from gateway.residual import sort_key
 from gateway.resources import with_prefixed_id
-from gateway.writes import ResourcePatcher, etag, matches_if_match
+from gateway.writes import PatchRequest, ResourcePatcher, etag, matches_if_match
 
 Resource = dict[str, Any]
 
@@ -111,27 +111,20 @@ class FederatedPatcher:
         self.reader = reader
         self.patchers = dict(patchers)  # back end -> its patcher (a back end may have none)
 
-    async def patch(
-        self,
-        ident: str,
-        body: bytes,
-        content_type: str | None,
-        if_match: str | None,
-        base: str,
-        visible: Callable[[Resource], bool] | None = None,
-    ) -> tuple[Resource, str]:
+    async def patch(self, request: PatchRequest) -> tuple[Resource, str]:
+        ident, base = request.ident, request.base
         found = self.reader.route_of(ident)
         patcher = self.patchers.get(found[0].backend) if found is not None else None
         if found is None or patcher is None:
             raise not_found(self.reader.collection, ident)
         route, local = found
-        if if_match is not None:
+        if request.if_match is not None:
             # ETags are over the federated resource; the route's write still compares-and-sets.
             current = await self.reader.get(ident, base)
-            if current is None or (visible is not None and not visible(current)):
+            if current is None or not request.visible(current):
                 raise not_found(self.reader.collection, ident)
-            if not matches_if_match(if_match, etag(current, base)):
+            if not matches_if_match(request.if_match, etag(current, base)):
                 raise ApiError(412, "Precondition failed", "The resource changed since that ETag")
-        item, _ = await patcher.patch(local, body, content_type, None, base, visible)
+        item, _ = await patcher.patch(dataclasses.replace(request, ident=local, if_match=None))
         tagged = self.reader.tag(route, item, base)
         return tagged, etag(tagged, base)

@@ -35,6 +35,8 @@ from gateway.store import GatewayStore
 from mappings.compiler import CompiledMapping
 from mappings.transforms import Transform
 
+Resource = dict[str, Any]
+
 log = structlog.get_logger("gateway.on_demand")
 audit = structlog.get_logger("gateway.audit")
 
@@ -54,6 +56,15 @@ class BillMaker:
 
     def holds(self, account: str) -> bool:
         return self.accounts is None or self.accounts.search(account) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How a request ended: its final state, the bill it made, or why it made none."""
+
+    state: str
+    customer_bill_id: str | None = None
+    description: str | None = None
 
 
 class OnDemandService:
@@ -171,35 +182,27 @@ class OnDemandService:
         if self.settings.pause_after_action_seconds:
             await asyncio.sleep(self.settings.pause_after_action_seconds)
         if result.outcome == "rejected":
-            await self._finish(claimed.id, "rejected", description=result.reason)
+            await self._finish(claimed.id, Outcome("rejected", description=result.reason))
             log.info("on_demand_rejected", request=claimed.id, reason=result.reason)
             return True
         bill_id = maker.prefix + maker.bill_id.to_tmf(result.value)
         bill = None
         if self.publisher is not None:
             bill = await self.bills.get(bill_id, self.publisher.base_url)
-        await self._finish(claimed.id, "done", customer_bill_id=bill_id, bill=bill)
+        await self._finish(claimed.id, Outcome("done", customer_bill_id=bill_id), bill)
         log.info("on_demand_done", request=claimed.id, customer_bill=bill_id)
         return True
 
-    async def _finish(
-        self,
-        ident: str,
-        state: str,
-        *,
-        customer_bill_id: str | None = None,
-        description: str | None = None,
-        bill: dict[str, Any] | None = None,
-    ) -> None:
+    async def _finish(self, ident: str, outcome: Outcome, bill: Resource | None = None) -> None:
         """The outcome, its events and (for a new bill) its first sighting: one transaction."""
         async with self.store.transaction() as conn:
             finished = await self.store.finish_on_demand(
                 conn,
                 ident,
                 self.owner,
-                state,
-                customer_bill_id=customer_bill_id,
-                description=description,
+                outcome.state,
+                customer_bill_id=outcome.customer_bill_id,
+                description=outcome.description,
             )
             if not finished:
                 return  # our lease ran out and another worker owns the request now
@@ -221,10 +224,10 @@ class OnDemandService:
     async def _failed(self, ident: str, attempts: int, reason: str) -> None:
         log.warning("on_demand_attempt_failed", request=ident, attempt=attempts, detail=reason)
         if attempts >= self.settings.max_attempts:
+            reason = f"The billing back end could not produce the bill ({attempts} tries)"
             await self._finish(
                 ident,
-                "terminatedWithError",
-                description=f"The billing back end could not produce the bill ({attempts} tries)",
+                Outcome("terminatedWithError", description=reason),
             )
             return
         delay = backoff_seconds(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 from starlette.requests import Request
@@ -17,7 +17,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway.access import Access, scoped_query, visible
-from gateway.auth import Caller
+from gateway.config import PagingSettings
 from gateway.errors import ApiError, not_found
 from gateway.events import HubService
 from gateway.fields import compile_fields, project
@@ -26,26 +26,9 @@ from gateway.on_demand import OnDemandService
 from gateway.query import parse_fields, parse_query
 from gateway.reads import Reader
 from gateway.resources import API_PREFIX, CUSTOMER_BILL_ON_DEMAND, ResourceType
-from gateway.writes import etag
+from gateway.writes import Patcher, PatchRequest, etag
 
 Endpoint = Callable[[Request], Awaitable[Response]]
-
-
-Visible = Callable[[dict[str, Any]], bool]
-
-
-class Patcher(Protocol):
-    async def patch(
-        self,
-        ident: str,
-        body: bytes,
-        content_type: str | None,
-        if_match: str | None,
-        base: str,
-        visible: Visible | None = None,
-    ) -> tuple[dict[str, Any], str]:
-        """Patch a resource; one that is not `visible` to the caller is a 404."""
-        ...
 
 
 class JSONResponse(Response):
@@ -53,12 +36,6 @@ class JSONResponse(Response):
 
     def render(self, content: Any) -> bytes:
         return orjson.dumps(content)
-
-
-@dataclass(frozen=True, slots=True)
-class Paging:
-    default_limit: int
-    max_limit: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +60,7 @@ def _projection(fields: tuple[str, ...] | None) -> Callable[[dict[str, Any]], di
 
 
 def list_route(
-    resource: ResourceType, reader: Reader, paging: Paging, base: BaseUrl, access: Access
+    resource: ResourceType, reader: Reader, paging: PagingSettings, base: BaseUrl, access: Access
 ) -> Endpoint:
     attributes = attribute_types(resource.schema)
 
@@ -134,12 +111,14 @@ def patch_route(
             raise ApiError(501, "Not implemented", f"No back end offers PATCH of {resource.schema}")
         fields = parse_fields(request.query_params.get("fields"), attributes)
         item, tag = await patcher.patch(
-            request.path_params["id"],
-            await request.body(),
-            request.headers.get("content-type"),
-            request.headers.get("if-match"),
-            base(request),
-            _visible_to(resource, caller),
+            PatchRequest(
+                request.path_params["id"],
+                await request.body(),
+                request.headers.get("content-type"),
+                request.headers.get("if-match"),
+                base(request),
+                lambda item: visible(item, resource, caller),
+            )
         )
         return JSONResponse(_projection(fields)(item), headers={"ETag": tag})
 
@@ -193,7 +172,7 @@ def hub_routes(hubs: HubService | None, base: BaseUrl, access: Access) -> list[R
 
 
 def resource_routes(
-    resource: ResourceType, reader: Reader, paging: Paging, base: BaseUrl, access: Access
+    resource: ResourceType, reader: Reader, paging: PagingSettings, base: BaseUrl, access: Access
 ) -> list[Route]:
     """`GET /{collection}` and `GET /{collection}/{id}`."""
     path = f"{API_PREFIX}/{resource.collection}"
@@ -201,7 +180,3 @@ def resource_routes(
         Route(path, list_route(resource, reader, paging, base, access), methods=["GET"]),
         Route(f"{path}/{{id}}", get_route(resource, reader, base, access), methods=["GET"]),
     ]
-
-
-def _visible_to(resource: ResourceType, caller: Caller) -> Visible:
-    return lambda item: visible(item, resource, caller)

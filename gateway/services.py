@@ -39,9 +39,8 @@ from gateway.resources import (
     CUSTOMER_BILL_ON_DEMAND,
     RESOURCE_TYPES,
 )
-from gateway.routes import Patcher
 from gateway.store import GatewayStore
-from gateway.writes import ResourcePatcher
+from gateway.writes import Patcher, ResourcePatcher
 from mappings.compiler import compile_mapping, read_mapping
 from mappings.errors import MappingSpecError
 from mappings.loader import SpecMap, load_yaml

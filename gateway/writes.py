@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cache
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 import structlog
@@ -66,6 +66,26 @@ def mvo_properties(schema: str) -> frozenset[str]:
     return frozenset(found)
 
 
+@dataclass(frozen=True, slots=True)
+class PatchRequest:
+    """A PATCH as the route received it."""
+
+    ident: str
+    body: bytes
+    content_type: str | None
+    if_match: str | None
+    #: The API root of this request, for `href`s.
+    base: str
+    #: Whether the caller may see a resource (its data scope): one it may not is a 404.
+    visible: Callable[[Resource], bool] = lambda item: True
+
+
+class Patcher(Protocol):
+    async def patch(self, request: PatchRequest) -> tuple[Resource, str]:
+        """The patched resource and its ETag."""
+        ...
+
+
 @dataclass(slots=True)
 class ResourcePatcher:
     """PATCH for one resource type over its reader's mapping and source."""
@@ -79,15 +99,8 @@ class ResourcePatcher:
     #: A federated route's id prefix: events and the change log use the federated ids.
     id_prefix: str = ""
 
-    async def patch(
-        self,
-        ident: str,
-        body: bytes,
-        content_type: str | None,
-        if_match: str | None,
-        base: str,
-        visible: Callable[[Resource], bool] | None = None,
-    ) -> tuple[Resource, str]:
+    async def patch(self, request: PatchRequest) -> tuple[Resource, str]:
+        ident, if_match, base = request.ident, request.if_match, request.base
         mapping, source = self.reader.mapping, self.reader.source
         by_id = reverse_filter(Filter("id", "eq", (ident,), "id"), mapping, source)
         if by_id is None:
@@ -98,7 +111,7 @@ class ResourcePatcher:
                 if record is None:
                     raise not_found(mapping.collection, ident)
                 current = mapping.to_tmf(record, base)
-            if visible is not None and not visible(current):
+            if not request.visible(current):
                 raise not_found(mapping.collection, ident)
             if if_match is not None and not matches_if_match(if_match, etag(current, base)):
                 raise ApiError(
@@ -107,7 +120,7 @@ class ResourcePatcher:
                     "The resource changed since the ETag in If-Match was read",
                     code="PRECONDITION_FAILED",
                 )
-            updated = apply_patch(current, body, content_type)
+            updated = apply_patch(current, request.body, request.content_type)
             changes = await self._changes(current, updated, base)
             if not changes:
                 return current, etag(current, base)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 
-class MappingSpecError(Exception):
-    """A mapping spec is wrong: raised at start-up with the file, the place and the reason."""
+class SpecError(Exception):
+    """Something in a YAML file is wrong: the file, its line, the place and the reason."""
 
     def __init__(self, file: str, place: str, line: int | None, reason: str) -> None:
         self.file = file
@@ -13,6 +13,10 @@ class MappingSpecError(Exception):
         self.reason = reason
         where = f"{file}:{line}" if line else file
         super().__init__(f"{where}: {place}: {reason}" if place else f"{where}: {reason}")
+
+
+class MappingSpecError(SpecError):
+    """A mapping spec is wrong: raised at start-up with the file, the place and the reason."""
 
 
 class RecordMappingError(Exception):
