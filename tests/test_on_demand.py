@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sqlite3
 import time
@@ -25,7 +26,12 @@ ON_DEMAND = f"{API}/customerBillOnDemand"
 def gateway(scratch_db: Path, tmp_path: Path) -> Iterator[TestClient]:
     config = tuned(
         gateway_config(scratch_db, store=tmp_path / "store.sqlite"),
-        worker={"poll_seconds": 0.05, "retry_base_seconds": 0.05},
+        worker={
+            "poll_seconds": 0.05,
+            "retry_base_seconds": 0.05,
+            "retry_max_seconds": 0.2,
+            "retry_for_seconds": 1.5,
+        },
     )
     with TestClient(create_app(config)) as client:
         client.db = scratch_db  # type: ignore[attr-defined]
@@ -197,7 +203,10 @@ def test_a_failing_back_end_ends_in_terminated_with_error_and_writes_nothing(
     created = gateway.post(ON_DEMAND, json={"billingAccount": {"id": account}}).json()
     finished = wait_until_finished(gateway.get, created["href"])
     assert finished["state"] == "terminatedWithError"
-    assert "5 tries" in finished["description"]
+    # Retried for retry_for_seconds (1.5 s at 0.05-0.2 s apart), then given up.
+    tries = re.search(r"\((\d+) tries in (\d+) s\)", finished["description"])
+    assert tries is not None, finished["description"]
+    assert int(tries[1]) >= 5 and int(tries[2]) in (1, 2, 3)
     assert "tax engine" not in finished["description"]  # back-end internals stay in the log
     assert legacy(db, "SELECT count(*) FROM INV_HDR") == bills_before
     assert legacy(
