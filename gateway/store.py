@@ -426,9 +426,13 @@ class GatewayStore:
             .with_for_update(skip_locked=True)  # PostgreSQL: others take the next ones
         )
         async with self.transaction() as conn:
+            # Two statements: PostgreSQL may run a LIMIT subquery of an UPDATE more than once.
+            seqs = list((await conn.execute(candidates)).scalars())
+            if not seqs:
+                return []
             rows = await conn.execute(
                 update(bill_on_demand)
-                .where(table.seq.in_(candidates.scalar_subquery()) & due)
+                .where(table.seq.in_(seqs) & due)
                 .values(
                     lease_owner=owner,
                     lease_until=now + lease_seconds,
