@@ -9,7 +9,7 @@ import signal
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AsyncExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +20,9 @@ from pydantic import ValidationError
 from sqlalchemy import text
 from starlette.testclient import TestClient
 
-from gateway.app import create_app
+from gateway.app import create_app, open_services
 from gateway.config import WorkerSettings, load_config
+from gateway.services import StartupError
 from gateway.store import GatewayStore
 from simulators.rest_billing import BillingData
 from simulators.rest_billing import create_app as rest_simulator
@@ -690,3 +691,26 @@ def test_a_running_request_keeps_its_lease(any_store: str) -> None:
         assert not await store.renew_on_demand_lease(ident, "A", 0.3)  # A lost it
 
     store_run(any_store, scenario)
+
+
+def test_a_mistake_in_an_action_find_stops_start_up_with_file_and_line(
+    scratch_db: Path, tmp_path: Path
+) -> None:
+    action = tmp_path / "produce_bill.yaml"
+    original = (ROOT / "mappings" / "legacy_sql" / "actions" / "produce_bill.yaml").read_text()
+    action.write_text(
+        original + "find:\n  result: bill_id\n  steps:\n    - {sql: SELECT 1, bogus: true}\n"
+    )
+    line = len(original.splitlines()) + 3
+    config = gateway_config(scratch_db, store=tmp_path / "store.sqlite")
+    assert config.on_demand is not None
+    config = config.model_copy(
+        update={"on_demand": config.on_demand.model_copy(update={"action": action})}
+    )
+
+    async def start_up() -> None:
+        async with AsyncExitStack() as stack:
+            await open_services(config, stack, "http://gw")
+
+    with pytest.raises(StartupError, match=rf"^{action}:{line}: find\.steps\[0\]: a step is"):
+        asyncio.run(start_up())
