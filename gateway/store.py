@@ -554,16 +554,19 @@ class GatewayStore:
         due = (outbox.c.hub_id == hub_id) & (outbox.c.state == "pending") & (outbox.c.due_at <= now)
         async with self.transaction() as conn:
             # PostgreSQL: rows another worker is claiming are skipped, not waited for and lost.
-            seqs = (
+            # The choice is a CTE, evaluated once: with the LIMIT in an IN sub-query,
+            # PostgreSQL may run the sub-query again and claim more than `limit` rows.
+            chosen = (
                 select(outbox.c.seq)
                 .where(due)
                 .order_by(outbox.c.seq)
                 .limit(limit)
                 .with_for_update(skip_locked=True)
+                .cte("chosen")
             )
             rows = await conn.execute(
                 update(outbox)
-                .where(outbox.c.seq.in_(seqs.scalar_subquery()) & (outbox.c.due_at <= now))
+                .where((outbox.c.seq == chosen.c.seq) & (outbox.c.due_at <= now))
                 .values(due_at=now + lease)
                 .returning(
                     outbox.c.seq,

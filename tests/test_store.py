@@ -306,6 +306,7 @@ def test_concurrent_workers_claim_each_event_once(store_url: str) -> None:
         batches = await asyncio.gather(*(store.claim_events(hub_id, 60, 5) for _ in range(6)))
         claimed = [event_id for batch in batches for event_id in ids(batch)]
         assert sorted(claimed) == sorted(f"e{i}" for i in range(20))
+        assert max(len(batch) for batch in batches) <= 5  # never more than the limit
 
     run(store_url, scenario)
 
