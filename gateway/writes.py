@@ -138,6 +138,7 @@ class ResourcePatcher:
             raise ApiError(
                 409, "Concurrent update", "The resource kept changing; try again", code="CONFLICT"
             )
+        self.reader.forget(ident)  # cached reads of it, and lists it is in, are out of date
         async with backend_call(self.reader.backend, self.reader.timeout):
             record = await source.one(by_id)
         if record is None:
