@@ -641,3 +641,16 @@ def test_a_federated_list_with_a_back_end_down(
         alone = gw.http.get(f"{BILL}?billingAccount.id=ENT-0001")
         assert error(alone, 503)
         assert gw.http.get(f"{BILL}/L-1").status_code == 200
+
+
+def test_a_back_end_policy_changes_only_the_keys_it_gives() -> None:
+    settings = ResilienceSettings.model_validate(
+        {
+            "default": {"retry": {"attempts": 2}, "breaker": {"cool_down_seconds": 9}},
+            "backends": {"slow": {"breaker": {"half_open_probes": 1}}},
+        }
+    )
+    slow = settings.policy("slow")
+    assert slow.breaker.half_open_probes == 1
+    assert slow.breaker.cool_down_seconds == 9 and slow.retry.attempts == 2
+    assert settings.policy("other") == settings.default
