@@ -77,11 +77,12 @@ def add_backend_time(seconds: float) -> None:
 
 def timeout_error(backend: str, seconds: float) -> BackendDown:
     log.warning("backend_timeout", backend=backend, timeout_seconds=seconds)
+    within = f"within {seconds:g} s" if seconds > 0 else "before the request's deadline"
     return BackendDown(
         backend,
         504,
         "Back end timeout",
-        f"The billing back end {backend!r} did not answer within {seconds:g} s",
+        f"The billing back end {backend!r} did not answer {within}",
         code="BACKEND_TIMEOUT",
     )
 

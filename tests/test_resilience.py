@@ -231,10 +231,10 @@ def test_connection_refused_is_retried_then_503(gateway: Gateway, backend: Fault
 
 
 def test_one_deadline_for_all_the_calls_of_a_request(gateway: Gateway, backend: FaultProxy) -> None:
-    """A PATCH reads, writes and reads again: 0.3 s each would be 0.9 s; the deadline is 0.5."""
-    gw = gateway(timeout=5.0, request_deadline_seconds=0.5)
+    """A PATCH reads, writes and reads again: 0.4 s each would be 1.2 s; the deadline is 0.6."""
+    gw = gateway(timeout=5.0, request_deadline_seconds=0.6)
     gw.http.get(f"{BILL}/EI-000001")
-    backend.inject("delay", delay=0.3, paths=("/api/",))
+    backend.inject("delay", delay=0.4, paths=("/api/",))
     started = time.monotonic()
     response = gw.http.patch(
         f"{BILL}/EI-000003",
@@ -243,7 +243,7 @@ def test_one_deadline_for_all_the_calls_of_a_request(gateway: Gateway, backend: 
     )
     elapsed = time.monotonic() - started
     error(response, 504)
-    assert 0.5 <= elapsed < 0.75
+    assert 0.6 <= elapsed < 1.0
 
 
 def test_the_retry_budget_bounds_retries_in_an_outage() -> None:
@@ -306,7 +306,7 @@ def break_it(gw: GatewayServer, backend: FaultProxy) -> None:
 def test_the_breaker_opens_and_answers_at_once_without_calling(
     gateway: Gateway, backend: FaultProxy
 ) -> None:
-    gw = gateway(default={"breaker": {"cool_down_seconds": 1.0}})
+    gw = gateway(default={"breaker": {"cool_down_seconds": 3.0}})
     gw.http.get(f"{BILL}/EI-000001")
     break_it(gw, backend)
     opened = time.monotonic()
@@ -320,15 +320,15 @@ def test_the_breaker_opens_and_answers_at_once_without_calling(
         took.append(time.perf_counter() - started)
         body = error(response, 503)
         assert body["code"] == "BACKEND_CIRCUIT_OPEN" and "'enterprise'" in body["message"]
-        assert 1 <= int(response.headers["Retry-After"]) <= 1
+        assert 1 <= int(response.headers["Retry-After"]) <= 3
     gc.unfreeze()
-    assert time.monotonic() - opened < 1.0, "the loop outlasted the cool-down: too slow"
+    assert time.monotonic() - opened < 3.0, "the loop outlasted the cool-down: too slow"
     assert backend.calls() == calls  # the back end was not touched
     p99 = statistics.quantiles(took, n=100)[98]
     assert p99 < 0.010, f"p99 {p99 * 1000:.1f} ms"
 
     backend.heal()
-    time.sleep(1.05)  # cool-down over: half-open, probe calls go through
+    time.sleep(opened + 3.05 - time.monotonic())  # cool-down over: half-open, probes pass
     assert gw.guard.breaker.state == "half-open"
     for n in range(3):
         assert gw.http.get(f"{BILL}/EI-00002{n}").status_code == 200
@@ -398,7 +398,7 @@ def test_a_full_bulkhead_answers_503_at_once(gateway: Gateway, backend: FaultPro
     wait_for(lambda: gw.guard.bulkhead.waiting == 1)
     started = time.monotonic()
     response = gw.http.get(f"{BILL}/EI-000005")  # nobody else may wait: 503 at once
-    assert time.monotonic() - started < 0.1
+    assert time.monotonic() - started < 0.25  # at once: the others wait 1 s
     body = error(response, 503)
     assert body["code"] == "BACKEND_BUSY" and "'enterprise'" in body["message"]
     assert response.headers["Retry-After"] == "1"
@@ -422,7 +422,7 @@ def test_requests_in_flight_in_the_gateway_are_bounded(
     wait_for(lambda: backend.calls() - before == 2)
     started = time.monotonic()
     response = gw.http.get(f"{BILL}/EI-000004")
-    assert time.monotonic() - started < 0.1
+    assert time.monotonic() - started < 0.25  # at once: the others wait 1 s
     assert error(response, 503)["code"] == "GATEWAY_BUSY"
     assert response.headers["Retry-After"] == "1"
     assert gw.http.get("/health").status_code == 200  # probes are not API requests
