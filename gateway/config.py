@@ -112,17 +112,34 @@ class FederatedBinding(ResourceBinding):
 
 
 class WorkerSettings(StrictModel):
-    """The on-demand worker: how it polls, leases and retries."""
+    """The on-demand worker: how it polls, leases, works concurrently and retries.
 
-    poll_seconds: Seconds = 1.0
-    #: A claimed request is another worker's again after this.
-    lease_seconds: Seconds = 30.0
-    #: Back-end failures before a request ends `terminatedWithError`.
-    max_attempts: Annotated[int, Field(ge=1)] = 5
+    Failures are retried by elapsed time, not by a count: a back-end outage shorter than
+    `retry_for_seconds` (from the request's creation) delays a bill, it does not lose it.
+    """
+
+    poll_seconds: PositiveFloat = 1.0
+    #: A claimed request is another worker's again after this (renewed while it runs).
+    lease_seconds: PositiveFloat = 30.0
+    #: Requests in flight at once, over all back ends.
+    concurrency: PositiveInt = 16
+    #: Requests in flight at once on one back end: a hung back end holds no more slots.
+    per_backend_concurrency: PositiveInt = 4
+    #: Back-end failures are retried until the request is this old; then terminatedWithError.
+    retry_for_seconds: Seconds = 3600.0
+    #: Optionally also give up after this many attempts (none: only time bounds retries).
+    max_attempts: PositiveInt | None = None
+    #: Exponential backoff between attempts, with jitter, capped.
     retry_base_seconds: Seconds = 1.0
-    retry_max_seconds: Seconds = 300.0
+    retry_max_seconds: Seconds = 60.0
     #: Failure drills only: hold the lease this long after the back end committed.
     pause_after_action_seconds: Seconds = 0.0
+
+    @model_validator(mode="after")
+    def _per_backend_within_total(self) -> WorkerSettings:
+        if self.per_backend_concurrency > self.concurrency:
+            raise ValueError("per_backend_concurrency exceeds concurrency")
+        return self
 
 
 class OnDemandSettings(StrictModel):

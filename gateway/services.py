@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Coroutine, Mapping
+from collections.abc import Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import structlog
 
@@ -44,6 +43,7 @@ from gateway.resources import (
     RESOURCE_TYPES,
 )
 from gateway.store import GatewayStore
+from gateway.supervisor import Work, start_supervised
 from gateway.writes import Patcher, ResourcePatcher
 from mappings.compiler import compile_mapping, read_mapping
 from mappings.errors import MappingSpecError
@@ -185,9 +185,9 @@ def _bill_patcher(
     return next(iter(patchers.values()), None)
 
 
-def _run_in_background(stack: AsyncExitStack, work: Coroutine[Any, Any, None], name: str) -> None:
-    """Start a long-running task now; the stack cancels it on the way out."""
-    task = asyncio.create_task(work, name=name)
+def _run_in_background(stack: AsyncExitStack, work: Work, name: str) -> None:
+    """Start long-running work now, supervised (restarted after a crash); the stack stops it."""
+    task = start_supervised(work, name)
 
     async def stop() -> None:
         task.cancel()
@@ -219,7 +219,7 @@ async def _open_events(
     worker = DeliveryWorker(store, events.delivery, policy)
     publisher.wake = worker.wake
     stack.push_async_callback(worker.close)
-    _run_in_background(stack, worker.run(), "event-delivery")
+    _run_in_background(stack, worker.run, "event-delivery")
     for collection, detection in events.change_detection.items():
         routes = readers[collection].routes
         for route in routes:
@@ -241,7 +241,7 @@ async def _open_events(
                 interval=detection.interval_seconds,
                 id_prefix=route.prefix,
             )
-            _run_in_background(stack, detector.run(), f"detector-{collection}-{route.backend}")
+            _run_in_background(stack, detector.run, f"detector-{collection}-{route.backend}")
     return publisher, HubService(store, policy)
 
 
@@ -322,10 +322,12 @@ async def _open_on_demand(
         route = routes.get(name)
         if route is None or "id" not in route.reader.mapping.fields:
             raise StartupError(f"on_demand: back end {name!r} does not serve customerBill")
+        action, find = _actions(adapters[name], path)
         makers.append(
             BillMaker(
                 backend=name,
-                action=_action(adapters[name], path),
+                action=action,
+                find=find,
                 timeout=config.backends[name].timeout_seconds,
                 bill_id=route.reader.mapping.fields["id"].transform,
                 prefix=route.prefix,
@@ -340,7 +342,7 @@ async def _open_on_demand(
         settings=settings.worker,
         publisher=publisher,
     )
-    _run_in_background(stack, service.run_worker(), "on-demand-worker")
+    _run_in_background(stack, service.run_worker, "on-demand-worker")
     return requests, service
 
 
@@ -350,17 +352,33 @@ def _detectable(reader: ResourceReader, attribute: str) -> bool:
     return ref is not None and ref.transform.ordered and reader.source.can_sort(ref.column)
 
 
-def _action(adapter: Adapter, path: Path) -> BackendAction:
-    """A declared back-end action, compiled at start-up; mistakes name file and line."""
+def _actions(adapter: Adapter, path: Path) -> tuple[BackendAction, BackendAction | None]:
+    """A declared back-end action and its optional `find:`, compiled at start-up.
+
+    `find:` is an action of its own, in the same back end's terms, that looks up the bill
+    made for a request (its `request_id`): done with the bill's key, or rejected when
+    there is none. Mistakes in either name the file and line.
+    """
     file = str(path)
     try:
         spec = load_yaml(path)
         if not isinstance(spec, SpecMap):
             raise MappingSpecError(file, "", 1, "an action file is a YAML mapping")
+        find = spec.get("find")
+        if find is not None and not isinstance(find, SpecMap):
+            raise MappingSpecError(file, "find", spec.line_of("find"), "find is an action")
         try:
-            return adapter.action(spec)
+            action = adapter.action({k: v for k, v in spec.items() if k != "find"})
         except SourceSpecError as exc:
             key = exc.place.split(".")[0].split("[")[0]
             raise MappingSpecError(file, exc.place, spec.line_of(key), exc.reason) from None
+        if find is None:
+            return action, None
+        try:
+            return action, adapter.action(find)
+        except SourceSpecError as exc:
+            key = exc.place.split(".")[0].split("[")[0]
+            line = find.line_of(key)
+            raise MappingSpecError(file, f"find.{exc.place}", line, exc.reason) from None
     except MappingSpecError as exc:
         raise StartupError(str(exc)) from exc

@@ -27,7 +27,7 @@ state and the events reporting it commit together; the others run in their own.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -215,6 +215,7 @@ class OnDemandRequest:
     account_id: str
     attempts: int  # this one included
     backend: str | None
+    created_at: float | None = None  # epoch seconds (whole seconds, as stored)
 
 
 @dataclass(frozen=True, slots=True)
@@ -389,6 +390,82 @@ class GatewayStore:
                 .where((bill_on_demand.c.id == ident) & (bill_on_demand.c.lease_owner == owner))
                 .values(lease_until=time() + delay, updated_at=now_text())
             )
+
+    async def claim_on_demand_requests(
+        self,
+        owner: str,
+        lease_seconds: float,
+        limit: int,
+        *,
+        backend: str,
+        strays_besides: Collection[str] | None = None,
+        skip: Collection[str] = (),
+    ) -> list[OnDemandRequest]:
+        """Up to `limit` due requests for `backend`, oldest first, leased to `owner`.
+
+        Several workers (and several requests per worker) share the work this way. With
+        `strays_besides` (every back end the caller serves), requests recorded for no back
+        end or for one not listed are claimed too, so that none is left behind. `skip`:
+        requests the caller is running already (and whose lease it renews).
+        """
+        if limit <= 0:
+            return []
+        now = time()
+        table = bill_on_demand.c
+        due = (table.state == "inProgress") & or_(
+            table.lease_until.is_(None), table.lease_until <= now
+        )
+        mine: ColumnElement[bool] = table.backend == backend
+        if strays_besides is not None:
+            mine = or_(mine, table.backend.is_(None), table.backend.not_in(list(strays_besides)))
+        candidates = (
+            select(table.seq)
+            .where(due & mine & table.id.not_in(list(skip)))
+            .order_by(table.seq)
+            .limit(limit)
+            .with_for_update(skip_locked=True)  # PostgreSQL: others take the next ones
+        )
+        async with self.transaction() as conn:
+            # Two statements: PostgreSQL may run a LIMIT subquery of an UPDATE more than once.
+            seqs = list((await conn.execute(candidates)).scalars())
+            if not seqs:
+                return []
+            rows = await conn.execute(
+                update(bill_on_demand)
+                .where(table.seq.in_(seqs) & due)
+                .values(
+                    lease_owner=owner,
+                    lease_until=now + lease_seconds,
+                    attempts=table.attempts + 1,
+                )
+                .returning(
+                    table.seq,
+                    table.id,
+                    table.billing_account_id,
+                    table.attempts,
+                    table.backend,
+                    table.created_at,
+                )
+            )
+            claimed = sorted(rows, key=lambda row: row[0])
+        return [
+            OnDemandRequest(ident, account, attempts, row_backend, _epoch(created))
+            for _, ident, account, attempts, row_backend, created in claimed
+        ]
+
+    async def renew_on_demand_lease(self, ident: str, owner: str, lease_seconds: float) -> bool:
+        """Keep a running request's lease; False when `owner` no longer holds it."""
+        async with self.transaction() as conn:
+            renewed = await conn.execute(
+                update(bill_on_demand)
+                .where(
+                    (bill_on_demand.c.id == ident)
+                    & (bill_on_demand.c.state == "inProgress")
+                    & (bill_on_demand.c.lease_owner == owner)
+                )
+                .values(lease_until=time() + lease_seconds)
+            )
+        return renewed.rowcount == 1
 
     # Hubs: the subscriptions events are queued for.
 
@@ -626,6 +703,11 @@ class GatewayStore:
         added = await conn.execute(_insert_missing(conn, watermark).values(name=name, value=value))
         if not added.rowcount:  # another transaction set it first
             await conn.execute(move)
+
+
+def _epoch(stamp: str) -> float:
+    """A stored time stamp as epoch seconds."""
+    return datetime.strptime(stamp, _TIME_FORMAT).replace(tzinfo=UTC).timestamp()
 
 
 def _attempted(which: ColumnElement[bool]) -> Update:

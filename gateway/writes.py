@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import orjson
 import structlog
 
+from adapters.base import Predicate
 from gateway.calls import backend_call
 from gateway.errors import ApiError, not_found
 from gateway.events import EventPublisher, build_event
@@ -35,6 +36,7 @@ _ATTEMPTS = 3
 #: What the audit log records of a PATCH, before and after.
 _AUDITED = ("state", "billCycle")
 audit = structlog.get_logger("gateway.audit")
+log = structlog.get_logger("gateway.writes")
 
 
 def etag(resource: Resource, base: str) -> str:
@@ -139,11 +141,9 @@ class ResourcePatcher:
                 409, "Concurrent update", "The resource kept changing; try again", code="CONFLICT"
             )
         self.reader.forget(ident)  # cached reads of it, and lists it is in, are out of date
-        async with backend_call(self.reader.backend, self.reader.timeout):
-            record = await source.one(by_id)
-        if record is None:
-            raise not_found(mapping.collection, ident)
-        fresh = mapping.to_tmf(record, base)
+        reread = await self._reread(by_id, ident, base)
+        # The write succeeded: report it, with what is known when the re-read failed.
+        written_record, fresh = reread if reread is not None else (None, updated)
         audit.info(
             f"{mapping.collection}_patched",
             id=self.id_prefix + ident,
@@ -152,11 +152,34 @@ class ResourcePatcher:
         )
         if self.publisher is not None and fresh.get("state") != current.get("state"):
             base_url = self.publisher.base_url
-            event_resource = with_prefixed_id(
-                mapping.to_tmf(record, base_url), self.id_prefix, base_url, mapping.collection
+            resource = (
+                mapping.to_tmf(written_record, base_url)
+                if written_record is not None
+                else _patched(mapping.to_tmf(record, base_url), request)
             )
-            await self._state_changed(event_resource)
+            if resource is not None:
+                event_resource = with_prefixed_id(
+                    resource, self.id_prefix, base_url, mapping.collection
+                )
+                await self._state_changed(event_resource)
         return fresh, etag(fresh, base)
+
+    async def _reread(
+        self, by_id: Predicate, ident: str, base: str
+    ) -> tuple[dict[str, Any], Resource] | None:
+        """The record as written and its resource; None (logged) when it cannot be read now."""
+        where = {"resource": self.reader.mapping.collection, "id": self.id_prefix + ident}
+        try:
+            async with backend_call(self.reader.backend, self.reader.timeout):
+                record = await self.reader.source.one(by_id)
+                fresh = None if record is None else self.reader.mapping.to_tmf(record, base)
+        except ApiError as exc:
+            log.warning("patch_reread_failed", **where, status=exc.status, detail=exc.message)
+            return None
+        if record is None or fresh is None:
+            log.warning("patch_reread_failed", **where, detail="not found after the write")
+            return None
+        return record, fresh
 
     async def _state_changed(self, resource: Resource) -> None:
         """Report the new state, unless the change detector already has (it shares the log)."""
@@ -212,6 +235,15 @@ class ResourcePatcher:
             except (ValueError, TypeError) as exc:
                 raise invalid("Invalid value", f"{key}: {exc}") from None
         return changes
+
+
+def _patched(resource: Resource, request: PatchRequest) -> Resource | None:
+    """The patch applied to the resource as read before the write (for its event)."""
+    try:
+        return apply_patch(resource, request.body, request.content_type)
+    except ApiError as exc:  # e.g. a `test` of an href, which names the caller's host
+        log.warning("patch_event_unbuilt", id=resource.get("id"), detail=exc.message)
+        return None
 
 
 def _written_leaf(key: str, value: Any) -> tuple[str, Any]:

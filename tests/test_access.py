@@ -319,3 +319,9 @@ def test_the_account_scope_holds_across_federated_back_ends(
             assert client.get(f"{API}/customerBill/{outside}").status_code == 404
             patched = client.patch(f"{API}/customerBill/{outside}", json={"state": "onHold"})
             assert patched.status_code == 404
+            for account, allowed in (("ENT-0001", False), ("ENT-0003", True)):
+                order = {"billingAccount": {"id": account}}
+                made = client.post(f"{API}/customerBillOnDemand", json=order)
+                assert made.status_code == (201 if allowed else 400), made.text
+            listed = fetch_all(client, "customerBillOnDemand")
+            assert [r["billingAccount"]["id"] for r in listed] == ["ENT-0003"]
