@@ -59,6 +59,7 @@ bench: install
 	$(PY) bench/event_delivery.py --events 2000
 	$(PY) bench/adapter_throughput.py --requests 4000
 	$(PY) bench/auth_overhead.py --requests 3000
+	$(PY) bench/resilience.py --requests 10000
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache *.egg-info

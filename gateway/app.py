@@ -21,7 +21,9 @@ from gateway.access import Access
 from gateway.config import GatewayConfig
 from gateway.errors import ApiError, api_error_handler, http_error_handler
 from gateway.guards import GuardMiddleware
+from gateway.health import health_routes
 from gateway.logs import RequestLogMiddleware
+from gateway.request_scope import RequestScopeMiddleware
 from gateway.resources import (
     API_PREFIX,
     APPLIED_CUSTOMER_BILLING_RATE,
@@ -67,6 +69,7 @@ def api_routes(config: GatewayConfig, services: Services) -> list[BaseRoute]:
             methods=["POST"],
         ),
         *hub_routes(services.hubs, base, access),
+        *health_routes(services.readiness),  # outside the API prefix, without auth
     ]
 
 
@@ -81,9 +84,16 @@ def _starlette(
         cors_origins=config.api.cors_origins,
         allowed_hosts=[] if config.api.public_base_url else config.api.allowed_hosts,
     )
+    resilience = config.resilience
+    in_flight = Middleware(
+        RequestScopeMiddleware,
+        deadline_seconds=resilience.request_deadline_seconds,
+        max_in_flight=resilience.max_requests_in_flight,
+        retry_after_seconds=resilience.overload_retry_after_seconds,
+    )
     return Starlette(
         routes=routes,
-        middleware=[Middleware(RequestLogMiddleware), guard],
+        middleware=[Middleware(RequestLogMiddleware), guard, in_flight],
         exception_handlers={ApiError: api_error_handler, HTTPException: http_error_handler},
         lifespan=lifespan,
     )

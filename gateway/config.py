@@ -227,6 +227,118 @@ Collection = Literal["customerBill", "appliedCustomerBillingRate", "billCycle"]
 assert set(get_args(Collection)) < set(RESOURCE_TYPES)
 
 
+class RetrySettings(StrictModel):
+    """Retries of idempotent reads (list, get by id): exponential backoff with full jitter."""
+
+    #: Tries in all, the first included (4 at 30 % failures: 99.2 % succeed, 1.42 calls each).
+    attempts: PositiveInt = 4
+    #: The first retry waits up to this (random), each next one up to twice as long ...
+    base_seconds: Seconds = 0.025
+    #: ... but never more than this, nor past the request's deadline.
+    max_seconds: Seconds = 1.0
+    #: `BackendError.status` values worth another try (unreachable, reset, timed out).
+    on_status: list[Annotated[int, Field(ge=500, le=599)]] = [503, 504]
+    #: Retries in flight to a back end stay within this share of its reads in flight ...
+    budget_ratio: Annotated[float, Field(ge=0, le=1)] = 0.2
+    #: ... or this many, whichever is more (Envoy's retry budget).
+    budget_min: Annotated[int, Field(ge=0)] = 3
+
+
+class BreakerSettings(StrictModel):
+    """A circuit breaker per back end: stop calling one that keeps failing."""
+
+    #: Opens after this many failures in a row (at 30 % flaky, 10 in a row is one in 170,000) ...
+    consecutive_failures: PositiveInt = 10
+    #: ... or when this share of the calls in the window failed ...
+    failure_ratio: Annotated[float, Field(gt=0, le=1)] = 0.5
+    window_seconds: PositiveFloat = 10.0
+    #: ... once the window holds at least this many calls.
+    min_calls: PositiveInt = 20
+    #: Open this long, then half-open: a few probe calls decide.
+    cool_down_seconds: PositiveFloat = 5.0
+    #: Probe calls let through at once while half-open; as many successes close it.
+    half_open_probes: PositiveInt = 3
+
+
+class BulkheadSettings(StrictModel):
+    """A bound on concurrent calls to one back end, so one slow back end holds little."""
+
+    max_concurrent: PositiveInt = 32
+    #: Calls that may wait for a free slot; beyond, 503 at once.
+    max_waiting: Annotated[int, Field(ge=0)] = 128
+    #: How long a call waits for a slot before it is a 503.
+    max_wait_seconds: Seconds = 0.5
+    #: `Retry-After` of the 503 when the back end is busy.
+    retry_after_seconds: PositiveInt = 1
+
+
+class BackendPolicy(StrictModel):
+    """How the gateway treats one back end (every number has a default)."""
+
+    retry: RetrySettings = RetrySettings()
+    breaker: BreakerSettings = BreakerSettings()
+    bulkhead: BulkheadSettings = BulkheadSettings()
+
+
+class CacheSettings(StrictModel):
+    """Read responses kept in memory: GET by id and list pages."""
+
+    enabled: bool = True
+    max_entries: PositiveInt = 10_000
+    max_bytes: PositiveInt = 64 << 20
+    #: Fresh this long after the read, by collection ...
+    ttl_seconds: dict[Collection, Seconds] = {
+        "customerBill": 5.0,
+        "appliedCustomerBillingRate": 30.0,
+        "billCycle": 300.0,
+    }
+    #: ... or this long for a collection not listed.
+    default_ttl_seconds: Seconds = 5.0
+    #: While a back end is down (or its breaker open), answers up to this old are served,
+    #: marked stale; 0: never.
+    stale_if_error_seconds: Seconds = 300.0
+
+
+class ResilienceSettings(StrictModel):
+    """Timeouts, retries, breaker, bulkhead and cache around the back ends."""
+
+    #: One deadline per incoming request, shared by all its back-end calls.
+    request_deadline_seconds: PositiveFloat = 10.0
+    #: API requests served at once; beyond, 503 at once. Each costs memory while it lasts
+    #: (1,000 at once: about 25 MiB, which the allocator keeps afterwards).
+    max_requests_in_flight: PositiveInt = 256
+    #: `Retry-After` of the 503 when the gateway itself is full.
+    overload_retry_after_seconds: PositiveInt = 1
+    #: The policy of every back end ...
+    default: BackendPolicy = BackendPolicy()
+    #: ... with these changes for some (by back-end name; only the keys given change).
+    backends: dict[str, BackendPolicy] = {}
+    cache: CacheSettings = CacheSettings()
+    #: A federated list with a back end down: `fail_fast` (503 naming it), or `partial`
+    #: (answer from the others; `X-Partial-Result` names what was left out).
+    federation: Literal["fail_fast", "partial"] = "fail_fast"
+
+    def policy(self, backend: str) -> BackendPolicy:
+        """The default policy with the back end's own keys laid over it."""
+        override = self.backends.get(backend)
+        if override is None:
+            return self.default
+        merged = _deep_merge(self.default.model_dump(), override.model_dump(exclude_unset=True))
+        return BackendPolicy.model_validate(merged)
+
+
+def _deep_merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        below = out.get(key)
+        out[key] = (
+            _deep_merge(below, value)
+            if isinstance(below, dict) and isinstance(value, Mapping)
+            else value
+        )
+    return out
+
+
 class GatewayConfig(StrictModel):
     """The whole configuration, as the running gateway uses it."""
 
@@ -245,6 +357,8 @@ class GatewayConfig(StrictModel):
     auth: AuthSettings = AuthSettings()
     #: How much one request may make the gateway read, hold or do.
     limits: Limits = Limits()
+    #: Retries, breakers, bulkheads and the read cache around the back ends.
+    resilience: ResilienceSettings = ResilienceSettings()
     #: The file it was read from, for messages.
     _source: str = PrivateAttr("<built-in>")
 

@@ -121,6 +121,8 @@ class ChangeDetector:
                 await self.store.set_watermark(conn, self.mark_name, newest.isoformat())
             if events:
                 log.info("changes_detected", resource=self.collection, events=len(events))
+            if newest > since:
+                reader.forget()  # what others changed may be in the read cache
             offset += len(page.records)
             if offset >= total:
                 return queued

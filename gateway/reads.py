@@ -4,6 +4,10 @@ When every term is pushed down, the back end returns the page and the total. Whe
 some are not, the gateway streams the back end's matches in bounded batches, maps
 them, applies the residual terms, counts every match (so `X-Total-Count` stays exact)
 and keeps only the requested window (a bounded heap when it must sort itself).
+
+A reader given a `BackendGuard` reads through it (retries, breaker, bulkhead, deadline:
+gateway/resilience.py), and given a `ReadCache` answers GETs from it (gateway/cache.py);
+without them, each read is one `backend_call`.
 """
 
 from __future__ import annotations
@@ -11,19 +15,24 @@ from __future__ import annotations
 import builtins
 import heapq
 import re
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from adapters.base import Source
-from gateway.calls import backend_call
+from gateway import tolerance
+from gateway.cache import ReadCache, query_key
+from gateway.calls import BackendDown, backend_call
 from gateway.oas import AttributeTypes
 from gateway.pushdown import ReadPlan, plan_read, reverse_filter
 from gateway.query import Filter, Query
+from gateway.request_scope import current_request
 from gateway.residual import compile_filters, sort_key
+from gateway.resilience import BackendGuard
 from mappings.compiler import CompiledMapping
 
 Resource = dict[str, Any]
+T = TypeVar("T")
 
 
 class Reader(Protocol):
@@ -58,29 +67,68 @@ class ResourceReader:
     attributes: AttributeTypes
     timeout: float
     batch_size: int = 500
+    #: Retries, breaker and bulkhead of the back end (None: one plain call per read).
+    guard: BackendGuard | None = None
+    #: Where GET answers are kept (None: not cached).
+    cache: ReadCache | None = None
 
     @property
     def routes(self) -> Sequence[BackendRoute]:
         return (BackendRoute(self.backend, "", self),)
 
-    async def list(self, query: Query, base: str) -> tuple[list[Resource], int]:
-        plan = plan_read(query, self.mapping, self.source)
-        async with backend_call(self.backend, self.timeout):
-            if plan.windowed_by_backend:
-                page = await self.source.page(plan.backend)
-                to_tmf = self.mapping.to_tmf
-                return [to_tmf(record, base) for record in page.records], page.total
-            return await self._scan(plan, query, base)
+    async def list(self, query: Query, base: str) -> tuple[builtins.list[Resource], int]:
+        try:
+            result: tuple[builtins.list[Resource], int] = await self._read(
+                "list", query_key(query), base, lambda: self._list(query, base)
+            )
+        except BackendDown as down:
+            if not tolerance.leave_out(self.backend, down):
+                raise
+            return [], 0  # a federated list goes on without this back end
+        tolerance.answered()
+        return result
 
     async def get(self, ident: str, base: str) -> Resource | None:
+        found: Resource | None = await self._read(
+            "get", ident, base, lambda: self._get(ident, base)
+        )
+        return found
+
+    def forget(self, ident: str | None = None) -> None:
+        """Drop cached lists, and the resource `ident` (every one when None): it changed."""
+        if self.cache is not None:
+            self.cache.invalidate(self.backend, self.mapping.collection, ident)
+
+    async def _read(
+        self, kind: str, detail: Hashable, base: str, fetch: Callable[[], Awaitable[T]]
+    ) -> T:
+        if self.guard is None:
+            async with backend_call(self.backend, self.timeout):
+                return await fetch()
+        guard = self.guard
+        request = current_request()
+        if self.cache is None or request is None or not request.cacheable:
+            return await guard.read(fetch, self.timeout)
+        key = (self.backend, self.mapping.collection, kind, detail, base)
+        result: T = await self.cache.read(key, lambda: guard.read(fetch, self.timeout), request)
+        return result
+
+    async def _list(self, query: Query, base: str) -> tuple[builtins.list[Resource], int]:
+        plan = plan_read(query, self.mapping, self.source)
+        if plan.windowed_by_backend:
+            page = await self.source.page(plan.backend)
+            to_tmf = self.mapping.to_tmf
+            return [to_tmf(record, base) for record in page.records], page.total
+        return await self._scan(plan, query, base)
+
+    async def _get(self, ident: str, base: str) -> Resource | None:
         by_id = Filter("id", "eq", (ident,), "id")
         predicate = reverse_filter(by_id, self.mapping, self.source)
         if predicate is None:  # ids the back end cannot look up: find it ourselves
-            found, _ = await self.list(Query(filters=(by_id,), limit=1), base)
+            found, _ = await self._list(Query(filters=(by_id,), limit=1), base)
             return found[0] if found else None
-        async with backend_call(self.backend, self.timeout):
-            record = await self.source.one(predicate)
-            return None if record is None else self.mapping.to_tmf(record, base)
+        record = await self.source.one(predicate)
+        return None if record is None else self.mapping.to_tmf(record, base)
 
     async def _scan(
         self, plan: ReadPlan, query: Query, base: str

@@ -21,16 +21,20 @@ import structlog
 from adapters.base import Adapter, BackendAction, BackendError, BackendOptions, SourceSpecError
 from adapters.registry import build_adapter
 from gateway.auth import AuthConfigError, Authenticator
+from gateway.cache import ReadCache
 from gateway.callbacks import CallbackPolicy
 from gateway.config import EventsSettings, GatewayConfig, OnDemandSettings, ResourceBinding
 from gateway.delivery import DeliveryWorker
 from gateway.detector import ChangeDetector
 from gateway.events import EventPublisher, HubService
 from gateway.federation import FederatedPatcher, FederatedReader
+from gateway.health import Readiness, serving
 from gateway.lifecycle import Lifecycle
 from gateway.oas import attribute_types
 from gateway.on_demand import BillMaker, OnDemandService
+from gateway.partial import TolerantFederatedReader
 from gateway.reads import BackendRoute, EmptyReader, Reader, ResourceReader
+from gateway.resilience import Resilience
 from gateway.resources import (
     APPLIED_CUSTOMER_BILLING_RATE,
     BILL_CYCLE,
@@ -68,6 +72,8 @@ class Services:
     publisher: EventPublisher | None
     #: The API root used in events' hrefs (they leave outside any request).
     event_base_url: str
+    #: What `/ready` checks (store, breakers of the back ends in use).
+    readiness: Readiness | None = None
 
 
 async def open_services(
@@ -80,22 +86,33 @@ async def open_services(
     except AuthConfigError as exc:
         raise StartupError(str(exc)) from exc
     stack.push_async_callback(authenticator.close)
+    unknown = sorted(set(config.resilience.backends) - set(config.backends))
+    if unknown:
+        raise StartupError(f"resilience.backends: no back end {unknown[0]!r}")
     adapters = {
         name: await _open_adapter(name, config.backends[name], stack)
         for name in sorted(config.backends_in_use())
     }
+    guards = Resilience(config.resilience)
+    cache = ReadCache(config.resilience.cache) if config.resilience.cache.enabled else None
     readers: dict[str, Reader] = {}
     for collection, binding in config.single().items():
-        readers[collection] = await _reader(config, collection, binding, adapters)
+        readers[collection] = await _reader(config, collection, binding, adapters, guards, cache)
+    federated = (
+        TolerantFederatedReader if config.resilience.federation == "partial" else FederatedReader
+    )
     for collection, bindings in config.federated().items():
         routes = [
             BackendRoute(
-                b.backend, b.id_prefix, await _reader(config, collection, b, adapters), b.accounts
+                b.backend,
+                b.id_prefix,
+                await _reader(config, collection, b, adapters, guards, cache),
+                b.accounts,
             )
             for b in bindings
         ]
         types = attribute_types(RESOURCE_TYPES[collection].schema)
-        readers[collection] = FederatedReader(collection, routes, types)
+        readers[collection] = federated(collection, routes, types)
     empty = EmptyReader()
     bills = readers.get(CUSTOMER_BILL.collection, empty)
     cycles = readers.get(BILL_CYCLE.collection, empty)
@@ -125,6 +142,7 @@ async def open_services(
         hubs=hubs,
         publisher=publisher,
         event_base_url=event_base_url,
+        readiness=Readiness(guards, serving(config), store),
     )
 
 
@@ -232,14 +250,19 @@ async def _reader(
     collection: str,
     binding: ResourceBinding,
     adapters: Mapping[str, Adapter],
+    guards: Resilience,
+    cache: ReadCache | None,
 ) -> ResourceReader:
-    return await bind_reader(
+    reader = await bind_reader(
         collection,
         binding.mapping,
         adapters[binding.backend],
         config.backends[binding.backend].timeout_seconds,
         config.paging.scan_batch_size,
     )
+    reader.guard = guards.guard(binding.backend)
+    reader.cache = cache
+    return reader
 
 
 async def bind_reader(

@@ -8,17 +8,21 @@ answer and the gateway's own filtering are held to the same semantics.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 from starlette.testclient import TestClient
 
 from adapters.base import Source
 from gateway.app import create_app
+from gateway.auth import AuthSettings
 from tests.conftest import API, assert_valid, fetch_all, gateway_config
+from tests.tokens import ISSUER, Signer
 
 Item = dict[str, Any]
 SCHEMAS = {
@@ -365,3 +369,49 @@ def test_bad_filters_are_400_on_every_resource(
     assert response.status_code == 400, response.text
     assert_valid("Error", response.json())
     assert params.split("=")[0].split(">")[0] in response.json()["message"]
+
+
+# The read cache: a cached answer is the back end's answer, for that query and caller only.
+
+
+def test_cached_pages_answer_as_fresh_ones_per_query(client: TestClient) -> None:
+    params = "state=settled,sent&sort=-billDate&offset=3&limit=7"
+    first = client.get(f"{API}/customerBill?{params}")
+    again = client.get(f"{API}/customerBill?limit=7&offset=3&sort=-billDate&state=sent,settled")
+    assert again.headers["X-Cache"] == "hit"  # the same query, written another way
+    assert again.json() == first.json()
+    assert again.headers["X-Total-Count"] == first.headers["X-Total-Count"]
+    projected = client.get(f"{API}/customerBill?{params}&fields=state")
+    assert projected.headers["X-Cache"] == "hit"  # `fields` cuts the cached page
+    assert [b["state"] for b in projected.json()] == [b["state"] for b in first.json()]
+    other = client.get(f"{API}/customerBill?{params}&billingAccount.id=BA-000003")
+    assert other.headers["X-Cache"] == "miss"
+    assert {b["billingAccount"]["id"] for b in other.json()} <= {"BA-000003"}
+
+
+def test_callers_with_other_accounts_never_share_a_cached_page(
+    demo_db: Path, tmp_path: Path
+) -> None:
+    signer = Signer(ec.generate_private_key(ec.SECP256R1()), "ES256", "reads")
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(json.dumps({"keys": [signer.jwk]}))
+    config = gateway_config(demo_db, store=tmp_path / "store.sqlite", events=None)
+    auth = AuthSettings(enabled=True, issuer=ISSUER, jwks_file=jwks)
+
+    def caller(*accounts: str) -> dict[str, str]:
+        token = signer.token(scope="tmf678:read", billing_accounts=list(accounts))
+        return {"Authorization": f"Bearer {token}"}
+
+    alice, bob = caller("BA-000003"), caller("BA-000010", "BA-000011")
+    with TestClient(create_app(config.model_copy(update={"auth": auth}))) as api:
+        mine = api.get(f"{API}/customerBill?limit=50", headers=alice)
+        theirs = api.get(f"{API}/customerBill?limit=50", headers=bob)
+        assert mine.headers["X-Cache"] == theirs.headers["X-Cache"] == "miss"
+        assert {b["billingAccount"]["id"] for b in mine.json()} == {"BA-000003"}
+        assert {b["billingAccount"]["id"] for b in theirs.json()} == {"BA-000010", "BA-000011"}
+        assert api.get(f"{API}/customerBill?limit=50", headers=alice).headers["X-Cache"] == "hit"
+        # A bill by id is cached once for all callers; each caller's scope is still checked.
+        ident = mine.json()[0]["id"]
+        assert api.get(f"{API}/customerBill/{ident}", headers=alice).status_code == 200
+        hidden = api.get(f"{API}/customerBill/{ident}", headers=bob)
+        assert hidden.status_code == 404 and hidden.headers["X-Cache"] == "hit"
