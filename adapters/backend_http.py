@@ -150,7 +150,7 @@ def failure(backend: str, what: str, exc: httpx.HTTPError | aiohttp.ClientError)
     timed_out = not aio or isinstance(cause, TimeoutError)
     if isinstance(exc, httpx.TimeoutException) and timed_out:
         return BackendError(
-            f"back end {backend!r}: {what} timed out, no answer ({exc})", status=504
+            f"back end {backend!r}: {what} timed out, no answer ({exc!r})", status=504
         )
     # aiohttp's own error says what happened; httpx's does otherwise.
     detail = f"{type(cause).__name__}: {cause}" if aio else repr(exc)
