@@ -4,8 +4,8 @@ For each kind: starts its simulator and a gateway over it (cache-less: the gatew
 cache), then drives `GET /customerBill/{id}` and `GET /customerBill?limit=50` with 50
 concurrent clients for a fixed number of requests, and the same calls straight to the
 simulator. Each pair is driven twice: by a plain httpx client (stock transport), whose
-own cost per request caps what it can measure, and by a lean client (httpx over the
-gateway's own transport, about a tenth of the cost), which shows what the servers do.
+own cost per request caps what it can measure, and by a lean client (aiohttp's own
+client, a fraction of that cost), which shows what the servers do.
 Also times how the SOAP adapter reads a 500-record reply (lxml, flat records) against
 zeep's own object parsing. One run, this machine.
 
@@ -22,12 +22,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import aiohttp
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from adapters.http_transport import FastTransport  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 API = "/tmf-api/customerBillManagement/v5"
@@ -60,24 +61,61 @@ def wait(url: str) -> None:
     raise SystemExit(f"{url} did not come up")
 
 
-async def drive(make_request, total: int, lean: bool) -> float:
+class LoadClient:
+    """GET and POST returning the status, the reply read whole: stock httpx, or (lean)
+    aiohttp's client used directly."""
+
+    def __init__(self, lean: bool) -> None:
+        self.lean = lean
+        if lean:
+            connector = aiohttp.TCPConnector(limit=CLIENTS)
+            self.session = aiohttp.ClientSession(
+                connector=connector, timeout=aiohttp.ClientTimeout(total=30)
+            )
+        else:
+            limits = httpx.Limits(max_connections=CLIENTS)
+            self.client = httpx.AsyncClient(timeout=30, limits=limits)
+
+    async def get(self, url: str, headers: dict[str, str] | None = None) -> int:
+        if self.lean:
+            async with self.session.get(url, headers=headers) as reply:
+                await reply.read()
+                return reply.status
+        return (await self.client.get(url, headers=headers)).status_code
+
+    async def post(self, url: str, content: str, headers: dict[str, str]) -> int:
+        if self.lean:
+            async with self.session.post(url, data=content.encode(), headers=headers) as reply:
+                await reply.read()
+                return reply.status
+        return (await self.client.post(url, content=content, headers=headers)).status_code
+
+    async def close(self) -> None:
+        await (self.session.close() if self.lean else self.client.aclose())
+
+
+Request = Callable[[LoadClient, int], Awaitable[int]]
+
+
+async def drive(make_request: Request, total: int, lean: bool) -> float:
     """Requests per second with CLIENTS concurrent clients."""
-    transport = FastTransport(max_connections=CLIENTS) if lean else None
-    limits = httpx.Limits(max_connections=CLIENTS)
-    async with httpx.AsyncClient(timeout=30, limits=limits, transport=transport) as c:
+    c = LoadClient(lean)
+    try:
         counter = iter(range(total))
 
         async def worker() -> None:
             for n in counter:
-                response = await make_request(c, n)
-                if response.status_code != 200:
-                    raise SystemExit(f"{response.request.url}: {response.status_code}")
+                status = await make_request(c, n)
+                if status != 200:
+                    raise SystemExit(f"request {n}: {status}")
 
         for _ in range(3):  # warm up: every client's connection open and used
             await asyncio.gather(*(make_request(c, n) for n in range(CLIENTS)))
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(CLIENTS)))
         return total / (time.perf_counter() - started)
+    finally:
+        await c.close()
 
 
 def start(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
@@ -90,7 +128,7 @@ def start(args: list[str], env: dict[str, str] | None = None) -> subprocess.Pope
     )
 
 
-async def bench_kind(kind: str, total: int, work: Path) -> list[tuple[str, float, float]]:
+async def bench_kind(kind: str, total: int, work: Path) -> list[tuple[str, str, float, float]]:
     sim_port, gw_port = free_port(), free_port()
     module = "simulators.rest_billing" if kind == "rest" else "simulators.soap_billing"
     simulator = start(["-m", module, "--port", str(sim_port)])
@@ -148,7 +186,7 @@ async def bench_kind(kind: str, total: int, work: Path) -> list[tuple[str, float
             for lean in (False, True):
                 ours = await drive(via_gateway, total, lean)
                 theirs = await drive(direct, total, lean)
-                client = "lean" if lean else "httpx"
+                client = "aiohttp" if lean else "httpx"
                 rows.append((f"{kind.upper()} `{name}`", client, ours, theirs))
         return rows
     finally:
