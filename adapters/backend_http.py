@@ -19,6 +19,7 @@ a header holding CR, LF or NUL is never sent, and a reply body is read up to
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -34,7 +35,7 @@ from adapters.base import BackendError, BackendOptions
 #: The largest reply body read from a back end (whole replies are held in memory).
 MAX_REPLY_BYTES = 64 * 1024 * 1024
 
-_LINE_BREAKS = (b"\r", b"\n", b"\0")
+_LINE_BREAK = re.compile(rb"[\r\n\0]")
 
 
 class HttpOptions(BackendOptions):
@@ -120,7 +121,7 @@ class _BoundedStream(httpx.AsyncByteStream):
 async def refuse_line_breaks(request: httpx.Request) -> None:
     """A header holding CR, LF or NUL would split the request: it is never written."""
     for name, value in request.headers.raw:
-        if any(c in name or c in value for c in _LINE_BREAKS):
+        if _LINE_BREAK.search(value) or _LINE_BREAK.search(name):
             raise httpx.LocalProtocolError(
                 f"header {name.decode('ascii', 'replace')!r} holds a line break: not sent",
                 request=request,
@@ -128,13 +129,15 @@ async def refuse_line_breaks(request: httpx.Request) -> None:
 
 
 def reply_bound(limit: int) -> Any:
-    """A response hook that refuses a body over `limit` bytes, announced or as it arrives."""
+    """A response hook that refuses a body over `limit` bytes: as announced, or (chunked or
+    ended by closing) as it arrives."""
 
     async def bound(response: httpx.Response) -> None:
         length = response.headers.get("content-length", "")
-        if length.isdigit() and int(length) > limit:
-            raise ReplyTooLarge(f"reply announces {length} bytes, over {limit}")
-        if isinstance(response.stream, httpx.AsyncByteStream):
+        if length.isdigit():  # the transport reads no more than this
+            if int(length) > limit:
+                raise ReplyTooLarge(f"reply announces {length} bytes, over {limit}")
+        elif isinstance(response.stream, httpx.AsyncByteStream):
             response.stream = _BoundedStream(response.stream, limit, response.request)
 
     return bound
