@@ -5,7 +5,9 @@ cache), then drives `GET /customerBill/{id}` and `GET /customerBill?limit=50` wi
 concurrent clients for a fixed number of requests, and the same calls straight to the
 simulator. Each pair is driven twice: by a plain httpx client (stock transport), whose
 own cost per request caps what it can measure, and by a lean client (aiohttp's own
-client, a fraction of that cost), which shows what the servers do.
+client, a fraction of that cost), which shows what the servers do. Beside each rate, the
+CPU milliseconds one request cost the server (gateway or simulator, from /proc): unlike
+the rates, that figure barely moves when other work shares the machine.
 Also times how the SOAP adapter reads a 500-record reply (lxml, flat records) against
 zeep's own object parsing. One run, this machine.
 
@@ -106,8 +108,16 @@ class LoadClient:
 Request = Callable[[LoadClient, int], Awaitable[int]]
 
 
-async def drive(make_request: Request, total: int, lean: bool) -> float:
-    """Requests per second with CLIENTS concurrent clients."""
+def cpu_seconds(pid: int) -> float:
+    """A process's CPU time so far (user + system, Linux /proc): what a request costs the
+    server, whatever else the machine is doing."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def drive(make_request: Request, total: int, lean: bool, server: int) -> tuple[float, float]:
+    """Requests per second with CLIENTS concurrent clients, and the CPU milliseconds each
+    cost the `server` process."""
     c = LoadClient(lean)
     try:
         counter = iter(range(total))
@@ -120,9 +130,10 @@ async def drive(make_request: Request, total: int, lean: bool) -> float:
 
         for _ in range(3):  # warm up: every client's connection open and used
             await asyncio.gather(*(make_request(c, n) for n in range(CLIENTS)))
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), cpu_seconds(server)
         await asyncio.gather(*(worker() for _ in range(CLIENTS)))
-        return total / (time.perf_counter() - started)
+        rate = total / (time.perf_counter() - started)
+        return rate, (cpu_seconds(server) - cpu) / total * 1000
     finally:
         await c.close()
 
@@ -137,7 +148,10 @@ def start(args: list[str], env: dict[str, str] | None = None) -> subprocess.Pope
     )
 
 
-async def bench_kind(kind: str, total: int, work: Path) -> list[tuple[str, str, float, float]]:
+Row = tuple[str, str, tuple[float, float], tuple[float, float]]
+
+
+async def bench_kind(kind: str, total: int, work: Path) -> list[Row]:
     sim_port, gw_port = free_port(), free_port()
     module = "simulators.rest_billing" if kind == "rest" else "simulators.soap_billing"
     simulator = start(["-m", module, "--port", str(sim_port)])
@@ -193,8 +207,8 @@ async def bench_kind(kind: str, total: int, work: Path) -> list[tuple[str, str, 
             ),
         ):
             for lean in (False, True):
-                ours = await drive(via_gateway, total, lean)
-                theirs = await drive(direct, total, lean)
+                ours = await drive(via_gateway, total, lean, gateway.pid)
+                theirs = await drive(direct, total, lean, simulator.pid)
                 client = "aiohttp" if lean else "httpx"
                 rows.append((f"{kind.upper()} `{name}`", client, ours, theirs))
         return rows
@@ -246,10 +260,16 @@ async def main(total: int) -> None:
     for kind in ("rest", "soap"):
         rows.extend(await bench_kind(kind, total, work))
     print(f"{total} requests per row, {CLIENTS} concurrent clients, loopback, one run\n")
-    print("| request | load client | gateway req/s | simulator direct req/s | gateway / direct |")
-    print("|---|---|---:|---:|---:|")
-    for name, client, ours, theirs in rows:
-        print(f"| {name} | {client} | {ours:,.0f} | {theirs:,.0f} | {ours / theirs:.2f} |")
+    print(
+        "| request | load client | gateway req/s | simulator direct req/s | gateway / direct "
+        "| gateway CPU ms/req | simulator CPU ms/req |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for name, client, (ours, our_cpu), (theirs, their_cpu) in rows:
+        print(
+            f"| {name} | {client} | {ours:,.0f} | {theirs:,.0f} | {ours / theirs:.2f} "
+            f"| {our_cpu:.2f} | {their_cpu:.2f} |"
+        )
     if RETRIED[0]:
         print(f"\n(httpx load client: {RETRIED[0]} GETs sent again on a new connection)")
     ours, theirs = soap_parsing()
