@@ -133,10 +133,11 @@ def reply_bound(limit: int) -> Any:
     ended by closing) as it arrives."""
 
     async def bound(response: httpx.Response) -> None:
-        length = response.headers.get("content-length", "")
+        # Raw headers: httpx's decoded look-up costs more than the rest of this check.
+        length = next((v for k, v in response.headers.raw if k.lower() == b"content-length"), b"")
         if length.isdigit():  # the transport reads no more than this
             if int(length) > limit:
-                raise ReplyTooLarge(f"reply announces {length} bytes, over {limit}")
+                raise ReplyTooLarge(f"reply announces {int(length)} bytes, over {limit}")
         elif isinstance(response.stream, httpx.AsyncByteStream):
             response.stream = _BoundedStream(response.stream, limit, response.request)
 

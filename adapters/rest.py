@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Mapping
+from functools import lru_cache
 from string import Formatter
 from typing import Any, ClassVar, Literal
 from urllib.parse import quote
@@ -180,11 +181,15 @@ def path_segment(value: Any) -> str | None:
     return None if text in ("", ".", "..") else quote(text, safe="")
 
 
+@lru_cache(maxsize=256)
+def _placeholders(template: str) -> frozenset[str]:
+    return frozenset(field for _, field, _, _ in Formatter().parse(template) if field is not None)
+
+
 def fill_path(template: str, values: Mapping[str, Any]) -> str | None:
     """A path template (`/invoices/{key}`) with each value as one encoded segment; None
     when a value cannot be one."""
-    names = {field for _, field, _, _ in Formatter().parse(template) if field is not None}
-    segments = {name: path_segment(values[name]) for name in names}
+    segments = {name: path_segment(values[name]) for name in _placeholders(template)}
     if None in segments.values():
         return None
     return template.format_map(segments)
