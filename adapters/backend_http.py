@@ -184,7 +184,9 @@ class BackendHttp:
         return kind(
             verify=self.tls,
             trust_env=self.trust_env,
-            limits=httpx.Limits(max_connections=self.max_connections),
+            # Idle connections go before a server's usual 5 s keep-alive closes them under a
+            # request (a POST, never sent again, would fail).
+            limits=httpx.Limits(max_connections=self.max_connections, keepalive_expiry=4.0),
             timeout=self.timeout,
             event_hooks={
                 "request": [refuse_line_breaks],
