@@ -127,7 +127,7 @@ class SoapFault(BackendError):
 
 
 def _local(element: etree._Element) -> str:
-    return element.tag.rpartition("}")[2]  # "{namespace}name" or "name"
+    return str(element.tag).rpartition("}")[2]  # "{namespace}name" or "name"
 
 
 def _child(element: etree._Element, name: str) -> etree._Element | None:
@@ -180,10 +180,12 @@ class SoapSource(KeyedSource):
         )
         self.list_operation = adapter._operation(listing.get("operation"), "source.list")
         self.list_request = dict(listing.get("request") or {})
-        self.records_at = listing.get("records")
-        self.total_at = listing.get("total")
-        if not self.records_at or not self.total_at:
-            raise SourceSpecError("source.list", "name the records and total elements")
+        records_at, total_at = listing.get("records"), listing.get("total")
+        for named in (records_at, total_at):
+            if not isinstance(named, str) or not named:
+                raise SourceSpecError("source.list", "name the records and total elements")
+        self.records_at: str = str(records_at)
+        self.total_at: str = str(total_at)
         self.max_records = int(listing.get("max_records", 200))
         self.get_operation = adapter._operation(get["operation"], "source.get") if get else None
         self.get_request = dict(get.get("request") or {})
@@ -234,7 +236,7 @@ class SoapSource(KeyedSource):
             if fault.code == self.not_found:
                 return None
             raise
-        element = _find(body, self.records_at or "")
+        element = _find(body, self.records_at)
         return None if element is None else _record(element)
 
     async def _list_stream(self, plan: Plan) -> AsyncIterator[list[Record]]:
