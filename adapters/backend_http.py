@@ -44,6 +44,7 @@ class HttpOptions(BackendOptions):
     `verify` is true (the CA bundle httpx uses), false, or the path of a CA file (PEM);
     `cert` a client certificate (PEM, with its key unless `key` names another file) for
     back ends that require mutual TLS, `key_password` the key's passphrase if it has one.
+    `trust_env: false` ignores the environment's proxy (and SSL_CERT_FILE) settings.
     `timeout_seconds` (every back end's) bounds each call; `connect_timeout_seconds`
     bounds opening a connection.
     """
