@@ -28,26 +28,18 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Mapping
+from functools import lru_cache
+from string import Formatter
 from typing import Any, ClassVar, Literal
+from urllib.parse import quote
 
 import httpx
 import orjson
-from pydantic import Field
+from pydantic import Field, field_validator
 
-from adapters.base import (
-    ActionResult,
-    BackendError,
-    Compare,
-    Page,
-    Plan,
-    Predicate,
-    SourceSpecError,
-    equalities,
-    key_lookup,
-)
-from adapters.http_transport import BackendHttp, HttpOptions
-
-Record = dict[str, Any]
+from adapters.backend_http import BackendHttp, HttpOptions
+from adapters.base import ActionResult, BackendError, Page, Plan, Predicate, SourceSpecError
+from adapters.keyed import KeyedSource, Record
 
 
 class RestOptions(HttpOptions):
@@ -58,6 +50,14 @@ class RestOptions(HttpOptions):
     auth: dict[str, Any] | None = None
     headers: dict[str, str] = Field(default_factory=dict)
 
+    @field_validator("headers")
+    @classmethod
+    def _one_line_each(cls, headers: dict[str, str]) -> dict[str, str]:
+        for name, value in headers.items():
+            if any(c in name + value for c in "\r\n\0"):
+                raise ValueError(f"header {name!r} holds a line break")
+        return headers
+
 
 class RestAdapter:
     Options: ClassVar[type[RestOptions]] = RestOptions
@@ -67,7 +67,6 @@ class RestAdapter:
         self._http = BackendHttp(name, options)
         self.base_url = options.base_url.rstrip("/")
         self._auth_spec = dict(options.auth or {})
-        self._timeout = options.timeout_seconds
         self._headers = dict(options.headers)
         self._client: httpx.AsyncClient | None = None
         self._token: tuple[str, float] | None = None
@@ -83,10 +82,7 @@ class RestAdapter:
         elif kind not in (None, "oauth2_client_credentials"):
             raise BackendError(f"back end {self.name!r}: unknown auth type {kind!r}")
         self._client = self._http.async_client(
-            base_url=self.base_url,
-            auth=auth,
-            headers=self._headers,
-            timeout=httpx.Timeout(self._timeout),
+            base_url=self.base_url, auth=auth, headers=self._headers
         )
 
     async def close(self) -> None:
@@ -141,12 +137,9 @@ class RestAdapter:
         if self._client is None:
             raise RuntimeError(f"back end {self.name!r} is not open")
         headers = {"Authorization": f"Bearer {token}"} if token else None
-        try:
-            return await self._client.request(method, path, headers=headers, **kwargs)
-        except httpx.TimeoutException as exc:
-            raise BackendError(f"back end {self.name!r}: no answer ({exc!r})", status=504) from exc
-        except httpx.HTTPError as exc:
-            raise BackendError(f"back end {self.name!r}: {exc!r}", status=503) from exc
+        async with self._http.call(f"{method} {path}"):
+            reply = await self._client.request(method, path, headers=headers, **kwargs)
+        return reply
 
 
 def _json(backend: str, reply: httpx.Response) -> Any:
@@ -181,18 +174,39 @@ def flatten(record: Mapping[str, Any], prefix: str = "") -> Record:
     return out
 
 
-class RestSource:
-    columns = None  # a REST API cannot be asked for its fields: checked when records arrive
+def path_segment(value: Any) -> str | None:
+    """`value` percent-encoded as one URL path segment (`/`, `?`, `#` and `%` included);
+    None for "", "." and "..", which no encoding keeps from changing the path."""
+    text = str(value)
+    return None if text in ("", ".", "..") else quote(text, safe="")
 
+
+@lru_cache(maxsize=256)
+def _placeholders(template: str) -> frozenset[str]:
+    return frozenset(field for _, field, _, _ in Formatter().parse(template) if field is not None)
+
+
+def fill_path(template: str, values: Mapping[str, Any]) -> str | None:
+    """A path template (`/invoices/{key}`) with each value as one encoded segment; None
+    when a value cannot be one."""
+    segments = {name: path_segment(values[name]) for name in _placeholders(template)}
+    if None in segments.values():
+        return None
+    return template.format_map(segments)
+
+
+class RestSource(KeyedSource):
     def __init__(self, adapter: RestAdapter, spec: Mapping[str, Any]) -> None:
         self.adapter = adapter
         unknown = set(spec) - {"key", "list", "get", "update"}
         if unknown:
             raise SourceSpecError("source", f"unknown key(s) {sorted(unknown)}")
-        if not isinstance(spec.get("key"), str):
-            raise SourceSpecError("source.key", "name the field that identifies a record")
-        self.key_column = spec["key"]
         listing = spec.get("list") or {}
+        self.get_path = (spec.get("get") or {}).get("path")
+        has_get = self.get_path is not None
+        super().__init__(
+            adapter.name, spec.get("key"), listing.get("filters"), name="param", has_get=has_get
+        )
         if "path" not in listing:
             raise SourceSpecError("source.list", "a list needs {path, records, paging}")
         self.list_path = listing["path"]
@@ -204,38 +218,20 @@ class RestSource:
         if self.paging["style"] != "next" and not self.total_at:
             raise SourceSpecError("source.list.total", "page/offset paging needs the total")
         self.max_size = int(self.paging.get("max_size", 100))
-        self.filters = dict(listing.get("filters") or {})
         self.sort = dict(listing.get("sort") or {})
-        self.get_path = (spec.get("get") or {}).get("path")
         self.update_spec = dict(spec.get("update") or {})
 
-    # What the API can take.
-
-    def can_push(self, column: str, op: str) -> bool:
-        return op == "eq" and column in self.filters
-
-    def accepts(self, predicate: Predicate) -> bool:
-        """Equality on filterable fields; several values only where the API takes a list."""
-        return self._by_key(predicate) or self._params(predicate) is not None
-
-    def _by_key(self, predicate: Predicate) -> bool:
-        """A lookup by the record's key, which the API answers at its `get` path."""
-        return self.get_path is not None and key_lookup(predicate, self.key_column) is not None
+    # What the API can take (filters: KeyedSource).
 
     def can_sort(self, column: str) -> bool:
         return column in self.sort.get("columns", ())
 
-    def _params(self, predicate: Predicate) -> dict[str, str] | None:
-        wanted = equalities(predicate)
-        if wanted is None:
+    def _query(self, predicate: Predicate) -> dict[str, str] | None:
+        """Query parameters for a filter: several values comma-separated."""
+        params = self._params(predicate)
+        if params is None:
             return None
-        params = {}
-        for column, values in wanted.items():
-            spec = self.filters.get(column)
-            if spec is None or (len(values) > 1 and not spec.get("multiple")):
-                return None
-            params[spec["param"]] = ",".join(str(v) for v in values)
-        return params
+        return {name: ",".join(str(v) for v in values) for name, values in params.items()}
 
     def _sort_param(self, plan: Plan) -> dict[str, str]:
         if not plan.order_by or not self.sort:
@@ -282,7 +278,7 @@ class RestSource:
         self, plan: Plan, start: int, size: int | None = None
     ) -> AsyncIterator[tuple[list[Record], Any]]:
         """Pages of `size` matches from record index `start` (rounded down to a page)."""
-        params = self._params(plan.where)
+        params = self._query(plan.where)
         if params is None:
             raise BackendError(f"back end {self.adapter.name!r}: filter not supported")
         params.update(self._sort_param(plan))
@@ -329,12 +325,7 @@ class RestSource:
             return start % size
         return 0 if style == "offset" else start
 
-    async def page(self, plan: Plan) -> Page:
-        if self._by_key(plan.where):
-            found = await self.one(plan.where)
-            records = [found] if found is not None else []
-            window = records[plan.offset :][: plan.limit] if plan.limit is not None else records
-            return Page(window, len(records))
+    async def _list_page(self, plan: Plan) -> Page:
         wanted = plan.limit
         size = self._page_size(plan.offset, wanted)
         skip = self._skip(plan.offset, size)
@@ -359,29 +350,24 @@ class RestSource:
             total = seen
         return Page(window, total)
 
-    async def one(self, where: Predicate) -> Record | None:
-        if self._by_key(where):
-            assert isinstance(where, Compare) and self.get_path is not None
-            reply = await self.adapter.request("GET", self.get_path.format(key=where.value))
-            if reply.status_code == 404:
-                return None
-            if reply.status_code != 200:
-                raise BackendError(
-                    f"back end {self.adapter.name!r}: GET one answered {reply.status_code}"
-                )
-            body = _json(self.adapter.name, reply)
-            if not isinstance(body, dict):
-                raise BackendError(f"back end {self.adapter.name!r}: a record is not an object")
-            return flatten(body)
-        found = await self.page(Plan(where=where, limit=1))
-        return found.records[0] if found.records else None
+    async def _get(self, key: Any) -> Record | None:
+        assert self.get_path is not None
+        path = fill_path(self.get_path, {"key": key})
+        if path is None:
+            return None  # no record can be addressed by such a key
+        reply = await self.adapter.request("GET", path)
+        if reply.status_code == 404:
+            return None
+        if reply.status_code != 200:
+            raise BackendError(
+                f"back end {self.adapter.name!r}: GET one answered {reply.status_code}"
+            )
+        body = _json(self.adapter.name, reply)
+        if not isinstance(body, dict):
+            raise BackendError(f"back end {self.adapter.name!r}: a record is not an object")
+        return flatten(body)
 
-    async def stream(self, plan: Plan, batch_size: int) -> AsyncIterator[list[Record]]:
-        if self._by_key(plan.where):
-            found = await self.one(plan.where)
-            if found is not None:
-                yield [found]
-            return
+    async def _list_stream(self, plan: Plan) -> AsyncIterator[list[Record]]:
         async for records, _ in self._pages(plan, 0):
             if records:
                 yield records
@@ -390,13 +376,13 @@ class RestSource:
         self, where: Predicate, values: Mapping[str, Any], expected: Mapping[str, Any]
     ) -> int:
         spec = self.update_spec
-        if not spec or not (isinstance(where, Compare) and where.column == self.key_column):
-            raise BackendError(f"back end {self.adapter.name!r}: updates are not configured")
+        key = self._update_key(where, bool(spec))
         prefix = spec.get("expected_prefix", "expected_")
         body = {**values, **{f"{prefix}{k}": v for k, v in expected.items()}}
-        reply = await self.adapter.request(
-            spec.get("method", "PATCH"), spec["path"].format(key=where.value), json=body
-        )
+        path = fill_path(spec["path"], {"key": key})
+        if path is None:
+            return 0  # no record has such a key
+        reply = await self.adapter.request(spec.get("method", "PATCH"), path, json=body)
         if reply.status_code in (404, 409, 412):
             return 0
         if not 200 <= reply.status_code < 300:
@@ -429,9 +415,12 @@ class RestAction:
         body = spec.get("body")
         if isinstance(body, Mapping):
             body = {k: str(v).format(**params) for k, v in body.items()}
-        reply = await self.adapter.request(
-            spec.get("method", "GET"), spec["path"].format(**params), json=body
-        )
+        path = fill_path(spec["path"], params)
+        if path is None:
+            raise BackendError(
+                f"back end {self.adapter.name!r}: {spec['path']}: a value cannot be a path segment"
+            )
+        reply = await self.adapter.request(spec.get("method", "GET"), path, json=body)
         rejected = (spec.get("reject") or {}).get(str(reply.status_code))
         if rejected is not None:
             return reply.status_code, str(rejected)

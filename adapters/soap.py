@@ -36,25 +36,13 @@ import asyncio
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, ClassVar, Literal
 
-import httpx
 import zeep
 from lxml import etree
 from zeep.transports import AsyncTransport
 
-from adapters.base import (
-    ActionResult,
-    BackendError,
-    Compare,
-    Page,
-    Plan,
-    Predicate,
-    SourceSpecError,
-    equalities,
-    key_lookup,
-)
-from adapters.http_transport import BackendHttp, HttpOptions
-
-Record = dict[str, Any]
+from adapters.backend_http import BackendHttp, HttpOptions
+from adapters.base import ActionResult, BackendError, Page, Plan, Predicate, SourceSpecError
+from adapters.keyed import KeyedSource, Record
 
 
 class SoapOptions(HttpOptions):
@@ -71,16 +59,12 @@ class SoapAdapter:
         self.name = name
         self.http = BackendHttp(name, options)
         self.wsdl = options.wsdl
-        self.timeout = options.timeout_seconds
         self.client: zeep.AsyncClient | None = None
 
     async def open(self) -> None:
-        wsdl_client = httpx.Client(timeout=self.timeout, verify=self.http.tls)
-        transport = AsyncTransport(
-            client=self.http.async_client(timeout=self.timeout),
-            wsdl_client=wsdl_client,
-            operation_timeout=self.timeout,
-        )
+        wsdl_client = self.http.sync_client()
+        # zeep's own timeouts go unused: the clients carry the back end's.
+        transport = AsyncTransport(client=self.http.async_client(), wsdl_client=wsdl_client)
         settings = zeep.Settings(raw_response=True)
         try:
             # Loading the WSDL is synchronous in zeep: keep it off the event loop.
@@ -114,13 +98,8 @@ class SoapAdapter:
         """The reply's SOAP Body; a Fault becomes `SoapFault`, transport trouble BackendError."""
         assert self.client is not None
         try:
-            reply = await getattr(self.client.service, operation)(**request)
-        except httpx.TimeoutException as exc:
-            raise BackendError(
-                f"back end {self.name!r}: {operation} timed out", status=504
-            ) from exc
-        except httpx.HTTPError as exc:
-            raise BackendError(f"back end {self.name!r}: {operation}: {exc!r}", status=503) from exc
+            async with self.http.call(operation):
+                reply = await getattr(self.client.service, operation)(**request)
         except (zeep.exceptions.Error, TypeError, ValueError) as exc:
             raise BackendError(f"back end {self.name!r}: {operation} request: {exc}") from exc
         try:
@@ -148,7 +127,7 @@ class SoapFault(BackendError):
 
 
 def _local(element: etree._Element) -> str:
-    return element.tag.rpartition("}")[2]  # "{namespace}name" or "name"
+    return str(element.tag).rpartition("}")[2]  # "{namespace}name" or "name"
 
 
 def _child(element: etree._Element, name: str) -> etree._Element | None:
@@ -191,24 +170,23 @@ def _fill(template: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, A
     return out
 
 
-class SoapSource:
-    columns = None  # known only when records arrive
-
+class SoapSource(KeyedSource):
     def __init__(self, adapter: SoapAdapter, spec: Mapping[str, Any]) -> None:
         self.adapter = adapter
-        self.key_column = spec.get("key")
-        if not isinstance(self.key_column, str):
-            raise SourceSpecError("source.key", "name the element that identifies a record")
         listing = spec.get("list") or {}
+        get = spec.get("get") or {}
+        super().__init__(
+            adapter.name, spec.get("key"), listing.get("filters"), name="element", has_get=bool(get)
+        )
         self.list_operation = adapter._operation(listing.get("operation"), "source.list")
         self.list_request = dict(listing.get("request") or {})
-        self.records_at = listing.get("records")
-        self.total_at = listing.get("total")
-        if not self.records_at or not self.total_at:
-            raise SourceSpecError("source.list", "name the records and total elements")
+        records_at, total_at = listing.get("records"), listing.get("total")
+        for named in (records_at, total_at):
+            if not isinstance(named, str) or not named:
+                raise SourceSpecError("source.list", "name the records and total elements")
+        self.records_at: str = str(records_at)
+        self.total_at: str = str(total_at)
         self.max_records = int(listing.get("max_records", 200))
-        self.filters = dict(listing.get("filters") or {})
-        get = spec.get("get") or {}
         self.get_operation = adapter._operation(get["operation"], "source.get") if get else None
         self.get_request = dict(get.get("request") or {})
         self.not_found = get.get("not_found_fault")
@@ -216,39 +194,15 @@ class SoapSource:
         if self.update_spec:
             adapter._operation(self.update_spec.get("operation"), "source.update")
 
-    def can_push(self, column: str, op: str) -> bool:
-        return op == "eq" and column in self.filters
-
     def can_sort(self, column: str) -> bool:
         return False  # the service lists in its own (stable) order
 
-    def accepts(self, predicate: Predicate) -> bool:
-        return self._by_key(predicate) or self._request(predicate) is not None
-
-    def _by_key(self, predicate: Predicate) -> bool:
-        return self.get_operation is not None and key_lookup(predicate, self.key_column) is not None
-
-    def _request(self, predicate: Predicate) -> dict[str, Any] | None:
-        wanted = equalities(predicate)
-        if wanted is None:
-            return None
-        request: dict[str, Any] = {}
-        for column, values in wanted.items():
-            spec = self.filters.get(column)
-            if spec is None:
-                return None
-            if spec.get("multiple"):
-                request[spec["element"]] = values
-            elif len(values) == 1:
-                request[spec["element"]] = values[0]
-            else:
-                return None
-        return request
-
     async def _list(self, where: Predicate, offset: int, limit: int) -> tuple[list[Record], int]:
-        filters = self._request(where)
-        if filters is None:
+        params = self._params(where)
+        if params is None:
             raise BackendError(f"back end {self.adapter.name!r}: filter not supported")
+        # An element that takes several values gets a list, even of one.
+        filters = {k: v if k in self.multiple else v[0] for k, v in params.items()}
         request = {**_fill(self.list_request, {"offset": offset, "limit": limit}), **filters}
         body = await self.adapter.call(self.list_operation, request)
         total = _text(_find(body, self.total_at))
@@ -261,12 +215,8 @@ class SoapSource:
         records = [_record(e) for e in body.iter(f"{{*}}{self.records_at}")]
         return records, count
 
-    async def page(self, plan: Plan) -> Page:
-        if self._by_key(plan.where):
-            found = await self.one(plan.where)
-            records = [found] if found is not None else []
-            return Page(records[plan.offset :][: plan.limit or None], len(records))
-        wanted = plan.limit if plan.limit is not None else None
+    async def _list_page(self, plan: Plan) -> Page:
+        wanted = plan.limit
         out: list[Record] = []
         offset = plan.offset
         while True:
@@ -277,28 +227,19 @@ class SoapSource:
             if not records or offset >= total or (wanted is not None and len(out) >= wanted):
                 return Page(out, total)
 
-    async def one(self, where: Predicate) -> Record | None:
-        if not self._by_key(where):
-            found = await self.page(Plan(where=where, limit=1))
-            return found.records[0] if found.records else None
-        assert isinstance(where, Compare) and self.get_operation is not None
+    async def _get(self, key: Any) -> Record | None:
+        assert self.get_operation is not None
         try:
-            body = await self.adapter.call(
-                self.get_operation, _fill(self.get_request, {"key": where.value})
-            )
+            request = _fill(self.get_request, {"key": key})
+            body = await self.adapter.call(self.get_operation, request)
         except SoapFault as fault:
             if fault.code == self.not_found:
                 return None
             raise
-        element = _find(body, self.records_at or "")
+        element = _find(body, self.records_at)
         return None if element is None else _record(element)
 
-    async def stream(self, plan: Plan, batch_size: int) -> AsyncIterator[list[Record]]:
-        if self._by_key(plan.where):
-            found = await self.one(plan.where)
-            if found is not None:
-                yield [found]
-            return
+    async def _list_stream(self, plan: Plan) -> AsyncIterator[list[Record]]:
         offset = 0
         while True:
             records, total = await self._list(plan.where, offset, self.max_records)
@@ -312,9 +253,8 @@ class SoapSource:
         self, where: Predicate, values: Mapping[str, Any], expected: Mapping[str, Any]
     ) -> int:
         spec = self.update_spec
-        if not spec or not (isinstance(where, Compare) and where.column == self.key_column):
-            raise BackendError(f"back end {self.adapter.name!r}: updates are not configured")
-        names = {"key": where.value, **values, **{f"expected.{k}": v for k, v in expected.items()}}
+        key = self._update_key(where, bool(spec))
+        names = {"key": key, **values, **{f"expected.{k}": v for k, v in expected.items()}}
         body = await self.adapter.call(spec["operation"], _fill(spec.get("request") or {}, names))
         outcome = _text(_find(body, spec.get("result", "result")))
         return 1 if outcome == spec.get("ok", "OK") else 0

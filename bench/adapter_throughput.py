@@ -4,8 +4,10 @@ For each kind: starts its simulator and a gateway over it (cache-less: the gatew
 cache), then drives `GET /customerBill/{id}` and `GET /customerBill?limit=50` with 50
 concurrent clients for a fixed number of requests, and the same calls straight to the
 simulator. Each pair is driven twice: by a plain httpx client (stock transport), whose
-own cost per request caps what it can measure, and by a lean client (httpx over the
-gateway's own transport, about a tenth of the cost), which shows what the servers do.
+own cost per request caps what it can measure, and by a lean client (aiohttp's own
+client, a fraction of that cost), which shows what the servers do. Beside each rate, the
+CPU milliseconds one request cost the server (gateway or simulator, from /proc): unlike
+the rates, that figure barely moves when other work shares the machine.
 Also times how the SOAP adapter reads a 500-record reply (lxml, flat records) against
 zeep's own object parsing. One run, this machine.
 
@@ -22,12 +24,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import aiohttp
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from adapters.http_transport import FastTransport  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 API = "/tmf-api/customerBillManagement/v5"
@@ -60,24 +63,79 @@ def wait(url: str) -> None:
     raise SystemExit(f"{url} did not come up")
 
 
-async def drive(make_request, total: int, lean: bool) -> float:
-    """Requests per second with CLIENTS concurrent clients."""
-    transport = FastTransport(max_connections=CLIENTS) if lean else None
-    limits = httpx.Limits(max_connections=CLIENTS)
-    async with httpx.AsyncClient(timeout=30, limits=limits, transport=transport) as c:
+RETRIED = [0]  # GETs the httpx load client sent again
+
+
+class LoadClient:
+    """GET and POST returning the status, the reply read whole: stock httpx, or (lean)
+    aiohttp's client used directly."""
+
+    def __init__(self, lean: bool) -> None:
+        self.lean = lean
+        if lean:
+            connector = aiohttp.TCPConnector(limit=CLIENTS)
+            self.session = aiohttp.ClientSession(
+                connector=connector, timeout=aiohttp.ClientTimeout(total=30)
+            )
+        else:
+            limits = httpx.Limits(max_connections=CLIENTS)
+            self.client = httpx.AsyncClient(timeout=30, limits=limits)
+
+    async def get(self, url: str, headers: dict[str, str] | None = None) -> int:
+        if self.lean:  # aiohttp sends an idempotent request again on a stale connection
+            async with self.session.get(url, headers=headers) as reply:
+                await reply.read()
+                return reply.status
+        try:
+            return (await self.client.get(url, headers=headers)).status_code
+        except (httpx.ReadError, httpx.RemoteProtocolError):
+            # httpx does not: a keep-alive connection the server closed just as it was
+            # reused costs one more try, as with aiohttp (a stalled run otherwise).
+            RETRIED[0] += 1
+            return (await self.client.get(url, headers=headers)).status_code
+
+    async def post(self, url: str, content: str, headers: dict[str, str]) -> int:
+        if self.lean:
+            async with self.session.post(url, data=content.encode(), headers=headers) as reply:
+                await reply.read()
+                return reply.status
+        return (await self.client.post(url, content=content, headers=headers)).status_code
+
+    async def close(self) -> None:
+        await (self.session.close() if self.lean else self.client.aclose())
+
+
+Request = Callable[[LoadClient, int], Awaitable[int]]
+
+
+def cpu_seconds(pid: int) -> float:
+    """A process's CPU time so far (user + system, Linux /proc): what a request costs the
+    server, whatever else the machine is doing."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def drive(make_request: Request, total: int, lean: bool, server: int) -> tuple[float, float]:
+    """Requests per second with CLIENTS concurrent clients, and the CPU milliseconds each
+    cost the `server` process."""
+    c = LoadClient(lean)
+    try:
         counter = iter(range(total))
 
         async def worker() -> None:
             for n in counter:
-                response = await make_request(c, n)
-                if response.status_code != 200:
-                    raise SystemExit(f"{response.request.url}: {response.status_code}")
+                status = await make_request(c, n)
+                if status != 200:
+                    raise SystemExit(f"request {n}: {status}")
 
         for _ in range(3):  # warm up: every client's connection open and used
             await asyncio.gather(*(make_request(c, n) for n in range(CLIENTS)))
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), cpu_seconds(server)
         await asyncio.gather(*(worker() for _ in range(CLIENTS)))
-        return total / (time.perf_counter() - started)
+        rate = total / (time.perf_counter() - started)
+        return rate, (cpu_seconds(server) - cpu) / total * 1000
+    finally:
+        await c.close()
 
 
 def start(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
@@ -90,7 +148,10 @@ def start(args: list[str], env: dict[str, str] | None = None) -> subprocess.Pope
     )
 
 
-async def bench_kind(kind: str, total: int, work: Path) -> list[tuple[str, float, float]]:
+Row = tuple[str, str, tuple[float, float], tuple[float, float]]
+
+
+async def bench_kind(kind: str, total: int, work: Path) -> list[Row]:
     sim_port, gw_port = free_port(), free_port()
     module = "simulators.rest_billing" if kind == "rest" else "simulators.soap_billing"
     simulator = start(["-m", module, "--port", str(sim_port)])
@@ -146,16 +207,20 @@ async def bench_kind(kind: str, total: int, work: Path) -> list[tuple[str, float
             ),
         ):
             for lean in (False, True):
-                ours = await drive(via_gateway, total, lean)
-                theirs = await drive(direct, total, lean)
-                client = "lean" if lean else "httpx"
+                ours = await drive(via_gateway, total, lean, gateway.pid)
+                theirs = await drive(direct, total, lean, simulator.pid)
+                client = "aiohttp" if lean else "httpx"
                 rows.append((f"{kind.upper()} `{name}`", client, ours, theirs))
         return rows
     finally:
         for process in (gateway, simulator):
             if process is not None:
                 process.terminate()
-                process.wait(timeout=10)
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
 
 
 def soap_parsing(records: int = 500) -> tuple[float, float]:
@@ -195,10 +260,18 @@ async def main(total: int) -> None:
     for kind in ("rest", "soap"):
         rows.extend(await bench_kind(kind, total, work))
     print(f"{total} requests per row, {CLIENTS} concurrent clients, loopback, one run\n")
-    print("| request | load client | gateway req/s | simulator direct req/s | gateway / direct |")
-    print("|---|---|---:|---:|---:|")
-    for name, client, ours, theirs in rows:
-        print(f"| {name} | {client} | {ours:,.0f} | {theirs:,.0f} | {ours / theirs:.2f} |")
+    print(
+        "| request | load client | gateway req/s | simulator direct req/s | gateway / direct "
+        "| gateway CPU ms/req | simulator CPU ms/req |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for name, client, (ours, our_cpu), (theirs, their_cpu) in rows:
+        print(
+            f"| {name} | {client} | {ours:,.0f} | {theirs:,.0f} | {ours / theirs:.2f} "
+            f"| {our_cpu:.2f} | {their_cpu:.2f} |"
+        )
+    if RETRIED[0]:
+        print(f"\n(httpx load client: {RETRIED[0]} GETs sent again on a new connection)")
     ours, theirs = soap_parsing()
     print(
         f"\nSOAP reply of 500 invoices: read as flat records (lxml) {ours:.1f} ms, "

@@ -7,8 +7,10 @@ import copy
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import httpx
+import orjson
 import pytest
 import respx
 from starlette.testclient import TestClient
@@ -20,6 +22,7 @@ from gateway.config import load_config
 from simulators.rest_billing import create_app as create_simulator
 from simulators.rest_billing import seed
 from tests.conftest import API, ROOT, assert_valid, fetch_all, tuned
+from tests.raw_http import RawRequest, RawServer, reply
 from tests.servers import ThreadedServer
 
 
@@ -169,6 +172,86 @@ def test_get_one_update_and_not_found(http: respx.MockRouter) -> None:
     found, missing, written, conflict = run(with_source(work))
     assert found["nested.x"] == 1 and missing is None and (written, conflict) == (1, 0)
     assert patch.calls[0].request.content == b'{"status":"B","expected_status":"A"}'
+
+
+# Values placed in URL paths: one percent-encoded segment each, never more path or a query.
+
+AWKWARD_IDS = ["INV-1?status=PAID&x=", "../../admin/users", "a/b#c", "50% off", "é"]
+ACTION = {"run": {"method": "POST", "path": "/accounts/{account_id}/bill-now", "result": "ref"}}
+
+
+def test_path_values_are_encoded_as_one_segment(http: respx.MockRouter) -> None:
+    """The exact URL httpx puts on the wire (respx sits where the transport would)."""
+    got = http.get(url__startswith=f"{BASE}/items/").mock(
+        return_value=httpx.Response(200, json={"id": "x"})
+    )
+    patched = http.patch(url__startswith=f"{BASE}/items/").mock(
+        return_value=httpx.Response(200, json={})
+    )
+    billed = http.post(url__startswith=f"{BASE}/accounts/").mock(
+        return_value=httpx.Response(200, json={"ref": "R1"})
+    )
+
+    async def work(source: RestSource) -> None:
+        ident = "INV-1?status=PAID&x=/../y"
+        await source.one(Compare("id", "eq", ident))
+        await source.update(Compare("id", "eq", ident), {"status": "B"}, {})
+        await source.adapter.action(ACTION).run({"account_id": ident})
+
+    run(with_source(work))
+    encoded = b"INV-1%3Fstatus%3DPAID%26x%3D%2F..%2Fy"
+    assert got.calls[0].request.url.raw_path == b"/items/" + encoded
+    assert patched.calls[0].request.url.raw_path == b"/items/" + encoded
+    assert billed.calls[0].request.url.raw_path == b"/accounts/" + encoded + b"/bill-now"
+
+
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+def test_path_values_reach_a_loopback_back_end_as_one_segment(transport: str) -> None:
+    async def answer(request: RawRequest) -> bytes:
+        if request.method == "POST":
+            return reply(b'{"ref": "R1"}')
+        return reply(orjson.dumps({"id": unquote(request.target.rsplit("/", 1)[1])}))
+
+    async def work() -> tuple[list[Any], list[str]]:
+        async with RawServer(answer) as server:
+            adapter = RestAdapter(
+                "billing", RestOptions(base_url=server.url, http_transport=transport)
+            )
+            await adapter.open()
+            try:
+                source = await adapter.bind(SPEC)
+                action = adapter.action(ACTION)
+                outcomes: list[Any] = []
+                for ident in AWKWARD_IDS:
+                    outcomes.append(await source.one(Compare("id", "eq", ident)))
+                    outcomes.append(await source.update(Compare("id", "eq", ident), {}, {}))
+                    outcomes.append((await action.run({"account_id": ident})).value)
+                for ident in ("..", ".", ""):  # no encoding keeps these from moving the path
+                    outcomes.append(await source.one(Compare("id", "eq", ident)))
+                    outcomes.append(await source.update(Compare("id", "eq", ident), {}, {}))
+                    with pytest.raises(BackendError, match="cannot be a path segment"):
+                        await action.run({"account_id": ident})
+            finally:
+                await adapter.close()
+            return outcomes, [f"{r.method} {r.target}" for r in server.requests]
+
+    outcomes, targets = run(work())
+    expected: list[Any] = []
+    for ident in AWKWARD_IDS:
+        expected += [{"id": ident}, 1, "R1"]
+    assert outcomes == expected + [None, 0] * 3
+    assert len(targets) == 3 * len(AWKWARD_IDS)  # nothing was sent for "..", "." or ""
+    for n, ident in enumerate(AWKWARD_IDS):
+        for target, (method, before, after) in zip(
+            targets[3 * n : 3 * n + 3],
+            [("GET", "/items/", ""), ("PATCH", "/items/", ""), ("POST", "/accounts/", "/bill-now")],
+            strict=True,
+        ):
+            verb, _, path = target.partition(" ")
+            assert verb == method and "?" not in path and "#" not in path
+            assert path.startswith(before) and path.endswith(after)
+            segment = path[len(before) : len(path) - len(after)]
+            assert "/" not in segment and unquote(segment) == ident
 
 
 @pytest.mark.parametrize(
