@@ -23,8 +23,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Hashable
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 import structlog
@@ -42,8 +41,7 @@ Key = tuple[str, str, str, Hashable, str]
 _OVERHEAD = 256
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
+class Entry(NamedTuple):
     value: Any
     #: `time.monotonic()` when it was read from the back end.
     stored: float

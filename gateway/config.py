@@ -91,9 +91,13 @@ class PagingSettings(StrictModel):
 
     @model_validator(mode="after")
     def _default_within_max(self) -> PagingSettings:
-        if self.default_limit > self.max_limit:
-            raise ValueError("default_limit exceeds max_limit")
+        _not_above(self.default_limit, self.max_limit, "default_limit exceeds max_limit")
         return self
+
+
+def _not_above(value: float, bound: float, message: str) -> None:
+    if value > bound:
+        raise ValueError(message)
 
 
 class ResourceBinding(StrictModel):
@@ -137,8 +141,11 @@ class WorkerSettings(StrictModel):
 
     @model_validator(mode="after")
     def _per_backend_within_total(self) -> WorkerSettings:
-        if self.per_backend_concurrency > self.concurrency:
-            raise ValueError("per_backend_concurrency exceeds concurrency")
+        _not_above(
+            self.per_backend_concurrency,
+            self.concurrency,
+            "per_backend_concurrency exceeds concurrency",
+        )
         return self
 
 

@@ -203,6 +203,15 @@ MIGRATIONS: list[Callable[[Connection], None]] = [
 EventKind = Literal["CreateEvent", "StateChangeEvent"]
 
 
+def _held(ident: str, owner: str) -> ColumnElement[bool]:
+    """The request `ident`, still in progress and leased to `owner`."""
+    return (
+        (bill_on_demand.c.id == ident)
+        & (bill_on_demand.c.state == "inProgress")
+        & (bill_on_demand.c.lease_owner == owner)
+    )
+
+
 def now_text() -> str:
     return datetime.now(UTC).strftime(_TIME_FORMAT)
 
@@ -367,13 +376,7 @@ class GatewayStore:
         if description is not None:
             values["description"] = description
         result = await conn.execute(
-            update(bill_on_demand)
-            .where(
-                (bill_on_demand.c.id == ident)
-                & (bill_on_demand.c.state == "inProgress")
-                & (bill_on_demand.c.lease_owner == owner)
-            )
-            .values(values)
+            update(bill_on_demand).where(_held(ident, owner)).values(values)
         )
         return result.rowcount == 1
 
@@ -458,11 +461,7 @@ class GatewayStore:
         async with self.transaction() as conn:
             renewed = await conn.execute(
                 update(bill_on_demand)
-                .where(
-                    (bill_on_demand.c.id == ident)
-                    & (bill_on_demand.c.state == "inProgress")
-                    & (bill_on_demand.c.lease_owner == owner)
-                )
+                .where(_held(ident, owner))
                 .values(lease_until=time() + lease_seconds)
             )
         return renewed.rowcount == 1
