@@ -119,10 +119,36 @@ class SourceSpecError(Exception):
 class BackendError(Exception):
     """The back end failed or could not be reached; the gateway answers 502/503/504."""
 
-    def __init__(self, reason: str, *, status: int = 502) -> None:
+    def __init__(self, reason: str, *, status: int = 502, retry_after: float | None = None) -> None:
         self.reason = reason
         self.status = status
+        #: Seconds the back end asked for before another try (its `Retry-After`).
+        self.retry_after = retry_after
         super().__init__(reason)
+
+
+class BackendReplyError(BackendError):
+    """The back end answered, but not as declared (a missing result, a wrong shape).
+
+    Not worth retrying as it is: the same request gets the same answer.
+    """
+
+
+# Statuses by which an HTTP back end says it is overloaded or down for now: worth another
+# try, later. Anything else unexpected is its fault (502), not a passing state.
+TRANSIENT_HTTP = frozenset({429, 502, 503, 504})
+
+
+def http_failure(backend: str, what: str, status: int, retry_after: str | None) -> BackendError:
+    """An unexpected HTTP status as a classified error: 503 (retry later) or 502."""
+    seconds = None
+    if retry_after is not None and retry_after.strip().isdigit():
+        seconds = float(retry_after.strip())
+    return BackendError(
+        f"back end {backend!r}: {what} answered {status}",
+        status=503 if status in TRANSIENT_HTTP else 502,
+        retry_after=seconds,
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,7 +38,16 @@ import orjson
 from pydantic import Field, field_validator
 
 from adapters.backend_http import BackendHttp, HttpOptions
-from adapters.base import ActionResult, BackendError, Page, Plan, Predicate, SourceSpecError
+from adapters.base import (
+    ActionResult,
+    BackendError,
+    BackendReplyError,
+    Page,
+    Plan,
+    Predicate,
+    SourceSpecError,
+    http_failure,
+)
 from adapters.keyed import KeyedSource, Record
 
 
@@ -140,6 +149,16 @@ class RestAdapter:
         async with self._http.call(f"{method} {path}"):
             reply = await self._client.request(method, path, headers=headers, **kwargs)
         return reply
+
+
+def _failure(backend: str, what: str, reply: httpx.Response) -> BackendError:
+    return http_failure(backend, what, reply.status_code, reply.headers.get("retry-after"))
+
+
+def _is_json(reply: httpx.Response) -> bool:
+    """Whether the reply is the API speaking (JSON), not a proxy's or server's HTML page."""
+    kind = str(reply.headers.get("content-type", "")).split(";")[0].strip().lower()
+    return kind == "application/json" or kind.endswith("+json")
 
 
 def _json(backend: str, reply: httpx.Response) -> Any:
@@ -247,9 +266,7 @@ class RestSource(KeyedSource):
     async def _fetch(self, url: str, params: dict[str, Any]) -> tuple[list[Record], Any]:
         reply = await self.adapter.request("GET", url, params=params)
         if reply.status_code != 200:
-            raise BackendError(
-                f"back end {self.adapter.name!r}: GET {url} answered {reply.status_code}"
-            )
+            raise _failure(self.adapter.name, f"GET {url}", reply)
         body = _json(self.adapter.name, reply)
         records = _at(body, self.records_at)
         if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
@@ -356,12 +373,10 @@ class RestSource(KeyedSource):
         if path is None:
             return None  # no record can be addressed by such a key
         reply = await self.adapter.request("GET", path)
-        if reply.status_code == 404:
-            return None
+        if reply.status_code == 404 and _is_json(reply):
+            return None  # the API's own "no such record" (an HTML 404 is a wrong route: 502)
         if reply.status_code != 200:
-            raise BackendError(
-                f"back end {self.adapter.name!r}: GET one answered {reply.status_code}"
-            )
+            raise _failure(self.adapter.name, "GET one", reply)
         body = _json(self.adapter.name, reply)
         if not isinstance(body, dict):
             raise BackendError(f"back end {self.adapter.name!r}: a record is not an object")
@@ -383,12 +398,10 @@ class RestSource(KeyedSource):
         if path is None:
             return 0  # no record has such a key
         reply = await self.adapter.request(spec.get("method", "PATCH"), path, json=body)
-        if reply.status_code in (404, 409, 412):
+        if reply.status_code in (404, 409, 412) and _is_json(reply):
             return 0
         if not 200 <= reply.status_code < 300:
-            raise BackendError(
-                f"back end {self.adapter.name!r}: update answered {reply.status_code}"
-            )
+            raise _failure(self.adapter.name, "update", reply)
         return 1
 
 
@@ -425,9 +438,7 @@ class RestAction:
         if rejected is not None:
             return reply.status_code, str(rejected)
         if not 200 <= reply.status_code < 300:
-            raise BackendError(
-                f"back end {self.adapter.name!r}: {spec['path']} answered {reply.status_code}"
-            )
+            raise _failure(self.adapter.name, str(spec["path"]), reply)
         return reply.status_code, _json(self.adapter.name, reply)
 
     async def check(self, params: Mapping[str, Any]) -> str | None:
@@ -441,8 +452,8 @@ class RestAction:
         if isinstance(outcome, str):
             return ActionResult("rejected", None, outcome)
         result = _at(outcome, self.run_spec.get("result"))
-        if result is None:
-            raise BackendError(
-                f"back end {self.adapter.name!r}: no {self.run_spec.get('result')!r}"
+        if not isinstance(result, str | int) or isinstance(result, bool):
+            raise BackendReplyError(
+                f"back end {self.adapter.name!r}: no {self.run_spec.get('result')!r} in its reply"
             )
         return ActionResult("done", result)

@@ -32,7 +32,7 @@ from typing import Any
 import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from adapters.base import ActionResult, BackendAction, BackendError
+from adapters.base import ActionResult, BackendAction, BackendError, BackendReplyError
 from gateway.backoff import backoff_seconds
 from gateway.calls import backend_call
 from gateway.config import WorkerSettings
@@ -297,6 +297,9 @@ class OnDemandService:
                 result = await action.run(params)
         except TimeoutError:
             return Unknown(f"no answer within {maker.timeout:g} s")
+        except BackendReplyError as exc:  # it answered, not as declared: again would not help
+            log.error("on_demand_reply_malformed", backend=maker.backend, detail=exc.reason)
+            return Outcome("terminatedWithError", description=MALFORMED_REPLY)
         except BackendError as exc:
             return Unknown(exc.reason)
         except Exception as exc:  # an adapter's own failure: the outcome is unknown all the same

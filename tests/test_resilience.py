@@ -169,11 +169,6 @@ def test_flaky_back_end_reads_are_retried_until_they_succeed(
     assert len(ids) < backend.calls() == len(ids) + backend.faulted <= 1.6 * len(ids)
 
 
-@pytest.mark.xfail(
-    reason="the REST adapter turns an HTTP 503 reply into BackendError(status=502), which is"
-    " not retried (issue #12, defect 6: the adapters' classification)",
-    strict=False,
-)
 def test_flaky_503_replies_are_retried(gateway: Gateway, backend: FaultProxy) -> None:
     gw = gateway()
     ids = invoice_ids(backend)[:40]
