@@ -23,11 +23,13 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 from sqlalchemy import (
+    Boolean,
     Column,
     ColumnElement,
     MetaData,
     Select,
     Table,
+    Uuid,
     and_,
     false,
     func,
@@ -36,6 +38,7 @@ from sqlalchemy import (
     true,
     update,
 )
+from sqlalchemy import types as sqltypes
 from sqlalchemy.exc import DBAPIError, NoSuchTableError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -54,6 +57,7 @@ from adapters.base import (
     SourceColumns,
     SourceSpecError,
 )
+from adapters.kinds import Kind, TypedColumns
 from adapters.sql_actions import SqlAction
 
 _OPERATORS = {
@@ -151,6 +155,29 @@ class SqlAdapter:
             raise SourceSpecError(place, f"no table {name!r} in back end {self.name!r}") from None
 
 
+def column_kind(type_: sqltypes.TypeEngine[Any]) -> Kind:
+    """What a reflected column type holds, in the mapping's terms."""
+    if isinstance(type_, Boolean):
+        return "boolean"
+    if isinstance(type_, sqltypes.DateTime):
+        return "timestamptz" if type_.timezone else "datetime"
+    if isinstance(type_, sqltypes.Date):
+        return "date"
+    if isinstance(type_, Uuid):
+        return "uuid"
+    if isinstance(type_, sqltypes.Integer):
+        return "integer"
+    if isinstance(type_, sqltypes.Float):
+        return "float"
+    if isinstance(type_, sqltypes.Numeric):
+        return "decimal"
+    if isinstance(type_, sqltypes.String):
+        return "text"
+    if isinstance(type_, sqltypes._Binary):
+        return "binary"
+    return "other"
+
+
 def _column(table: Table, name: Any, place: str) -> Column[Any]:
     if not isinstance(name, str) or name not in table.c:
         raise SourceSpecError(place, f"no column {name!r} in table {table.name}")
@@ -179,9 +206,15 @@ class SqlSource:
         self.key = key
         self.key_column = key.name
         self.children = children
-        self.columns = SourceColumns(
+        self.columns: SourceColumns = TypedColumns(
             record=frozenset(table.c.keys()),
             children={name: frozenset(c.table.c.keys()) for name, c in children.items()},
+            kinds={c.name: column_kind(c.type) for c in table.c},
+            child_kinds={
+                name: {c.name: column_kind(c.type) for c in child.table.c}
+                for name, child in children.items()
+            },
+            exact_decimals=adapter.engine.dialect.name != "sqlite",
         )
         self._select = select(table)
         self._count = select(func.count()).select_from(table)

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from adapters.base import SourceColumns
+from adapters.kinds import NUMERIC_KINDS, Kind, kind_of
 from mappings import nodes
 from mappings.errors import MappingSpecError
 from mappings.fastpath import FastPath, ToTmf, specialise
@@ -43,6 +44,8 @@ from mappings.loader import SpecMap, load_yaml
 from mappings.transforms import Transform, TransformArgError, build_transform
 
 _LEAF_KEYS = frozenset({"column", "const", "template", "sum"})
+#: The kind of a sum of numbers, from the widest of its terms down.
+_WIDEST: tuple[Kind, ...] = ("float", "decimal", "integer")
 _TOP_KEYS = frozenset({"resource", "source", "attributes", "writes"})
 
 
@@ -120,7 +123,10 @@ def compile_mapping(
     )
     collection = resource[0].lower() + resource[1:]
     writable, stamp = _writes(spec, file, compiler.fields)
-    fast_path = specialise(nodes.ResourceNode(resource, collection, ident, items))
+    tree = nodes.ResourceNode(
+        resource, collection, ident, items, f"{file}:{attributes.line_of('id')}"
+    )
+    fast_path = specialise(tree)
     return CompiledMapping(
         resource=resource,
         collection=collection,
@@ -195,6 +201,18 @@ class _Compiler:
     def fail(self, place: str, line: int | None, reason: str) -> MappingSpecError:
         return MappingSpecError(self.file, f"attributes.{place}", line, reason)
 
+    def where(self, line: int | None) -> str:
+        return f"{self.file}:{line}" if line else self.file
+
+    def bind(
+        self, transform: Transform, kind: Kind | None, place: str, line: int | None
+    ) -> Transform:
+        """The transform fitted to the column's kind; a misfit stops start-up."""
+        try:
+            return transform.bind(kind)
+        except TransformArgError as exc:
+            raise self.fail(place, line, str(exc)) from None
+
     def check_column(self, column: Any, place: str, line: int | None, scope: str | None) -> str:
         if not isinstance(column, str) or not column:
             raise self.fail(place, line, f"column must be a name, not {column!r}")
@@ -248,16 +266,24 @@ class _Compiler:
             transform = build_transform(node.get("transform"))
         except TransformArgError as exc:
             raise self.fail(f"{path}.transform", node.line_of("transform"), str(exc)) from None
+        where_line = node.line_of("transform") if "transform" in node else node.line_of(kind)
         if kind == "sum":
             cols = node["sum"]
             if not isinstance(cols, list) or not cols:
                 raise self.fail(path, node.line_of("sum"), "sum takes a list of columns")
             columns = tuple(self.check_column(c, path, node.line_of("sum"), scope) for c in cols)
-            return nodes.SumNode(path, columns, transform)
+            column_kinds = [kind_of(self.columns, c, scope) for c in columns]
+            for column, column_kind in zip(columns, column_kinds, strict=True):
+                if column_kind is not None and column_kind not in NUMERIC_KINDS:
+                    raise self.fail(path, node.line_of("sum"), f"sum of a non-number {column}")
+            widest = next((k for k in _WIDEST if k in column_kinds), None)
+            transform = self.bind(transform, widest, path, where_line)
+            return nodes.SumNode(path, columns, transform, self.where(node.line_of("sum")))
         column = self.check_column(node["column"], path, node.line_of("column"), scope)
+        transform = self.bind(transform, kind_of(self.columns, column, scope), path, where_line)
         if pushable and scope is None and all(g == column for g in self.guards):
             self.fields[path] = FieldRef(column, transform)
-        return nodes.ColumnNode(path, column, transform)
+        return nodes.ColumnNode(path, column, transform, self.where(node.line_of("column")))
 
     def template(
         self, text: Any, path: str, line: int | None, scope: str | None
@@ -275,7 +301,7 @@ class _Compiler:
             if name is not None and name != "base":
                 self.check_column(name, path, line, scope)
             pieces.append((literal, name))
-        return nodes.TemplateNode(path, tuple(pieces))
+        return nodes.TemplateNode(path, tuple(pieces), self.where(line))
 
     def obj(self, node: SpecMap, path: str, scope: str | None) -> nodes.ObjectNode:
         when = node.get("when")
@@ -305,7 +331,7 @@ class _Compiler:
         if self.columns is not None and child not in self.columns.children:
             raise self.fail(path, node.line_of("each"), f"unknown child rows {child!r} in source")
         item = self.value(node["item"], path, node.line_of("item"), scope=child)
-        return nodes.EachNode(path, child, item)
+        return nodes.EachNode(path, child, item, self.where(node.line_of("each")))
 
     def column_list(self, node: SpecMap, path: str, scope: str | None) -> nodes.ListNode:
         elements = node["list"]

@@ -26,13 +26,38 @@ from mappings.nodes import (
     SumNode,
     TemplateNode,
 )
-from mappings.transforms import DateTime, DecimalText, Enum, IntegerText, MinorUnits, Transform
+from mappings.transforms import (
+    AwareDateTime,
+    DateTime,
+    DecimalText,
+    Enum,
+    IntegerText,
+    LooseDate,
+    MinorUnits,
+    NaiveDateTime,
+    NativeDate,
+    NativeNumber,
+    Transform,
+    UuidText,
+)
 
 ToTmf: TypeAlias = Callable[[Record, str], dict[str, Any]]
 #: Constants of these types are written into the source as literals, not looked up.
 _LITERAL_TYPES = (str, int, bool, type(None))
 #: Transforms (these exact classes) whose `to_tmf` never gives None.
-_NEVER_NONE = (Transform, DateTime, DecimalText, IntegerText, MinorUnits)
+_NEVER_NONE = (
+    Transform,
+    DateTime,
+    DecimalText,
+    IntegerText,
+    MinorUnits,
+    NativeNumber,
+    UuidText,
+    NativeDate,
+    NaiveDateTime,
+    AwareDateTime,
+    LooseDate,
+)
 
 
 class _Value(NamedTuple):

@@ -27,20 +27,24 @@ class ColumnNode:
     path: str
     column: str
     transform: Transform
+    #: `file:line` of the value in the mapping, for the error a misfit record raises.
+    where: str = ""
 
     def __call__(self, record: Record, base: str) -> Any:
         try:
             raw = record[self.column]
         except KeyError:
             raise RecordMappingError(
-                self.path, f"column {self.column} missing from the record"
+                self.path, f"column {self.column} missing from the record", self.where
             ) from None
         if raw is None:
             return raw
         try:
             return self.transform.to_tmf(raw)
         except _BAD_VALUE as exc:
-            raise RecordMappingError(self.path, f"{self.column}={raw!r}: {exc}") from None
+            raise RecordMappingError(
+                self.path, f"column {self.column}={raw!r}: {exc}", self.where
+            ) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +67,7 @@ class TemplateNode:
 
     path: str
     pieces: tuple[tuple[str, str | None], ...]
+    where: str = ""
 
     def __call__(self, record: Record, base: str) -> str | None:
         out = []
@@ -77,7 +82,7 @@ class TemplateNode:
                 value = record[name]
             except KeyError:
                 raise RecordMappingError(
-                    self.path, f"column {name} missing from the record"
+                    self.path, f"column {name} missing from the record", self.where
                 ) from None
             if value is None:
                 return None
@@ -92,20 +97,23 @@ class SumNode:
     path: str
     columns: tuple[str, ...]
     transform: Transform
+    where: str = ""
 
     def __call__(self, record: Record, base: str) -> Any:
         try:
             raws = [record[c] for c in self.columns]
         except KeyError as exc:
             raise RecordMappingError(
-                self.path, f"column {exc.args[0]} missing from the record"
+                self.path, f"column {exc.args[0]} missing from the record", self.where
             ) from None
         if any(r is None for r in raws):
             return None
         try:
             return self.transform.to_tmf(sum(raws))
         except _BAD_VALUE as exc:
-            raise RecordMappingError(self.path, f"{list(self.columns)}={raws!r}: {exc}") from None
+            raise RecordMappingError(
+                self.path, f"columns {list(self.columns)}={raws!r}: {exc}", self.where
+            ) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,12 +136,13 @@ class EachNode:
     path: str
     child: str
     item: Node
+    where: str = ""
 
     def __call__(self, record: Record, base: str) -> list[Any]:
         rows = record.get(self.child)
         if rows is None:
             raise RecordMappingError(
-                self.path, f"child rows {self.child!r} missing from the record"
+                self.path, f"child rows {self.child!r} missing from the record", self.where
             )
         return [self.item(row, base) for row in rows]
 
@@ -160,11 +169,12 @@ class ResourceNode:
     collection: str
     ident: Node
     items: tuple[tuple[str, Node], ...]
+    where: str = ""
 
     def __call__(self, record: Record, base: str) -> dict[str, Any]:
         ident = self.ident(record, base)
         if ident is None:
-            raise RecordMappingError("id", "the back-end record has no id")
+            raise RecordMappingError("id", "the back-end record has no id", self.where)
         out: dict[str, Any] = {"id": ident, "href": f"{base}/{self.collection}/{ident}"}
         out["@type"] = self.resource
         return _fill(out, self.items, record, base)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import textwrap
+from datetime import date
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
 from adapters.base import SourceColumns
+from adapters.kinds import TypedColumns
 from gateway.oas import attribute_types
 from mappings.compiler import compile_mapping, load_mapping, read_mapping
 from mappings.errors import MappingSpecError, RecordMappingError
@@ -208,3 +211,87 @@ def test_bundled_mappings_compile_against_the_oas(tmp_path: Path) -> None:
         compile_mapping(
             spec, file=str(path), attribute_types=attribute_types(spec["resource"]).types
         )
+
+
+TYPED = TypedColumns(
+    record=COLUMNS.record,
+    children=COLUMNS.children,
+    kinds={
+        "K": "integer",
+        "NO": "text",
+        "DT": "date",
+        "ST": "text",
+        "AMT": "integer",
+        "TAX": "integer",
+        "CUR": "text",
+        "RUN": "integer",
+        "DOC": "text",
+    },
+    child_kinds={"lines": {"K": "integer", "CAT": "text", "AMT": "decimal"}},
+)
+
+NATIVE_SPEC = SPEC.replace('{date: {format: "%Y%m%d", zone: UTC}}', "{date: {zone: UTC}}")
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "line", "message"),
+    [
+        # a text format on a DATE column
+        (
+            "transform: {date: {zone: UTC}}",
+            'transform: {date: {format: "%Y%m%d", zone: UTC}}',
+            6,
+            "attributes.billDate: date cannot read this DATE column with a text format",
+        ),
+        ("billNo: NO", "billNo: DT", 5, "this DATE column is served as a date-time"),
+        (
+            "{column: RUN, transform: integer_text}",
+            "{column: RUN, transform: {enum: {A: x}}}",
+            17,
+            "code 'A' can never be read from this INTEGER column",
+        ),
+        ("value: {sum: [AMT, TAX]", "value: {sum: [AMT, CUR]", 13, "sum of a non-number CUR"),
+        (
+            "{column: RUN, transform: integer_text}",
+            "{column: DT, transform: integer_text}",
+            17,
+            "integer_text cannot read this DATE column",
+        ),
+    ],
+)
+def test_transforms_that_cannot_read_the_column_stop_start_up(
+    tmp_path: Path, old: str, new: str, line: int, message: str
+) -> None:
+    assert old in NATIVE_SPEC
+    load_mapping(write(tmp_path, NATIVE_SPEC), columns=TYPED, attribute_types=TYPES)
+    path = write(tmp_path, NATIVE_SPEC.replace(old, new, 1))
+    with pytest.raises(MappingSpecError) as info:
+        load_mapping(path, columns=TYPED, attribute_types=TYPES)
+    text = str(info.value)
+    assert text.startswith(f"{path}:{line}: "), text
+    assert message in text
+
+
+def test_native_columns_need_no_text_format(tmp_path: Path) -> None:
+    spec = SPEC.replace('{date: {format: "%Y%m%d", zone: UTC}}', "{date: {zone: Europe/Berlin}}")
+    mapping = load_mapping(write(tmp_path, spec), columns=TYPED, attribute_types=TYPES)
+    out = mapping.to_tmf({**RECORD, "DT": date(2024, 7, 1)}, BASE)
+    assert out["billDate"] == "2024-07-01T00:00:00+02:00"
+    # child AMT is a DECIMAL of cents here
+    lines = [{"K": 7, "CAT": "VAT", "AMT": Decimal("95")}]
+    out = mapping.to_tmf({**RECORD, "DT": date(2024, 7, 1), "lines": lines}, BASE)
+    assert out["taxItem"][0]["taxAmount"]["value"] == 0.95
+
+
+def test_a_record_that_does_not_fit_names_file_line_and_column(tmp_path: Path) -> None:
+    path = write(tmp_path, SPEC)
+    mapping = load_mapping(path, columns=COLUMNS, attribute_types=TYPES)
+    with pytest.raises(RecordMappingError) as info:
+        mapping.to_tmf({**RECORD, "DT": date(2024, 1, 31)}, BASE)
+    assert info.value.field == "billDate"
+    assert info.value.where == f"{path}:6"
+    assert "column DT=datetime.date(2024, 1, 31)" in info.value.reason
+    assert f"(mapping {path}:6)" in str(info.value)
+    with pytest.raises(RecordMappingError) as info:
+        mapping.to_tmf({**RECORD, "lines": [{"K": 7, "CAT": "VAT", "AMT": "x"}]}, BASE)
+    assert info.value.where == f"{path}:29"  # the child value's own line, not `each:`
