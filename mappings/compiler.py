@@ -41,6 +41,14 @@ from mappings import nodes
 from mappings.errors import MappingSpecError
 from mappings.fastpath import FastPath, ToTmf, specialise
 from mappings.loader import SpecMap, load_yaml
+from mappings.oas_check import (
+    OasFacts,
+    is_array,
+    is_document,
+    leaf_problem,
+    object_problem,
+    range_of,
+)
 from mappings.transforms import Transform, TransformArgError, build_transform
 
 _LEAF_KEYS = frozenset({"column", "const", "template", "sum"})
@@ -97,16 +105,21 @@ def compile_mapping(
     file: str,
     columns: SourceColumns | None = None,
     attribute_types: Mapping[str, str] | None = None,
+    oas: OasFacts | None = None,
 ) -> CompiledMapping:
     """Compile a spec; every mistake raises `MappingSpecError` with file, place and line.
 
     `columns` (from the bound back-end source) lets unknown columns be caught now, not on
-    the first request; `attribute_types` (from the OAS) catches misspelt TMF attributes.
+    the first request, and their kinds fit each transform; `attribute_types` (from the
+    OAS) catches misspelt TMF attributes, and with it every value is checked against the
+    OAS (`oas`, looked up by the resource's name when not given): types, enums, required.
     """
     resource = spec["resource"]
     if not isinstance(resource, str) or not resource:
         raise MappingSpecError(file, "resource", spec.line_of("resource"), "not a name")
-    compiler = _Compiler(file, columns, attribute_types)
+    if oas is None and attribute_types is not None:
+        oas = _oas_facts(resource)
+    compiler = _Compiler(file, columns, attribute_types, oas)
     attributes: SpecMap = spec["attributes"]
     if "id" not in attributes:
         raise MappingSpecError(file, "attributes.id", attributes.line, "every resource needs id")
@@ -138,6 +151,21 @@ def compile_mapping(
         writable=writable,
         stamp=stamp,
     )
+
+
+def _line(node: Any, default: int | None) -> int | None:
+    """Where a value is written: its own line when it is a mapping, else `default`."""
+    return node.line if isinstance(node, SpecMap) and node.line else default
+
+
+def _oas_facts(resource: str) -> OasFacts | None:
+    """What the OAS says of the resource's attributes (None for a schema it does not have)."""
+    from gateway.oas import attribute_types  # the OAS document: a start-up-only import
+
+    try:
+        return attribute_types(resource)
+    except KeyError:
+        return None
 
 
 def _writes(
@@ -189,10 +217,12 @@ class _Compiler:
         file: str,
         columns: SourceColumns | None,
         attribute_types: Mapping[str, str] | None,
+        oas: OasFacts | None = None,
     ) -> None:
         self.file = file
         self.columns = columns
         self.types = attribute_types
+        self.oas = oas
         self.fields: dict[str, FieldRef] = {}
         # Push-down is sound only for a column read once, outside arrays and outside an
         # object guarded by another column (the guard could hide a matching value).
@@ -228,25 +258,48 @@ class _Compiler:
         if self.types is not None and path not in self.types:
             raise self.fail(path, line, "not an attribute of this resource in the TMF678 OAS")
 
-    def value(self, node: Any, path: str, line: int | None, scope: str | None) -> nodes.Node:
+    def value(
+        self, node: Any, path: str, line: int | None, scope: str | None, item: bool = False
+    ) -> nodes.Node:
+        """The node for one value; `item`: it is an element of an array at `path`."""
         self.check_attribute(path, line)
+        built: nodes.Node
+        leaf_line: int | None = None  # where a leaf's value is said, for the OAS check
         if isinstance(node, str):
             shorthand = SpecMap(column=node)
             shorthand.line = line
-            return self.leaf(shorthand, path, line, scope, pushable=True)
-        if not isinstance(node, SpecMap):
+            built, leaf_line = self.leaf(shorthand, path, line, scope, pushable=True)
+        elif not isinstance(node, SpecMap):
             raise self.fail(path, line, f"expected a column name or a mapping, not {node!r}")
-        if node.keys() & _LEAF_KEYS:
-            return self.leaf(node, path, node.line or line, scope, pushable=True)
-        if "each" in node:
-            return self.children(node, path, scope)
-        if "list" in node:
-            return self.column_list(node, path, scope)
-        return self.obj(node, path, scope)
+        elif node.keys() & _LEAF_KEYS:
+            built, leaf_line = self.leaf(node, path, node.line or line, scope, pushable=True)
+        elif "each" in node:
+            built = self.children(node, path, scope)
+        elif "list" in node:
+            built = self.column_list(node, path, scope)
+        else:
+            wanted = self.oas.types.get(path) if self.oas is not None else None
+            if wanted not in (None, "object"):
+                raise self.fail(path, line, f"is a {wanted} in the OAS, not an object")
+            built = self.obj(node, path, scope, line)
+        if self.oas is not None and not item:
+            array = isinstance(built, nodes.EachNode | nodes.ListNode)
+            if is_array(path, self.oas) and not array and not is_document(built):
+                raise self.fail(
+                    path, line, "is an array in the OAS: use each (child rows) or list (columns)"
+                )
+            if array and not is_array(path, self.oas):
+                raise self.fail(path, line, "is not an array in the OAS")
+        if self.oas is not None and leaf_line is not None:
+            problem = leaf_problem(range_of(built), path, self.oas)
+            if problem is not None:
+                raise self.fail(path, leaf_line, problem)
+        return built
 
     def leaf(
         self, node: SpecMap, path: str, line: int | None, scope: str | None, pushable: bool
-    ) -> nodes.Node:
+    ) -> tuple[nodes.Node, int | None]:
+        """A value read from the record, and the line its OAS check names when it fails."""
         kinds = node.keys() & _LEAF_KEYS
         if len(kinds) != 1:
             raise self.fail(path, line, f"a value has exactly one of {sorted(_LEAF_KEYS)}")
@@ -257,11 +310,12 @@ class _Compiler:
         if kind == "const":
             if "transform" in node:
                 raise self.fail(path, node.line_of("transform"), "const takes no transform")
-            return nodes.ConstNode(node["const"])
+            return nodes.ConstNode(node["const"]), node.line_of("const")
         if kind == "template":
             if "transform" in node:
                 raise self.fail(path, node.line_of("transform"), "template takes no transform")
-            return self.template(node["template"], path, node.line_of("template"), scope)
+            built = self.template(node["template"], path, node.line_of("template"), scope)
+            return built, node.line_of("template")
         try:
             transform = build_transform(node.get("transform"))
         except TransformArgError as exc:
@@ -278,12 +332,14 @@ class _Compiler:
                     raise self.fail(path, node.line_of("sum"), f"sum of a non-number {column}")
             widest = next((k for k in _WIDEST if k in column_kinds), None)
             transform = self.bind(transform, widest, path, where_line)
-            return nodes.SumNode(path, columns, transform, self.where(node.line_of("sum")))
+            summed = nodes.SumNode(path, columns, transform, self.where(node.line_of("sum")))
+            return summed, where_line
         column = self.check_column(node["column"], path, node.line_of("column"), scope)
         transform = self.bind(transform, kind_of(self.columns, column, scope), path, where_line)
+        read = nodes.ColumnNode(path, column, transform, self.where(node.line_of("column")))
         if pushable and scope is None and all(g == column for g in self.guards):
             self.fields[path] = FieldRef(column, transform)
-        return nodes.ColumnNode(path, column, transform, self.where(node.line_of("column")))
+        return read, where_line
 
     def template(
         self, text: Any, path: str, line: int | None, scope: str | None
@@ -303,7 +359,9 @@ class _Compiler:
             pieces.append((literal, name))
         return nodes.TemplateNode(path, tuple(pieces), self.where(line))
 
-    def obj(self, node: SpecMap, path: str, scope: str | None) -> nodes.ObjectNode:
+    def obj(
+        self, node: SpecMap, path: str, scope: str | None, line: int | None
+    ) -> nodes.ObjectNode:
         when = node.get("when")
         if when is not None:
             when = self.check_column(when, f"{path}.when", node.line_of("when"), scope)
@@ -317,6 +375,10 @@ class _Compiler:
             self.guards.pop()
         if not items:
             raise self.fail(path, node.line, "empty object")
+        if self.oas is not None:
+            problem = object_problem(dict(items), path, self.oas)
+            if problem is not None:
+                raise self.fail(path, line, problem)
         return nodes.ObjectNode(items, when)
 
     def children(self, node: SpecMap, path: str, scope: str | None) -> nodes.EachNode:
@@ -330,7 +392,7 @@ class _Compiler:
             raise self.fail(path, node.line_of("each"), "child rows cannot nest")
         if self.columns is not None and child not in self.columns.children:
             raise self.fail(path, node.line_of("each"), f"unknown child rows {child!r} in source")
-        item = self.value(node["item"], path, node.line_of("item"), scope=child)
+        item = self.value(node["item"], path, node.line_of("item"), scope=child, item=True)
         return nodes.EachNode(path, child, item, self.where(node.line_of("each")))
 
     def column_list(self, node: SpecMap, path: str, scope: str | None) -> nodes.ListNode:
@@ -339,7 +401,8 @@ class _Compiler:
             raise self.fail(path, node.line, "an array from columns is {list: [item, ...]}")
         self.guards.append(None)  # nothing inside an array is pushed down
         values = tuple(
-            self.value(element, path, node.line_of("list"), scope) for element in elements
+            self.value(element, path, _line(element, node.line_of("list")), scope, item=True)
+            for element in elements
         )
         self.guards.pop()
         return nodes.ListNode(values)

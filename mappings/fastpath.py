@@ -37,6 +37,7 @@ from mappings.transforms import (
     NaiveDateTime,
     NativeDate,
     NativeNumber,
+    Rfc3339Text,
     Transform,
     UuidText,
 )
@@ -57,6 +58,7 @@ _NEVER_NONE = (
     NaiveDateTime,
     AwareDateTime,
     LooseDate,
+    Rfc3339Text,
 )
 
 

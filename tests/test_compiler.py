@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import sqlite3
 import textwrap
 from datetime import date
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from starlette.testclient import TestClient
+from structlog.testing import capture_logs
 
 from adapters.base import SourceColumns
 from adapters.kinds import TypedColumns
+from gateway.app import create_app
 from gateway.oas import attribute_types
 from mappings.compiler import compile_mapping, load_mapping, read_mapping
 from mappings.errors import MappingSpecError, RecordMappingError
 from mappings.transforms import MinorUnits
+from tests.conftest import API, ROOT, gateway_config
 
 COLUMNS = SourceColumns(
     record=frozenset({"K", "NO", "DT", "ST", "AMT", "TAX", "CUR", "RUN", "DOC"}),
@@ -295,3 +300,124 @@ def test_a_record_that_does_not_fit_names_file_line_and_column(tmp_path: Path) -
     with pytest.raises(RecordMappingError) as info:
         mapping.to_tmf({**RECORD, "lines": [{"K": 7, "CAT": "VAT", "AMT": "x"}]}, BASE)
     assert info.value.where == f"{path}:29"  # the child value's own line, not `each:`
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "line", "message"),
+    [
+        # JSON type: an INTEGER column where the OAS wants text
+        ("billNo: NO", "billNo: K", 5, "gives integer values, and the OAS wants a string"),
+        # format: text that is not said to be a date-time
+        (
+            "billDate: {column: DT, transform: {date: {zone: UTC}}}",
+            "billDate: NO",
+            6,
+            "gives string values, and the OAS wants a date-time",
+        ),
+        (
+            "billDate: {column: DT, transform: {date: {zone: UTC}}}",
+            'billDate: {const: "2024-01-31"}',
+            6,
+            "gives string values, and the OAS wants a date-time",
+        ),
+        (
+            "billDate: {column: DT, transform: {date: {zone: UTC}}}",
+            'billDate: {template: "{NO}T00:00:00Z"}',
+            6,
+            "gives string values, and the OAS wants a date-time",
+        ),
+        (
+            "value: {column: AMT, transform: {minor_units: 2}}",
+            "value: {const: ten}",
+            10,
+            "gives string values, and the OAS wants a number",
+        ),
+        # enum membership, over every value of the code table
+        ("{N: new, S: sent}", "{N: new, S: sented}", 7, "gives 'sented', which the OAS does"),
+        (
+            "state: {column: ST, transform: {enum: {N: new, S: sent}}}",
+            "state: ST",
+            7,
+            "the OAS allows only new, onHold",
+        ),
+        (
+            '"@type": {const: BillCycleRef}',
+            '"@type": {const: BillCycle}',
+            16,
+            "gives 'BillCycle', which the OAS does not allow (allowed: BillCycleRef)",
+        ),
+        # required @type / id of nested objects
+        ('    "@type": {const: BillCycleRef}\n', "", 14, "the OAS requires @type in this object"),
+        (
+            "    id: {column: RUN, transform: integer_text}\n",
+            "",
+            14,
+            "the OAS requires id in this object",
+        ),
+        ('      "@type": {const: TaxItem}\n', "", 26, "the OAS requires @type in this object"),
+        (
+            '        "@type": {const: AttachmentRef}\n',
+            "",
+            21,
+            "the OAS requires @type in this object",
+        ),
+        # shapes: object, leaf, array
+        ("  billNo: NO", "  billingAccount: NO", 5, "is an object in the OAS"),
+        ("  billNo: NO", "  billNo: {id: NO}", 5, "is a string in the OAS, not an object"),
+        ("    each: lines\n    item:\n", "    each: lines\n    item:\n", 24, None),
+        ("  billNo: NO", "  billNo: {each: lines, item: CAT}", 5, "is not an array in the OAS"),
+        ("  billNo: NO", "  taxItem: NO", 5, "is an array in the OAS"),
+    ],
+)
+def test_values_the_oas_does_not_allow_stop_start_up(
+    tmp_path: Path, old: str, new: str, line: int, message: str | None
+) -> None:
+    assert old in NATIVE_SPEC
+    spec = NATIVE_SPEC.replace(old, new, 1)
+    if "taxItem: NO" in spec:  # one taxItem only
+        spec = spec[: spec.index("  taxItem:\n    each")]
+    path = write(tmp_path, spec)
+    if message is None:  # the unchanged spec compiles
+        load_mapping(path, columns=TYPED, attribute_types=TYPES)
+        return
+    with pytest.raises(MappingSpecError) as info:
+        load_mapping(path, columns=TYPED, attribute_types=TYPES)
+    text = str(info.value)
+    assert text.startswith(f"{path}:{line}: "), text
+    assert message in text, text
+
+
+def test_every_bundled_mapping_fits_the_oas() -> None:
+    """The shipped mappings pass the same start-up check (with unknown column kinds)."""
+    root = Path(__file__).resolve().parent.parent / "mappings"
+    for path in sorted(root.rglob("*.yaml")):
+        if "actions" in path.parts:
+            continue
+        spec = read_mapping(path)
+        compile_mapping(
+            spec, file=str(path), attribute_types=attribute_types(spec["resource"]).types
+        )
+
+
+def test_a_served_record_that_does_not_fit_is_logged_with_file_line_and_column(
+    scratch_db: Path,
+) -> None:
+    with sqlite3.connect(scratch_db) as conn:
+        conn.execute("UPDATE INV_HDR SET INV_DT = '2024-1-5' WHERE INV_ID = 7")
+    with (
+        TestClient(create_app(gateway_config(scratch_db, events=None, on_demand=None))) as client,
+        capture_logs() as logs,
+    ):
+        response = client.get(f"{API}/customerBill/7")
+    assert response.status_code == 502
+    assert response.json()["code"] == "BACKEND_MAPPING_ERROR"
+    (event,) = [e for e in logs if e["event"] == "backend_reply_mismatch"]
+    mapping = ROOT / "mappings" / "legacy_sql" / "customer_bill.yaml"
+    assert event["field"] == "billDate"
+    assert "column INV_DT='2024-1-5'" in event["detail"]
+    assert f"customer_bill.yaml:{_line_of(mapping, '  billDate:')}" in event["detail"]
+
+
+def _line_of(path: Path, start: str) -> int:
+    lines = path.read_text().splitlines()
+    return next(n for n, text in enumerate(lines, 1) if text.startswith(start))

@@ -234,3 +234,11 @@ def test_enum_codes_are_read_as_the_column_holds_them() -> None:
     assert numbers.condition("S", "eq", "closed") == AnyOf((Compare("S", "eq", 2),))
     flags = build_transform({"enum": {"true": "yes", "FALSE": "no"}}).bind("boolean")
     assert flags.to_tmf(False) == "no"
+
+
+def test_rfc3339_text_is_served_as_it_is_and_checked() -> None:
+    text = build_transform("rfc3339").bind("text")
+    assert text.to_tmf("2024-01-05T10:00:00Z") == "2024-01-05T10:00:00Z"
+    assert text.json_type == "date-time"
+    with pytest.raises(ValueError, match="not an RFC 3339"):
+        text.to_tmf("2024-01-05 10:00")
