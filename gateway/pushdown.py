@@ -23,6 +23,7 @@ from adapters.base import (
     SortKey,
     Source,
 )
+from gateway.errors import bad_request, clip
 from gateway.query import Filter, Query
 from mappings.compiler import CompiledMapping
 
@@ -39,6 +40,14 @@ class ReadPlan:
 
 
 def plan_read(query: Query, mapping: CompiledMapping, source: Source) -> ReadPlan:
+    """The read in back-end terms; a sort on an attribute the mapping never gives is a 400."""
+    for term in query.sort:
+        if term.path not in mapping.produced:
+            raise bad_request(
+                "Invalid sort",
+                f"sort: {clip(term.path)!r} is not given by this back end's mapping"
+                " (every resource would tie)",
+            )
     pushed: list[Predicate] = []
     residual: list[Filter] = []
     for flt in query.filters:

@@ -76,6 +76,8 @@ class CompiledMapping:
     #: What `to_tmf` was made from: its source, and the node tree that reports failures.
     fast_path: FastPath
     fields: dict[str, FieldRef] = field(default_factory=dict)
+    #: Every single-valued attribute (dotted path, outside arrays) the mapping can give.
+    produced: frozenset[str] = frozenset()
     #: TMF attributes a write may change, each written to its column through its transform.
     writable: dict[str, FieldRef] = field(default_factory=dict)
     #: An attribute set to the current time on every write (a legacy "last change" column).
@@ -148,6 +150,7 @@ def compile_mapping(
         to_tmf=fast_path.to_tmf,
         fast_path=fast_path,
         fields=compiler.fields,
+        produced=frozenset(compiler.produced),
         writable=writable,
         stamp=stamp,
     )
@@ -224,6 +227,8 @@ class _Compiler:
         self.types = attribute_types
         self.oas = oas
         self.fields: dict[str, FieldRef] = {}
+        self.produced: set[str] = set()
+        self.arrays = 0  # how deep in arrays the value being compiled is
         # Push-down is sound only for a column read once, outside arrays and outside an
         # object guarded by another column (the guard could hide a matching value).
         self.guards: list[str | None] = []
@@ -290,6 +295,9 @@ class _Compiler:
                 )
             if array and not is_array(path, self.oas):
                 raise self.fail(path, line, "is not an array in the OAS")
+        nothing = isinstance(built, nodes.ConstNode) and built.value is None
+        if leaf_line is not None and not self.arrays and scope is None and not nothing:
+            self.produced.add(path)
         if self.oas is not None and leaf_line is not None:
             problem = leaf_problem(range_of(built), path, self.oas)
             if problem is not None:
@@ -392,7 +400,9 @@ class _Compiler:
             raise self.fail(path, node.line_of("each"), "child rows cannot nest")
         if self.columns is not None and child not in self.columns.children:
             raise self.fail(path, node.line_of("each"), f"unknown child rows {child!r} in source")
+        self.arrays += 1
         item = self.value(node["item"], path, node.line_of("item"), scope=child, item=True)
+        self.arrays -= 1
         return nodes.EachNode(path, child, item, self.where(node.line_of("each")))
 
     def column_list(self, node: SpecMap, path: str, scope: str | None) -> nodes.ListNode:
@@ -400,9 +410,11 @@ class _Compiler:
         if set(node) != {"list"} or not isinstance(elements, list) or not elements:
             raise self.fail(path, node.line, "an array from columns is {list: [item, ...]}")
         self.guards.append(None)  # nothing inside an array is pushed down
+        self.arrays += 1
         values = tuple(
             self.value(element, path, _line(element, node.line_of("list")), scope, item=True)
             for element in elements
         )
+        self.arrays -= 1
         self.guards.pop()
         return nodes.ListNode(values)

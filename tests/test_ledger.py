@@ -537,3 +537,29 @@ def test_native_columns_are_pushed_down_as_native_values(api: TestClient) -> Non
     )
     plan = plan_read(query, rates.mapping, rates.source)
     assert plan.backend.where == Compare("amount", "gt", Decimal("10.5"))
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ("state=bogus", "'bogus' is not a value of state (one of new, onHold, validated"),
+        ("state=new,bogus&billDate.gte=2024-01-01", "'bogus' is not a value of state"),
+        ("sort=nextBillDate", "'nextBillDate' is not given by this back end's mapping"),
+        ("sort=billDate,-category", "'category' is not given by this back end's mapping"),
+    ],
+)
+def test_requests_that_cannot_mean_anything_are_400(
+    api: TestClient, params: str, message: str
+) -> None:
+    response = api.get(f"{API}/customerBill?{params}")
+    assert response.status_code == 400, response.text
+    assert_valid("Error", response.json())
+    assert message in response.json()["message"]
+
+
+@pytest.mark.parametrize("path", ["/billCycle", "/billCycle/1", "/billCycle?state=x"])
+def test_a_resource_no_back_end_serves_is_501(api: TestClient, path: str) -> None:
+    response = api.get(f"{API}{path}")
+    assert response.status_code == 501
+    assert_valid("Error", response.json())
+    assert "BillCycle" in response.json()["message"]
