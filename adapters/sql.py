@@ -57,17 +57,10 @@ from adapters.base import (
     SourceColumns,
     SourceSpecError,
 )
+from adapters.expressions import Expr
 from adapters.kinds import Kind, TypedColumns
 from adapters.sql_actions import SqlAction
-
-_OPERATORS = {
-    "eq": Column.__eq__,
-    "ne": Column.__ne__,
-    "gt": Column.__gt__,
-    "gte": Column.__ge__,
-    "lt": Column.__lt__,
-    "lte": Column.__le__,
-}
+from adapters.sql_derived import COMPARE, ChildTable, NotInSql, SqlExpressions
 
 
 class SqlOptions(BackendOptions):
@@ -218,19 +211,57 @@ class SqlSource:
         )
         self._select = select(table)
         self._count = select(func.count()).select_from(table)
+        columns = self.columns
+        assert isinstance(columns, TypedColumns)
+        self._expressions = SqlExpressions(
+            table,
+            key.name,
+            columns.kinds,
+            {
+                name: ChildTable(child.table, child.key.name, columns.child_kinds[name])
+                for name, child in children.items()
+            },
+            columns.exact_decimals,
+        )
+        #: Derived values the mapping asked for, by the name predicates use for them.
+        self._computed: dict[str, ColumnElement[Any]] = {}
+        self._computed_names: dict[Expr, str | None] = {}
+
+    def computed(self, expr: Expr) -> str | None:
+        """A name that predicates and sort keys may use for a derived value, as a column's.
+
+        None when this back end cannot compute it (exactly); the gateway then does.
+        """
+        if expr not in self._computed_names:
+            try:
+                element = self._expressions.element(expr)
+            except NotInSql:
+                self._computed_names[expr] = None
+            else:
+                name = f"={len(self._computed)}"
+                self._computed[name] = element
+                self._computed_names[expr] = name
+        return self._computed_names[expr]
+
+    def _element(self, column: str) -> ColumnElement[Any]:
+        found = self._computed.get(column)
+        return self.table.c[column] if found is None else found
 
     def can_push(self, column: str, op: str) -> bool:
-        return column in self.table.c and op in COMPARE_OPS
+        return (column in self.table.c or column in self._computed) and op in COMPARE_OPS
 
     def can_sort(self, column: str) -> bool:
-        return column in self.table.c
+        return column in self.table.c or column in self._computed
 
     def where(self, predicate: Predicate) -> ColumnElement[bool]:
         """The predicate as SQL; values are bound parameters, never spliced into text."""
         if isinstance(predicate, Compare):
-            return _OPERATORS[predicate.op](self.table.c[predicate.column], predicate.value)
+            compared: ColumnElement[bool] = COMPARE[predicate.op](
+                self._element(predicate.column), predicate.value
+            )
+            return compared
         if isinstance(predicate, IsNull):
-            return self.table.c[predicate.column].is_(None)
+            return self._element(predicate.column).is_(None)
         if isinstance(predicate, AnyOf):
             return or_(false(), *(self.where(t) for t in predicate.terms))
         if isinstance(predicate, AllOf):
@@ -240,10 +271,11 @@ class SqlSource:
     def _ordered(self, plan: Plan) -> Any:
         order = []
         for key in plan.order_by:
-            column = self.table.c[key.column]
+            column = self._element(key.column)
             clause = column.desc() if key.descending else column.asc()
             # Missing values last in both directions, as the gateway's own sorting does.
-            if column.nullable and not column.primary_key:
+            plain = column if isinstance(column, Column) else None
+            if plain is None or (plain.nullable and not plain.primary_key):
                 clause = clause.nulls_last()
             order.append(clause)
         if not any(k.column == self.key_column for k in plan.order_by):

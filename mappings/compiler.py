@@ -36,8 +36,10 @@ from pathlib import Path
 from typing import Any
 
 from adapters.base import SourceColumns
+from adapters.expressions import Expr
 from adapters.kinds import NUMERIC_KINDS, Kind, kind_of
 from mappings import nodes
+from mappings.derived import DERIVED_KEYS, ExpressionReader, known_values
 from mappings.errors import MappingSpecError
 from mappings.fastpath import FastPath, ToTmf, specialise
 from mappings.loader import SpecMap, load_yaml
@@ -51,7 +53,7 @@ from mappings.oas_check import (
 )
 from mappings.transforms import Transform, TransformArgError, build_transform
 
-_LEAF_KEYS = frozenset({"column", "const", "template", "sum"})
+_LEAF_KEYS = frozenset({"column", "const", "template", "sum"}) | DERIVED_KEYS
 #: The kind of a sum of numbers, from the widest of its terms down.
 _WIDEST: tuple[Kind, ...] = ("float", "decimal", "integer")
 _TOP_KEYS = frozenset({"resource", "source", "attributes", "writes"})
@@ -62,6 +64,14 @@ class FieldRef:
     """A TMF attribute read straight from one column: what push-down can reverse."""
 
     column: str
+    transform: Transform
+
+
+@dataclass(frozen=True, slots=True)
+class ComputedRef:
+    """A TMF attribute computed from the record: what push-down can ask a back end for."""
+
+    expr: Expr
     transform: Transform
 
 
@@ -76,6 +86,9 @@ class CompiledMapping:
     #: What `to_tmf` was made from: its source, and the node tree that reports failures.
     fast_path: FastPath
     fields: dict[str, FieldRef] = field(default_factory=dict)
+    #: Attributes computed by an expression (outside arrays): pushed down when the back
+    #: end can compute it too (`source.computed`).
+    computed: dict[str, ComputedRef] = field(default_factory=dict)
     #: Every single-valued attribute (dotted path, outside arrays) the mapping can give.
     produced: frozenset[str] = frozenset()
     #: TMF attributes a write may change, each written to its column through its transform.
@@ -150,6 +163,7 @@ def compile_mapping(
         to_tmf=fast_path.to_tmf,
         fast_path=fast_path,
         fields=compiler.fields,
+        computed=compiler.computed,
         produced=frozenset(compiler.produced),
         writable=writable,
         stamp=stamp,
@@ -227,7 +241,14 @@ class _Compiler:
         self.types = attribute_types
         self.oas = oas
         self.fields: dict[str, FieldRef] = {}
+        self.computed: dict[str, ComputedRef] = {}
         self.produced: set[str] = set()
+        self.expressions = ExpressionReader(
+            fail=self.fail,
+            check_column=self.check_column,
+            kind_of=lambda column, scope: kind_of(columns, column, scope),
+            children=None if columns is None else frozenset(columns.children),
+        )
         self.arrays = 0  # how deep in arrays the value being compiled is
         # Push-down is sound only for a column read once, outside arrays and outside an
         # object guarded by another column (the guard could hide a matching value).
@@ -311,7 +332,7 @@ class _Compiler:
         kinds = node.keys() & _LEAF_KEYS
         if len(kinds) != 1:
             raise self.fail(path, line, f"a value has exactly one of {sorted(_LEAF_KEYS)}")
-        extra = node.keys() - _LEAF_KEYS - {"transform"}
+        extra = node.keys() - _LEAF_KEYS - {"transform"} - ({"else"} if "case" in kinds else set())
         if extra:
             raise self.fail(path, line, f"unknown key(s) {sorted(extra)}")
         (kind,) = kinds
@@ -329,6 +350,8 @@ class _Compiler:
         except TransformArgError as exc:
             raise self.fail(f"{path}.transform", node.line_of("transform"), str(exc)) from None
         where_line = node.line_of("transform") if "transform" in node else node.line_of(kind)
+        if kind in DERIVED_KEYS or (kind == "sum" and not isinstance(node["sum"], list)):
+            return self.derived(node, path, scope, transform, where_line), where_line
         if kind == "sum":
             cols = node["sum"]
             if not isinstance(cols, list) or not cols:
@@ -348,6 +371,21 @@ class _Compiler:
         if pushable and scope is None and all(g == column for g in self.guards):
             self.fields[path] = FieldRef(column, transform)
         return read, where_line
+
+    def derived(
+        self,
+        node: SpecMap,
+        path: str,
+        scope: str | None,
+        transform: Transform,
+        line: int | None,
+    ) -> nodes.DerivedNode:
+        """A value computed from columns and child rows (mappings/derived.py)."""
+        expr, kind = self.expressions.leaf(node, path, scope)
+        transform = self.bind(transform, kind, path, line)
+        if scope is None and not self.guards:
+            self.computed[path] = ComputedRef(expr, transform)
+        return nodes.DerivedNode(path, expr, transform, known_values(expr), self.where(line))
 
     def template(
         self, text: Any, path: str, line: int | None, scope: str | None
@@ -371,15 +409,21 @@ class _Compiler:
         self, node: SpecMap, path: str, scope: str | None, line: int | None
     ) -> nodes.ObjectNode:
         when = node.get("when")
-        if when is not None:
+        condition = None
+        if isinstance(when, SpecMap):  # a condition on values: nothing inside is pushed down
+            place = f"{path}.when"
+            condition = self.expressions.condition(when, place, node.line_of("when"), scope)
+            when = None
+            self.guards.append(None)
+        elif when is not None:
             when = self.check_column(when, f"{path}.when", node.line_of("when"), scope)
-        self.guards.extend([when] if when is not None else [])
+            self.guards.append(when)
         items = tuple(
             (key, self.value(value, f"{path}.{key}", node.line_of(key), scope))
             for key, value in node.items()
             if key != "when"
         )
-        if when is not None:
+        if "when" in node:
             self.guards.pop()
         if not items:
             raise self.fail(path, node.line, "empty object")
@@ -387,23 +431,28 @@ class _Compiler:
             problem = object_problem(dict(items), path, self.oas)
             if problem is not None:
                 raise self.fail(path, line, problem)
-        return nodes.ObjectNode(items, when)
+        return nodes.ObjectNode(items, when, condition, path, self.where(node.line_of("when")))
 
     def children(self, node: SpecMap, path: str, scope: str | None) -> nodes.EachNode:
-        extra = node.keys() - {"each", "item"}
+        extra = node.keys() - {"each", "item", "where"}
         if extra or "item" not in node:
             raise self.fail(
-                path, node.line, "an array from child rows is {each: child, item: {..}}"
+                path, node.line, "an array from child rows is {each: child, where: .., item: ..}"
             )
         child = node["each"]
         if scope is not None:
             raise self.fail(path, node.line_of("each"), "child rows cannot nest")
         if self.columns is not None and child not in self.columns.children:
             raise self.fail(path, node.line_of("each"), f"unknown child rows {child!r} in source")
+        where = None
+        if "where" in node:
+            where = self.expressions.condition(
+                node["where"], f"{path}.where", node.line_of("where"), child
+            )
         self.arrays += 1
         item = self.value(node["item"], path, node.line_of("item"), scope=child, item=True)
         self.arrays -= 1
-        return nodes.EachNode(path, child, item, self.where(node.line_of("each")))
+        return nodes.EachNode(path, child, item, self.where(node.line_of("each")), where)
 
     def column_list(self, node: SpecMap, path: str, scope: str | None) -> nodes.ListNode:
         elements = node["list"]

@@ -95,11 +95,12 @@ def range_of(node: nodes.Node) -> Range:
         return Range(frozenset({"object"}), None)
     if isinstance(node, nodes.EachNode | nodes.ListNode):
         return Range(frozenset({"array"}), None)
-    value_range = getattr(node, "value_range", None)
-    if value_range is not None:
-        result: Range = value_range()
-        return result
     transform = node.transform
+    literals = node.values if isinstance(node, nodes.DerivedNode) else None
+    if literals is not None and transform.name == "identity" and transform.values() is None:
+        # Literals served as they are (`case` of constants): exactly those values.
+        ranges = [const_range(value) for value in literals]
+        return Range(frozenset().union(*(r.types for r in ranges)), tuple(literals))
     return Range(frozenset({transform.json_type}), transform.values())
 
 
