@@ -49,6 +49,7 @@ from mappings.oas_check import (
     is_document,
     leaf_problem,
     object_problem,
+    outside_values,
     range_of,
 )
 from mappings.transforms import Transform, TransformArgError, build_transform
@@ -322,6 +323,9 @@ class _Compiler:
         if self.oas is not None and leaf_line is not None:
             problem = leaf_problem(range_of(built), path, self.oas)
             if problem is not None:
+                outside = outside_values(range_of(built), path, self.oas)
+                if outside and isinstance(built, nodes.DerivedNode):  # name the branch
+                    leaf_line = self.expressions.lines.get(outside[0], leaf_line)
                 raise self.fail(path, leaf_line, problem)
         return built
 

@@ -187,11 +187,14 @@ class ExpressionReader:
         self.check_column = check_column
         self.kind_of = kind_of
         self.children = children
+        #: Where each literal of the last leaf read is written (OAS errors name the branch).
+        self.lines: dict[Any, int | None] = {}
 
     # -- values
 
     def leaf(self, node: SpecMap, place: str, scope: str | None) -> tuple[Expr, Kind | None]:
         """A derived attribute (`node` minus its `transform`) and its kind."""
+        self.lines = {}
         keys = node.keys() & _VALUE_KEYS
         allowed = {"transform", "else"} if "case" in keys else {"transform"}
         extra = node.keys() - _VALUE_KEYS - allowed
@@ -224,7 +227,10 @@ class ExpressionReader:
         if key == "column":
             return self.column(arg, place, at, scope)
         if key == "const":
-            return Lit(as_kind(arg, None)), literal_kind(as_kind(arg, None))
+            literal = as_kind(arg, None)
+            if literal is not None:
+                self.lines.setdefault(literal, at)
+            return Lit(literal), literal_kind(literal)
         if key == "sum" and isinstance(arg, list):
             return self.arithmetic("add", arg, place, at, scope)
         if key in AGGREGATES or key == "sum":

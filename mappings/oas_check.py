@@ -126,13 +126,21 @@ def leaf_problem(value_range: Range, path: str, facts: OasFacts) -> str | None:
             f"the OAS allows only {', '.join(allowed)}: map it through an enum (or const,"
             " or cases of such values) so that every value it can take is known"
         )
-    outside = [v for v in value_range.values if v not in allowed]
+    outside = outside_values(value_range, path, facts)
     if outside:
         return (
             f"gives {', '.join(repr(v) for v in outside)}, which the OAS does not allow"
             f" (allowed: {', '.join(allowed)})"
         )
     return None
+
+
+def outside_values(value_range: Range, path: str, facts: OasFacts) -> list[Any]:
+    """The values of a range the OAS enum at `path` does not allow."""
+    allowed = facts.enums.get(path)
+    if allowed is None or value_range.values is None:
+        return []
+    return [v for v in value_range.values if v not in allowed]
 
 
 def object_problem(keys: Mapping[str, nodes.Node], path: str, facts: OasFacts) -> str | None:

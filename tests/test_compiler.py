@@ -421,3 +421,204 @@ def test_a_served_record_that_does_not_fit_is_logged_with_file_line_and_column(
 def _line_of(path: Path, start: str) -> int:
     lines = path.read_text().splitlines()
     return next(n for n, text in enumerate(lines, 1) if text.startswith(start))
+
+
+LEDGER = TypedColumns(
+    record=frozenset({"K", "NO", "ST", "CUR", "DT"}),
+    children={
+        "lines": frozenset({"K", "CAT", "AMT", "FROM", "FLAG"}),
+        "pays": frozenset({"K", "AMT", "OK"}),
+    },
+    kinds={"K": "integer", "NO": "text", "ST": "text", "CUR": "text", "DT": "date"},
+    child_kinds={
+        "lines": {
+            "K": "integer",
+            "CAT": "text",
+            "AMT": "decimal",
+            "FROM": "date",
+            "FLAG": "boolean",
+        },
+        "pays": {"K": "integer", "AMT": "decimal", "OK": "boolean"},
+    },
+)
+
+DERIVED = """\
+resource: CustomerBill
+source: {table: T, key: K}
+attributes:
+  id: {column: K, transform: integer_text}
+  state:
+    case:
+      - when: {ST: D}
+        then: {const: new}
+      - when:
+          gte:
+            - {coalesce: [{sum: {rows: pays, column: AMT, where: {OK: true}}}, 0]}
+            - {sum: {rows: lines, column: AMT}}
+        then: {const: settled}
+    else: {const: sent}
+  amountDue:
+    unit: CUR
+    value: {coalesce: [{sum: {rows: lines, column: AMT, where: {CAT: [TAX, VAT]}}}, 0]}
+  remainingAmount:
+    value: {subtract: [{sum: {rows: lines, column: AMT}}, {sum: {rows: pays, column: AMT}}]}
+  billingPeriod:
+    startDateTime: {min: {rows: lines, column: FROM}, transform: {date: {zone: UTC}}}
+  billCycle:
+    when: {ST: {ne: D}}
+    "@type": {const: BillCycleRef}
+    id: {column: K, transform: integer_text}
+  taxItem:
+    each: lines
+    where: {CAT: TAX, AMT: {gt: 0}}
+    item:
+      "@type": {const: TaxItem}
+      taxAmount: {value: AMT}
+"""
+
+DERIVED_RECORD = {
+    "K": 7,
+    "NO": "B-7",
+    "ST": "S",
+    "CUR": "EUR",
+    "DT": date(2024, 1, 31),
+    "lines": [
+        {"K": 7, "CAT": "NET", "AMT": Decimal("0.10"), "FROM": date(2024, 1, 5), "FLAG": True},
+        {"K": 7, "CAT": "TAX", "AMT": Decimal("0.20"), "FROM": date(2024, 1, 1), "FLAG": None},
+        {"K": 7, "CAT": "TAX", "AMT": Decimal("-1"), "FROM": None, "FLAG": False},
+    ],
+    "pays": [
+        {"K": 7, "AMT": Decimal("-0.70"), "OK": True},
+        {"K": 7, "AMT": Decimal("5"), "OK": False},
+    ],
+}
+
+
+def test_derived_values_compute_exactly_from_child_rows(tmp_path: Path) -> None:
+    mapping = load_mapping(write(tmp_path, DERIVED), columns=LEDGER, attribute_types=TYPES)
+    out = mapping.to_tmf(DERIVED_RECORD, BASE)
+    assert out["state"] == "settled"  # -0.70 paid >= -0.70 due, in exact decimals
+    assert out["amountDue"] == {"unit": "EUR", "value": -0.8}
+    assert out["remainingAmount"] == {"value": -5.0}  # -0.70 due, 4.30 paid in all
+    assert out["billingPeriod"] == {"startDateTime": "2024-01-01T00:00:00+00:00"}
+    assert out["billCycle"]["id"] == "7"
+    assert out["taxItem"] == [{"@type": "TaxItem", "taxAmount": {"value": 0.2}}]
+    draft = mapping.to_tmf({**DERIVED_RECORD, "ST": "D", "lines": [], "pays": []}, BASE)
+    assert draft["state"] == "new" and "billCycle" not in draft
+    assert draft["amountDue"] == {"unit": "EUR", "value": 0}
+    assert draft["remainingAmount"] == {} and draft["billingPeriod"] == {}
+    assert set(mapping.computed) == {
+        "state",
+        "amountDue.value",
+        "remainingAmount.value",
+        "billingPeriod.startDateTime",
+    }
+    assert mapping.fast_path.slow(DERIVED_RECORD, BASE) == out
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "line", "message"),
+    [
+        (
+            "{rows: pays, column: AMT, where",
+            "{rows: payz, column: AMT, where",
+            11,
+            "unknown child rows 'payz'",
+        ),
+        (
+            "{rows: lines, column: FROM}",
+            "{rows: lines, column: TO}",
+            21,
+            "unknown column 'TO' in child rows 'lines'",
+        ),
+        (
+            "{rows: lines, column: FROM}",
+            "{rows: lines, column: FLAG}",
+            21,
+            "date cannot read this BOOLEAN column",
+        ),
+        (
+            "value: {subtract: [{sum: {rows: lines, column: AMT}}",
+            "value: {subtract: [{sum: {rows: lines, column: CAT}}",
+            19,
+            "sum of a text (CHAR/VARCHAR) column",
+        ),
+        (
+            "{subtract: [{sum: {rows: lines, column: AMT}}, {sum: {rows: pays, column: AMT}}]}",
+            "{subtract: [{sum: {rows: lines, column: AMT}}]}",
+            19,
+            "takes a list of at least 2",
+        ),
+        (
+            "then: {const: settled}",
+            "then: {const: sented}",
+            13,
+            "gives 'sented', which the OAS does not allow",
+        ),
+        ("then: {const: settled}", "then: {const: 3}", 6, "its values are of different kinds"),
+        (
+            "when: {ST: D}",
+            "when: {gt: [ST, {sum: {rows: lines, column: AMT}}]}",
+            7,
+            "compares a text (CHAR/VARCHAR) value with a DECIMAL/NUMERIC value",
+        ),
+        ("where: {OK: true}", "where: {OK: maybe}", 11, "OK: 'maybe' is not a boolean"),
+        ("when: {ST: D}", "when: [ST, D]", 7, "a condition is a mapping"),
+        ("when: {ST: {ne: D}}", "when: {ST: {like: D}}", 23, "a column test takes eq, gt"),
+        (
+            "where: {CAT: TAX, AMT: {gt: 0}}",
+            "where: {CAT: TAX, AMT: {gt: zero}}",
+            28,
+            "AMT: 'zero' is not a value of this DECIMAL/NUMERIC column",
+        ),
+        (
+            "      taxAmount: {value: AMT}",
+            "      taxAmount: {value: {sum: {rows: pays, column: AMT}}}",
+            31,
+            "an aggregate over child rows inside child rows",
+        ),
+        (
+            "where: {CAT: TAX, AMT: {gt: 0}}",
+            "where: {KIND: TAX}",
+            28,
+            "unknown column 'KIND' in child rows 'lines'",
+        ),
+        (
+            "    else: {const: sent}",
+            "    else: {const: sent}\n    otherwise: x",
+            6,
+            "unknown key(s) ['otherwise']",
+        ),
+        (
+            "startDateTime: {min: {rows: lines, column: FROM}, transform: {date: {zone: UTC}}}",
+            "startDateTime: {min: {rows: lines, column: FROM}}",
+            21,
+            "this DATE column is served as a date-time",
+        ),
+    ],
+)
+def test_wrong_derived_values_stop_with_file_place_line_and_reason(
+    tmp_path: Path, old: str, new: str, line: int, message: str
+) -> None:
+    assert old in DERIVED
+    path = write(tmp_path, DERIVED.replace(old, new, 1))
+    with pytest.raises(MappingSpecError) as info:
+        load_mapping(path, columns=LEDGER, attribute_types=TYPES)
+    text = str(info.value)
+    assert text.startswith(f"{path}:{line}: "), text
+    assert message in text, text
+
+
+def test_a_derived_value_that_cannot_be_computed_names_file_line_and_column(
+    tmp_path: Path,
+) -> None:
+    path = write(tmp_path, DERIVED)
+    mapping = load_mapping(path, columns=LEDGER, attribute_types=TYPES)
+    broken = {**DERIVED_RECORD, "pays": [{"K": 7, "OK": True}]}
+    with pytest.raises(RecordMappingError) as info:
+        mapping.to_tmf(broken, BASE)
+    assert info.value.field == "state" and "column AMT missing" in info.value.reason
+    assert info.value.where == f"{path}:6"
+    with pytest.raises(RecordMappingError) as info:
+        mapping.to_tmf({k: v for k, v in DERIVED_RECORD.items() if k != "lines"}, BASE)
+    assert "child rows 'lines' missing" in info.value.reason

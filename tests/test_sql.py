@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import aiosqlite
 import pytest
+from sqlalchemy import event
 
 from adapters.base import (
     AllOf,
@@ -24,6 +25,7 @@ from adapters.base import (
     SortKey,
     SourceSpecError,
 )
+from adapters.expressions import Agg, Col, In
 from adapters.sql import SqlAdapter, SqlOptions, SqlSource, _total_from_window
 
 T = TypeVar("T")
@@ -174,3 +176,36 @@ def test_total_is_known_without_count_only_when_the_window_ran_out(
     offset: int, limit: int | None, fetched: int, total: int | None
 ) -> None:
     assert _total_from_window(offset, limit, fetched) == total
+
+
+def test_derived_values_filter_and_sort_in_one_statement(demo_db: Path) -> None:
+    vat = Agg("sum", "taxes", "TAX_AMT", In(Col("TAX_CD"), ("VAT19",)))
+    seen: list[tuple[str, Any]] = []
+
+    async def work(source: SqlSource) -> Any:
+        name = source.computed(vat)
+        assert name is not None and source.computed(vat) == name  # one name per value
+        assert source.can_push(name, "gt") and source.can_sort(name)
+        assert source.computed(Agg("sum", "taxes", "TAX_RT")) is None  # text: not summed
+
+        def remember(conn, cursor, statement, parameters, context, executemany) -> None:
+            seen.append((statement, parameters))
+
+        event.listen(source.adapter.engine.sync_engine, "before_cursor_execute", remember)
+        plan = Plan(Compare(name, "gt", 1000), (SortKey(name, descending=True),), 0, 5)
+        return await source.page(plan)
+
+    page = run(demo_db, work)
+    expected = legacy(
+        demo_db,
+        "SELECT h.INV_ID, (SELECT SUM(t.TAX_AMT) FROM INV_TAX t WHERE t.INV_ID = h.INV_ID"
+        " AND t.TAX_CD = 'VAT19') AS vat FROM INV_HDR h WHERE vat > 1000"
+        " ORDER BY vat DESC, h.INV_ID",
+    )
+    assert [r["INV_ID"] for r in page.records] == [row[0] for row in expected[:5]]
+    assert page.total == len(expected)
+    statement, parameters = seen[0]
+    assert "VAT19" not in statement and "VAT19" in str(parameters)  # bound, not spliced
+    assert (
+        'FROM "INV_TAX"' in statement and '"INV_TAX_1"."INV_ID" = "INV_HDR"."INV_ID"' in statement
+    )
