@@ -57,7 +57,7 @@ from mappings.transforms import Transform, TransformArgError, build_transform
 _LEAF_KEYS = frozenset({"column", "const", "template", "sum"}) | DERIVED_KEYS
 #: The kind of a sum of numbers, from the widest of its terms down.
 _WIDEST: tuple[Kind, ...] = ("float", "decimal", "integer")
-_TOP_KEYS = frozenset({"resource", "source", "attributes", "writes"})
+_TOP_KEYS = frozenset({"resource", "source", "values", "attributes", "writes"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +135,10 @@ def compile_mapping(
         raise MappingSpecError(file, "resource", spec.line_of("resource"), "not a name")
     if oas is None and attribute_types is not None:
         oas = _oas_facts(resource)
-    compiler = _Compiler(file, columns, attribute_types, oas)
+    named = spec.get("values")
+    if named is not None and not isinstance(named, SpecMap):
+        raise MappingSpecError(file, "values", spec.line_of("values"), "a mapping of name: value")
+    compiler = _Compiler(file, columns, attribute_types, oas, named)
     attributes: SpecMap = spec["attributes"]
     if "id" not in attributes:
         raise MappingSpecError(file, "attributes.id", attributes.line, "every resource needs id")
@@ -236,6 +239,7 @@ class _Compiler:
         columns: SourceColumns | None,
         attribute_types: Mapping[str, str] | None,
         oas: OasFacts | None = None,
+        named: SpecMap | None = None,
     ) -> None:
         self.file = file
         self.columns = columns
@@ -249,6 +253,7 @@ class _Compiler:
             check_column=self.check_column,
             kind_of=lambda column, scope: kind_of(columns, column, scope),
             children=None if columns is None else frozenset(columns.children),
+            named=named,
         )
         self.arrays = 0  # how deep in arrays the value being compiled is
         # Push-down is sound only for a column read once, outside arrays and outside an
@@ -256,7 +261,8 @@ class _Compiler:
         self.guards: list[str | None] = []
 
     def fail(self, place: str, line: int | None, reason: str) -> MappingSpecError:
-        return MappingSpecError(self.file, f"attributes.{place}", line, reason)
+        where = place if place.startswith("values.") else f"attributes.{place}"
+        return MappingSpecError(self.file, where, line, reason)
 
     def where(self, line: int | None) -> str:
         return f"{self.file}:{line}" if line else self.file

@@ -11,6 +11,7 @@ Values (an attribute's leaf, an operand):
     {add: [a, b]}, {subtract: [total, paid]}, {multiply: [qty, price]}
     {coalesce: [{sum: ...}, 0]}                  # the first that is not null
     {case: [{when: CONDITION, then: VALUE}, ...], else: VALUE}
+    {use: total}                                 # a value named under `values:`
 
 Conditions (`when`, `where`):
 
@@ -59,7 +60,7 @@ from mappings.loader import SpecMap
 AGGREGATES: Final = frozenset({"min", "max", "count"})
 ARITHMETIC: Final = frozenset({"add", "subtract", "multiply"})
 #: Keys that make a leaf a derived value (`sum` too, when it is over child rows).
-DERIVED_KEYS: Final = AGGREGATES | ARITHMETIC | {"coalesce", "case"}
+DERIVED_KEYS: Final = AGGREGATES | ARITHMETIC | {"coalesce", "case", "use"}
 _VALUE_KEYS: Final = DERIVED_KEYS | {"column", "const", "sum"}
 _COMPARE: Final = frozenset({"eq", "ne", "gt", "gte", "lt", "lte"})
 _COLUMN_TESTS: Final = _COMPARE | {"in", "null"}
@@ -182,8 +183,12 @@ class ExpressionReader:
         check_column: CheckColumn,
         kind_of: KindOf,
         children: Collection[str] | None,
+        named: SpecMap | None = None,
     ) -> None:
         self.fail = fail
+        #: The mapping's `values:`, named values any value may `use`.
+        self.named = named if named is not None else SpecMap()
+        self._using: list[str] = []
         self.check_column = check_column
         self.kind_of = kind_of
         self.children = children
@@ -237,10 +242,27 @@ class ExpressionReader:
             return self.aggregate(cast(AggregateName, key), arg, place, at, scope)
         if key in ARITHMETIC:
             return self.arithmetic(cast(ArithmeticName, key), arg, place, at, scope)
+        if key == "use":
+            return self.use(arg, place, at, scope)
         if key == "coalesce":
             args = self.values(arg, place, at, scope, least=2)
             return Coalesce(tuple(e for e, _ in args)), self.common(args, place, at)
         return self.case(node, place, scope)
+
+    def use(
+        self, name: Any, place: str, line: int | None, scope: str | None
+    ) -> tuple[Expr, Kind | None]:
+        """A value named under `values:`, read where it is written (its errors name it)."""
+        if not isinstance(name, str) or name not in self.named:
+            known = ", ".join(self.named) or "none"
+            raise self.fail(place, line, f"no value {name!r} under values: (known: {known})")
+        if name in self._using:
+            raise self.fail(place, line, f"value {name!r} uses itself")
+        self._using.append(name)
+        try:
+            return self.value(self.named[name], f"values.{name}", self.named.line_of(name), scope)
+        finally:
+            self._using.pop()
 
     def column(
         self, name: Any, place: str, line: int | None, scope: str | None

@@ -622,3 +622,50 @@ def test_a_derived_value_that_cannot_be_computed_names_file_line_and_column(
     with pytest.raises(RecordMappingError) as info:
         mapping.to_tmf({k: v for k, v in DERIVED_RECORD.items() if k != "lines"}, BASE)
     assert "child rows 'lines' missing" in info.value.reason
+
+
+NAMED = """\
+resource: CustomerBill
+source: {table: T, key: K}
+values:
+  due: {coalesce: [{sum: {rows: lines, column: AMT}}, 0]}
+  left: {subtract: [{use: due}, {sum: {rows: pays, column: AMT}}]}
+attributes:
+  id: {column: K, transform: integer_text}
+  amountDue: {value: {use: due}}
+  remainingAmount: {value: {use: left}}
+"""
+
+
+def test_named_values_are_used_where_they_are_needed(tmp_path: Path) -> None:
+    mapping = load_mapping(write(tmp_path, NAMED), columns=LEDGER, attribute_types=TYPES)
+    out = mapping.to_tmf(DERIVED_RECORD, BASE)
+    assert out["amountDue"] == {"value": -0.7} and out["remainingAmount"] == {"value": -5.0}
+    assert "remainingAmount.value" in mapping.computed
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "line", "message"),
+    [
+        ("value: {use: due}}", "value: {use: dues}}", 8, "no value 'dues' under values:"),
+        ("{use: due}, {sum", "{use: left}, {sum", 5, "value 'left' uses itself"),
+        ("column: AMT}}, 0]}", "column: AMOUNT}}, 0]}", 4, "values.due: unknown column 'AMOUNT'"),
+        (
+            "values:\n  due: {coalesce: [{sum: {rows: lines, column: AMT}}, 0]}\n"
+            "  left: {subtract: [{use: due}, {sum: {rows: pays, column: AMT}}]}\n",
+            "values: [due]\n",
+            3,
+            "values: a mapping of name: value",
+        ),
+    ],
+)
+def test_wrong_named_values_name_their_own_line(
+    tmp_path: Path, old: str, new: str, line: int, message: str
+) -> None:
+    assert old in NAMED
+    path = write(tmp_path, NAMED.replace(old, new, 1))
+    with pytest.raises(MappingSpecError) as info:
+        load_mapping(path, columns=LEDGER, attribute_types=TYPES)
+    text = str(info.value)
+    assert text.startswith(f"{path}:{line}: "), text
+    assert message in text, text
