@@ -18,7 +18,6 @@ from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
-    Table,
     and_,
     case,
     false,
@@ -66,7 +65,7 @@ class NotInSql(Exception):
 class ChildTable:
     """What a correlated subquery needs of child rows: their table and the key to join on."""
 
-    def __init__(self, table: Table, key: str, kinds: Mapping[str, Kind]) -> None:
+    def __init__(self, table: FromClause, key: str, kinds: Mapping[str, Kind]) -> None:
         self.table = table
         self.key = key
         self.kinds = kinds
@@ -77,7 +76,7 @@ class SqlExpressions:
 
     def __init__(
         self,
-        table: Table,
+        table: FromClause,
         key: str,
         kinds: Mapping[str, Kind],
         children: Mapping[str, ChildTable],

@@ -346,6 +346,7 @@ def ledger_config(url: str, tmp_path: Path, resources: dict[str, str] | None = N
     resources = resources or {
         "customerBill": "customer_bill.yaml",
         "appliedCustomerBillingRate": "applied_customer_billing_rate.yaml",
+        "billCycle": "bill_cycle.yaml",
     }
     lines = ["backends:", f"  ledger: {{kind: sql, url: '{url}'}}", "resources:"]
     lines += [
@@ -365,7 +366,7 @@ def api(
     with TestClient(app) as client:
         if request.param == "gateway":
             services = app.state.services
-            for reader in (services.customer_bills, services.applied_rates):
+            for reader in (services.customer_bills, services.applied_rates, services.bill_cycles):
                 for route in reader.routes:
                     route.reader.source = NoPushdown(route.reader.source)
         yield client
@@ -590,11 +591,20 @@ RATE_SORTS: list[tuple[str, str | Where]] = [
     ("name,-date", "description, created_date DESC"),
 ]
 
-TABLES = {"customerBill": "invoices i", "appliedCustomerBillingRate": "invoice_items t"}
-KEYS = {"customerBill": "i.id", "appliedCustomerBillingRate": "t.id"}
+RUNS = (
+    "(SELECT CAST(invoice_date AS VARCHAR(10)) AS run_id, invoice_date AS run_date,"
+    " MIN(due_date) AS due_date FROM invoices GROUP BY invoice_date) r"
+)
+TABLES = {
+    "customerBill": "invoices i",
+    "appliedCustomerBillingRate": "invoice_items t",
+    "billCycle": RUNS,
+}
+KEYS = {"customerBill": "i.id", "appliedCustomerBillingRate": "t.id", "billCycle": "r.run_id"}
 SCHEMAS = {
     "customerBill": "CustomerBill",
     "appliedCustomerBillingRate": "AppliedCustomerBillingRate",
+    "billCycle": "BillCycle",
 }
 
 
@@ -606,9 +616,23 @@ def expected_ids(ledger: Ledger, collection: str, where: str, order: str = "") -
     return ledger.truth(sql)
 
 
-CASES = [("customerBill", p, w) for p, w in BILL_CASES] + [
-    ("appliedCustomerBillingRate", p, w) for p, w in RATE_CASES
+CYCLE_CASES: list[tuple[str, Where]] = [
+    ("billingDate.gte=2024-06-01", fixed("run_date >= '2024-06-01'")),
+    ("billingDate=2024-04-15", fixed("run_date = '2024-04-15'")),
+    ("paymentDueDate.lt=2024-05-01", fixed("due_date < '2024-05-01'")),
+    ("id=2024-04-01,2024-09-17", fixed("run_id IN ('2024-04-01', '2024-09-17')")),
+    ("name=~-0[4-6]-", fixed("run_date >= '2024-04-01' AND run_date < '2024-07-01'")),
 ]
+CYCLE_SORTS: list[tuple[str, str | Where]] = [
+    ("-billingDate", "run_date DESC"),
+    ("paymentDueDate", "due_date NULLS LAST"),
+]
+
+CASES = (
+    [("customerBill", p, w) for p, w in BILL_CASES]
+    + [("appliedCustomerBillingRate", p, w) for p, w in RATE_CASES]
+    + [("billCycle", p, w) for p, w in CYCLE_CASES]
+)
 
 
 @pytest.mark.parametrize(("collection", "params", "where"), CASES, ids=[c[1] for c in CASES])
@@ -626,8 +650,14 @@ def test_filters_agree_with_sql(
         assert_valid(SCHEMAS[collection], item)
 
 
-SORTS = [("customerBill", s, o if callable(o) else fixed(o)) for s, o in BILL_SORTS] + [
-    ("appliedCustomerBillingRate", s, o if callable(o) else fixed(o)) for s, o in RATE_SORTS
+SORTS = [
+    (collection, sort, order if callable(order) else fixed(order))
+    for collection, sorts in (
+        ("customerBill", BILL_SORTS),
+        ("appliedCustomerBillingRate", RATE_SORTS),
+        ("billCycle", CYCLE_SORTS),
+    )
+    for sort, order in sorts
 ]
 
 
@@ -692,6 +722,16 @@ def test_native_columns_are_pushed_down_as_native_values(api: TestClient) -> Non
     )
     plan = plan_read(query, rates.mapping, rates.source)
     assert plan.backend.where == Compare("amount", "gt", Decimal("10.5"))
+    runs = api.app.state.services.bill_cycles.routes[0].reader  # type: ignore[attr-defined]
+    query = parse_query(
+        "billingDate.gte=2024-06-01&sort=-billingDate",
+        runs.attributes,
+        default_limit=5,
+        max_limit=9,
+    )
+    plan = plan_read(query, runs.mapping, runs.source)  # a query source takes them too
+    assert plan.windowed_by_backend
+    assert plan.backend.where == Compare("run_date", "gte", date(2024, 6, 1))
 
 
 @pytest.mark.parametrize(
@@ -712,12 +752,15 @@ def test_requests_that_cannot_mean_anything_are_400(
     assert message in response.json()["message"]
 
 
-@pytest.mark.parametrize("path", ["/billCycle", "/billCycle/1", "/billCycle?state=x"])
-def test_a_resource_no_back_end_serves_is_501(api: TestClient, path: str) -> None:
-    response = api.get(f"{API}{path}")
-    assert response.status_code == 501
-    assert_valid("Error", response.json())
-    assert "BillCycle" in response.json()["message"]
+def test_a_resource_no_back_end_serves_is_501(ledger: Ledger, tmp_path: Path) -> None:
+    config = ledger_config(ledger.url, tmp_path, {"customerBill": "customer_bill.yaml"})
+    with TestClient(create_app(config)) as client:
+        for path in ("/billCycle", "/billCycle/1", "/billCycle?name=x"):
+            response = client.get(f"{API}{path}")
+            assert response.status_code == 501, path
+            assert_valid("Error", response.json())
+            assert "BillCycle" in response.json()["message"]
+        assert client.get(f"{API}/customerBill?limit=1").status_code == 200
 
 
 def test_derived_attributes_go_down_where_the_database_computes_them_exactly(

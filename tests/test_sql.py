@@ -8,6 +8,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Awaitable, Callable
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -125,7 +126,8 @@ def test_one_and_empty_predicates(demo_db: Path) -> None:
             "source.children.t.key",
             "no column None",
         ),
-        ({"key": "INV_ID"}, "source.table", "a table name is required"),
+        ({"key": "INV_ID"}, "source", "give either a table or a select"),
+        ({"table": "", "key": "INV_ID"}, "source.table", "a table name is required"),
     ],
 )
 def test_bind_refuses_what_the_database_does_not_have(
@@ -209,3 +211,80 @@ def test_derived_values_filter_and_sort_in_one_statement(demo_db: Path) -> None:
     assert (
         'FROM "INV_TAX"' in statement and '"INV_TAX_1"."INV_ID" = "INV_HDR"."INV_ID"' in statement
     )
+
+
+ACCOUNT_BILLS = {
+    "select": 'SELECT h."INV_ID", h."INV_DT", a."ACCT_NM" FROM "INV_HDR" h'
+    ' JOIN "ACCT_MASTER" a ON a."ACCT_NO" = h."ACCT_NO"',
+    "key": "INV_ID",
+    "types": {"INV_ID": "integer", "ACCT_NM": "text"},
+    "children": {"taxes": {"table": "INV_TAX", "key": "INV_ID", "order_by": ["SEQ_NO"]}},
+}
+
+
+def test_a_query_is_a_source_like_a_table(demo_db: Path) -> None:
+    async def work(source: SqlSource) -> Any:
+        assert source.columns.record == {"INV_ID", "INV_DT", "ACCT_NM"}
+        assert source.columns.kinds["ACCT_NM"] == "text"  # type: ignore[attr-defined]
+        assert source.columns.kinds["INV_DT"] == "other"  # type: ignore[attr-defined]
+        plan = Plan(Compare("ACCT_NM", "gte", "M"), (SortKey("INV_DT", True),), 2, 3)
+        page = await source.page(plan)
+        with pytest.raises(BackendError, match="read only"):
+            await source.update(Compare("INV_ID", "eq", 1), {"INV_DT": "x"}, {})
+        return page
+
+    page = run(demo_db, work, ACCOUNT_BILLS)
+    expected = legacy(
+        demo_db,
+        "SELECT h.INV_ID FROM INV_HDR h JOIN ACCT_MASTER a ON a.ACCT_NO = h.ACCT_NO"
+        " WHERE a.ACCT_NM >= 'M' ORDER BY h.INV_DT DESC, h.INV_ID",
+    )
+    assert [r["INV_ID"] for r in page.records] == [row[0] for row in expected[2:5]]
+    assert page.total == len(expected)
+    assert all(isinstance(r["taxes"], list) for r in page.records)
+
+
+def test_declared_types_replace_what_sqlite_says(demo_db: Path) -> None:
+    spec = {"table": "INV_HDR", "key": "INV_ID", "types": {"GRS_AMT": "decimal"}}
+
+    async def work(source: SqlSource) -> Any:
+        assert source.columns.kinds["GRS_AMT"] == "decimal"  # type: ignore[attr-defined]
+        return await source.one(Compare("INV_ID", "eq", 1))
+
+    assert isinstance(run(demo_db, work, spec)["GRS_AMT"], Decimal)
+
+
+@pytest.mark.parametrize(
+    ("spec", "place", "reason"),
+    [
+        ({"select": "SELECT nope FROM INV_HDR", "key": "x"}, "source.select", "the query fails"),
+        ({"select": " ", "key": "x"}, "source.select", "a SELECT statement is required"),
+        (
+            {"select": 'SELECT "INV_ID" FROM "INV_HDR"', "key": "INV_ID", "types": {"X": "text"}},
+            "source.types",
+            "the query gives no ['X']",
+        ),
+        (
+            {"table": "INV_HDR", "key": "INV_ID", "types": {"INV_ID": "money"}},
+            "source.types.INV_ID",
+            "a kind is one of",
+        ),
+        (
+            {"select": 'SELECT "INV_ID" FROM "INV_HDR"', "key": "ID"},
+            "source.key",
+            "no column 'ID' in the query",
+        ),
+        (
+            {"table": "INV_HDR", "select": "SELECT 1", "key": "INV_ID"},
+            "source",
+            "give either a table or a select",
+        ),
+    ],
+)
+def test_query_sources_refuse_what_cannot_work(
+    demo_db: Path, spec: dict[str, Any], place: str, reason: str
+) -> None:
+    with pytest.raises(SourceSpecError) as info:
+        run(demo_db, lambda source: asyncio.sleep(0), spec)
+    assert info.value.place == place
+    assert reason in info.value.reason
