@@ -17,7 +17,8 @@ Conditions (`when`, `where`):
 
     {status: DRAFT}                              # column = value; several keys: all hold
     {type: [TAX, USAGE]}                         # column in values
-    {amount: {gt: 0}}, {due_date: {null: true}}  # eq ne gt gte lt lte in null
+    {amount: {gt: 0}}                            # eq ne gt gte lt lte, in: [...]
+    {due_date: null}, {due_date: {ne: null}}     # IS NULL, IS NOT NULL
     {gte: [VALUE, VALUE]}                        # compares two values (columns, aggregates)
     {all: [...]}, {any: [...]}, {not: CONDITION}
 
@@ -63,7 +64,7 @@ ARITHMETIC: Final = frozenset({"add", "subtract", "multiply"})
 DERIVED_KEYS: Final = AGGREGATES | ARITHMETIC | {"coalesce", "case", "use"}
 _VALUE_KEYS: Final = DERIVED_KEYS | {"column", "const", "sum"}
 _COMPARE: Final = frozenset({"eq", "ne", "gt", "gte", "lt", "lte"})
-_COLUMN_TESTS: Final = _COMPARE | {"in", "null"}
+_COLUMN_TESTS: Final = _COMPARE | {"in"}
 _WIDEST: Final[tuple[Kind, ...]] = ("float", "decimal", "integer")
 _SUMMABLE: Final = NUMERIC_KINDS | {"other"}
 
@@ -403,16 +404,14 @@ class ExpressionReader:
     def test(
         self, column: Col, kind: Kind | None, op: str, arg: Any, place: str, line: int | None
     ) -> Condition:
-        if op == "null":
-            if not isinstance(arg, bool):
-                raise self.fail(place, line, "null takes true or false")
-            return IsNull(column, arg)
         try:
             if op == "in":
                 if not isinstance(arg, list) or not arg:
                     raise ValueError("in takes a list of values")
                 return In(column, tuple(as_kind(v, kind) for v in arg))
             if arg is None:
+                if op not in ("eq", "ne"):
+                    raise ValueError(f"{op} null is never true (use eq or ne)")
                 return IsNull(column, op == "eq")
             return Cmp(cast(CompareName, op), column, Lit(as_kind(arg, kind)))
         except ValueError as exc:

@@ -669,3 +669,32 @@ def test_wrong_named_values_name_their_own_line(
     text = str(info.value)
     assert text.startswith(f"{path}:{line}: "), text
     assert message in text, text
+
+
+COOKBOOK = """\
+resource: CustomerBill
+source: {table: T, key: K}
+attributes:
+  id: {column: K, transform: integer_text}
+  state:
+    case:
+      - when: {ST: D}
+        then: {const: N}
+      - when: {DT: null}
+        then: {const: H}
+    else: {const: S}
+    transform: {enum: {N: new, H: onHold, S: sent}}
+  amountDue: {value: {sum: {rows: lines, column: K}, transform: {minor_units: 2}}}
+  remainingAmount: {value: {count: {rows: lines, where: {FROM: null}}}}
+"""
+
+
+def test_cookbook_shapes_compile_and_serve(tmp_path: Path) -> None:
+    mapping = load_mapping(write(tmp_path, COOKBOOK), columns=LEDGER, attribute_types=TYPES)
+    out = mapping.to_tmf(DERIVED_RECORD, BASE)
+    assert out["state"] == "sent"
+    assert mapping.to_tmf({**DERIVED_RECORD, "DT": None}, BASE)["state"] == "onHold"
+    assert out["amountDue"] == {"value": 0.21} and out["remainingAmount"] == {"value": 1}
+    bad = COOKBOOK.replace("H: onHold", "H: held")
+    with pytest.raises(MappingSpecError, match="gives 'held', which the OAS does not allow"):
+        load_mapping(write(tmp_path, bad), columns=LEDGER, attribute_types=TYPES)
