@@ -698,3 +698,21 @@ def test_cookbook_shapes_compile_and_serve(tmp_path: Path) -> None:
     bad = COOKBOOK.replace("H: onHold", "H: held")
     with pytest.raises(MappingSpecError, match="gives 'held', which the OAS does not allow"):
         load_mapping(write(tmp_path, bad), columns=LEDGER, attribute_types=TYPES)
+
+
+def test_places_in_a_spec_have_their_own_lines(tmp_path: Path) -> None:
+    text = (
+        "resource: CustomerBill\n"
+        "source:\n"
+        "  table: T\n"
+        "  children:\n"
+        "    taxes:\n"
+        "      table: TAXES\n"
+        "      key: K\n"
+        "attributes: {id: K}\n"
+    )
+    spec = read_mapping(write(tmp_path, text))
+    assert spec.line_at("source.children.taxes.table") == 6
+    assert spec.line_at("source.children.taxes.order_by") == 5  # not written: its mapping
+    assert spec.line_at("source.types.X") == 2
+    assert spec.line_at("source") == 2
