@@ -784,3 +784,42 @@ def test_derived_attributes_go_down_where_the_database_computes_them_exactly(
     else:
         assert residual == ["state", "amountDue.value", "category"]
         assert not plan.sort_in_gateway  # min/max of dates are exact anywhere
+
+
+def test_federated_sorts_on_keys_some_back_ends_do_not_give(ledger: Ledger, tmp_path: Path) -> None:
+    """Resources of a back end without the key sort last; a key none gives is a 400."""
+    plain = tmp_path / "plain.yaml"
+    plain.write_text(
+        "resource: CustomerBill\nsource: {table: invoices, key: id}\n"
+        "attributes:\n  id: id\n"
+        "  billDate: {column: invoice_date, transform: {date: {zone: UTC}}}\n"
+    )
+    path = tmp_path / "federated.yaml"
+    path.write_text(
+        f"backends:\n  full: {{kind: sql, url: '{ledger.url}'}}\n"
+        f"  plain: {{kind: sql, url: '{ledger.url}'}}\n"
+        "resources:\n  customerBill:\n"
+        f"    - {{backend: full, mapping: '{MAPPINGS / 'customer_bill.yaml'}', id_prefix: F-}}\n"
+        f"    - {{backend: plain, mapping: '{plain}', id_prefix: P-}}\n"
+    )
+    with TestClient(create_app(load_config(path))) as client:
+        got = fetch_all(client, "customerBill", "sort=-billingPeriod.startDateTime,billDate")
+        start = recurring("MIN", "start_date")
+        dated = expected_ids(
+            ledger, "customerBill", f"{start} IS NOT NULL", f"{start} DESC, invoice_date"
+        )
+        # Then, tied on the missing key: by billDate, the first back end first, then by id.
+        days = dict(
+            zip(
+                ledger.truth("SELECT id FROM invoices ORDER BY id"),
+                ledger.truth("SELECT invoice_date FROM invoices ORDER BY id"),
+                strict=True,
+            )
+        )
+        undated = expected_ids(ledger, "customerBill", f"{start} IS NULL")
+        tail = sorted([(days[i], 0, i) for i in undated] + [(days[i], 1, i) for i in days])
+        expected = [f"F-{i}" for i in dated] + [("F-", "P-")[r] + i for _, r, i in tail]
+        assert [i["id"] for i in got] == expected
+        refused = client.get(f"{API}/customerBill?sort=nextBillDate")
+        assert refused.status_code == 400
+        assert "not given by any back end's mapping" in refused.json()["message"]
