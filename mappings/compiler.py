@@ -17,14 +17,21 @@ A spec says, per TMF attribute, where its value comes from in a back-end record:
         href: {template: "{base}/billCycle/{RUN_ID}"}
       taxItem:                                         # array from child rows
         each: taxes
+        where: {TAX_CD: {ne: NONE}}                    # (only the rows that meet it)
         item: {"@type": {const: TaxItem}, taxCategory: TAX_CD}
       billDocument:                                    # array built from columns
         list: [{"@type": {const: AttachmentRef}, id: ARCH_KEY}]
+      amountDue:                                       # derived from child rows
+        value: {sum: {rows: taxes, column: TAX_AMT}, transform: {minor_units: 2}}
 
-Leaves are `column` (+ `transform`), `const`, `template` or `sum` (+ `transform`).
+Leaves are `column` (+ `transform`), `const`, `template`, `sum` of columns, or a derived
+value (mappings/derived.py: aggregates, arithmetic, coalesce, case, `use` of a value
+named under `values:`), each with an optional `transform` fitted to the column's kind.
 A spec compiles to a tree of typed nodes (nodes.py), which fastpath.py writes out as one
-generated function. The compiled mapping also records, for each attribute read straight
-from a column, the column and transform, which is what query push-down reverses.
+generated function; every value is checked against the OAS as it is compiled
+(oas_check.py). The compiled mapping also records, for each attribute read straight
+from a column, the column and transform, and for each derived one its expression: what
+query push-down reverses. docs/mappings.md is the reference.
 """
 
 from __future__ import annotations
