@@ -18,26 +18,34 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 from sqlalchemy import (
+    Boolean,
     Column,
     ColumnElement,
     MetaData,
     Select,
     Table,
+    Uuid,
     and_,
+    column,
     false,
     func,
     or_,
     select,
+    text,
     true,
     update,
 )
+from sqlalchemy import types as sqltypes
 from sqlalchemy.exc import DBAPIError, NoSuchTableError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.sql.elements import KeyedColumnElement
+from sqlalchemy.sql.expression import FromClause
+from sqlalchemy.sql.sqltypes import NullType
 
 from adapters.base import (
     COMPARE_OPS,
@@ -54,16 +62,10 @@ from adapters.base import (
     SourceColumns,
     SourceSpecError,
 )
+from adapters.expressions import Expr
+from adapters.kinds import Kind, TypedColumns
 from adapters.sql_actions import SqlAction
-
-_OPERATORS = {
-    "eq": Column.__eq__,
-    "ne": Column.__ne__,
-    "gt": Column.__gt__,
-    "gte": Column.__ge__,
-    "lt": Column.__lt__,
-    "lte": Column.__le__,
-}
+from adapters.sql_derived import COMPARE, ChildTable, NotInSql, SqlExpressions
 
 
 class SqlOptions(BackendOptions):
@@ -86,6 +88,7 @@ class SqlAdapter:
         self._pool_size = options.pool_size
         self._engine: AsyncEngine | None = None
         self._metadata = MetaData()
+        self._queries = 0  # `select:` sources bound, each a named subquery
 
     @property
     def engine(self) -> AsyncEngine:
@@ -115,18 +118,19 @@ class SqlAdapter:
     async def bind(self, spec: Mapping[str, Any]) -> SqlSource:
         if not isinstance(spec, Mapping):
             raise SourceSpecError("source", "expected {table: ..., key: ...}")
-        unknown = set(spec) - {"table", "key", "children"}
+        unknown = set(spec) - {"table", "select", "types", "key", "children"}
         if unknown:
             raise SourceSpecError("source", f"unknown key(s) {sorted(unknown)}")
         async with self.engine.connect() as conn:
-            table = await self._reflect(conn, spec.get("table"), "source.table")
+            table = await self._rows(conn, spec, "source")
             key = _column(table, spec.get("key"), "source.key")
             children = {}
             for name, child in (spec.get("children") or {}).items():
                 place = f"source.children.{name}"
-                if not isinstance(child, Mapping) or set(child) - {"table", "key", "order_by"}:
-                    raise SourceSpecError(place, "expected {table, key, order_by}")
-                child_table = await self._reflect(conn, child.get("table"), f"{place}.table")
+                known = {"table", "select", "types", "key", "order_by"}
+                if not isinstance(child, Mapping) or set(child) - known:
+                    raise SourceSpecError(place, "expected {table or select, key, order_by}")
+                child_table = await self._rows(conn, child, place)
                 child_key = _column(child_table, child.get("key"), f"{place}.key")
                 order = [
                     _column(child_table, c, f"{place}.order_by")
@@ -138,27 +142,128 @@ class SqlAdapter:
     def action(self, spec: Mapping[str, Any]) -> SqlAction:
         return SqlAction(self.name, self.engine, spec)
 
-    async def _reflect(self, conn: AsyncConnection, name: Any, place: str) -> Table:
+    async def _rows(self, conn: AsyncConnection, spec: Mapping[str, Any], place: str) -> FromClause:
+        """A table (or view), or the rows of a query the mapping gives (`select:`).
+
+        `types:` says what columns hold where the database cannot (a query's columns,
+        SQLite's loosely typed ones): `{INV_DT: date, AMOUNT: decimal}`.
+        """
+        types = _declared_types(spec.get("types"), f"{place}.types")
+        if ("table" in spec) == ("select" in spec):
+            raise SourceSpecError(place, "give either a table or a select")
+        if "table" in spec:
+            return await self._reflect(conn, spec["table"], f"{place}.table", types)
+        query = spec["select"]
+        if not isinstance(query, str) or not query.strip():
+            raise SourceSpecError(f"{place}.select", "a SELECT statement is required")
+        statement = text(query)
+        try:
+            names = list(
+                (
+                    await conn.execute(
+                        select(text("*"))
+                        .select_from(statement.columns().subquery("probe"))
+                        .where(false())
+                    )
+                ).keys()
+            )
+        except SQLAlchemyError as exc:
+            detail = str(exc.orig) if isinstance(exc, DBAPIError) and exc.orig else str(exc)
+            raise SourceSpecError(f"{place}.select", f"the query fails: {detail}") from None
+        unknown = set(types) - set(names)
+        if unknown:
+            raise SourceSpecError(f"{place}.types", f"the query gives no {sorted(unknown)}")
+        self._queries += 1
+        typed = statement.columns(*(column(n, types.get(n, NullType())) for n in names))
+        return typed.subquery(f"query_{self._queries}")
+
+    async def _reflect(
+        self,
+        conn: AsyncConnection,
+        name: Any,
+        place: str,
+        types: Mapping[str, sqltypes.TypeEngine[Any]],
+    ) -> Table:
         if not isinstance(name, str) or not name:
             raise SourceSpecError(place, "a table name is required")
-        if name in self._metadata.tables:
+        if name in self._metadata.tables and not types:
             return self._metadata.tables[name]
+        # Declared types replace reflected ones, in a table of this source's own.
+        metadata = MetaData() if types else self._metadata
         try:
             return await conn.run_sync(
-                lambda sync_conn: Table(name, self._metadata, autoload_with=sync_conn)
+                lambda sync_conn: Table(
+                    name,
+                    metadata,
+                    *(Column(n, t) for n, t in types.items()),
+                    autoload_with=sync_conn,
+                )
             )
         except NoSuchTableError:
             raise SourceSpecError(place, f"no table {name!r} in back end {self.name!r}") from None
 
 
-def _column(table: Table, name: Any, place: str) -> Column[Any]:
+#: What a `types:` entry may say, and the column type each stands for.
+_TYPES: dict[str, Callable[[], sqltypes.TypeEngine[Any]]] = {
+    "text": sqltypes.String,
+    "integer": sqltypes.Integer,
+    "decimal": lambda: sqltypes.Numeric(asdecimal=True),
+    "float": sqltypes.Float,
+    "boolean": Boolean,
+    "date": sqltypes.Date,
+    "datetime": sqltypes.DateTime,
+    "timestamptz": lambda: sqltypes.DateTime(timezone=True),
+    "uuid": Uuid,
+}
+
+
+def _declared_types(spec: Any, place: str) -> dict[str, sqltypes.TypeEngine[Any]]:
+    if spec is None:
+        return {}
+    if not isinstance(spec, Mapping):
+        raise SourceSpecError(place, "expected {column: kind}")
+    out = {}
+    for name, kind in spec.items():
+        if kind not in _TYPES:
+            raise SourceSpecError(f"{place}.{name}", f"a kind is one of {', '.join(_TYPES)}")
+        out[str(name)] = _TYPES[kind]()
+    return out
+
+
+def column_kind(type_: sqltypes.TypeEngine[Any]) -> Kind:
+    """What a reflected column type holds, in the mapping's terms."""
+    if isinstance(type_, Boolean):
+        return "boolean"
+    if isinstance(type_, sqltypes.DateTime):
+        return "timestamptz" if type_.timezone else "datetime"
+    if isinstance(type_, sqltypes.Date):
+        return "date"
+    if isinstance(type_, Uuid):
+        return "uuid"
+    if isinstance(type_, sqltypes.Integer):
+        return "integer"
+    if isinstance(type_, sqltypes.Float):
+        return "float"
+    if isinstance(type_, sqltypes.Numeric):
+        return "decimal"
+    if isinstance(type_, sqltypes.String):
+        return "text"
+    if isinstance(type_, sqltypes._Binary):
+        return "binary"
+    return "other"
+
+
+def _column(table: FromClause, name: Any, place: str) -> KeyedColumnElement[Any]:
     if not isinstance(name, str) or name not in table.c:
-        raise SourceSpecError(place, f"no column {name!r} in table {table.name}")
+        where = table.name if isinstance(table, Table) else "the query"
+        raise SourceSpecError(place, f"no column {name!r} in {where}")
     return table.c[name]
 
 
 class _Child:
-    def __init__(self, table: Table, key: Column[Any], order: list[Column[Any]]) -> None:
+    def __init__(
+        self, table: FromClause, key: KeyedColumnElement[Any], order: list[KeyedColumnElement[Any]]
+    ) -> None:
         self.table = table
         self.key = key
         self.statement = select(table).order_by(key, *order)
@@ -170,8 +275,8 @@ class SqlSource:
     def __init__(
         self,
         adapter: SqlAdapter,
-        table: Table,
-        key: Column[Any],
+        table: FromClause,
+        key: KeyedColumnElement[Any],
         children: dict[str, _Child],
     ) -> None:
         self.adapter = adapter
@@ -179,25 +284,69 @@ class SqlSource:
         self.key = key
         self.key_column = key.name
         self.children = children
-        self.columns = SourceColumns(
+        self.columns: SourceColumns = TypedColumns(
             record=frozenset(table.c.keys()),
             children={name: frozenset(c.table.c.keys()) for name, c in children.items()},
+            kinds={c.name: column_kind(c.type) for c in table.c},
+            child_kinds={
+                name: {c.name: column_kind(c.type) for c in child.table.c}
+                for name, child in children.items()
+            },
+            exact_decimals=adapter.engine.dialect.name != "sqlite",
         )
         self._select = select(table)
         self._count = select(func.count()).select_from(table)
+        columns = self.columns
+        assert isinstance(columns, TypedColumns)
+        self._expressions = SqlExpressions(
+            table,
+            key.name,
+            columns.kinds,
+            {
+                name: ChildTable(child.table, child.key.name, columns.child_kinds[name])
+                for name, child in children.items()
+            },
+            columns.exact_decimals,
+        )
+        #: Derived values the mapping asked for, by the name predicates use for them.
+        self._computed: dict[str, ColumnElement[Any]] = {}
+        self._computed_names: dict[Expr, str | None] = {}
+
+    def computed(self, expr: Expr) -> str | None:
+        """A name that predicates and sort keys may use for a derived value, as a column's.
+
+        None when this back end cannot compute it (exactly); the gateway then does.
+        """
+        if expr not in self._computed_names:
+            try:
+                element = self._expressions.element(expr)
+            except NotInSql:
+                self._computed_names[expr] = None
+            else:
+                name = f"={len(self._computed)}"
+                self._computed[name] = element
+                self._computed_names[expr] = name
+        return self._computed_names[expr]
+
+    def _element(self, column: str) -> ColumnElement[Any]:
+        found = self._computed.get(column)
+        return self.table.c[column] if found is None else found
 
     def can_push(self, column: str, op: str) -> bool:
-        return column in self.table.c and op in COMPARE_OPS
+        return (column in self.table.c or column in self._computed) and op in COMPARE_OPS
 
     def can_sort(self, column: str) -> bool:
-        return column in self.table.c
+        return column in self.table.c or column in self._computed
 
     def where(self, predicate: Predicate) -> ColumnElement[bool]:
         """The predicate as SQL; values are bound parameters, never spliced into text."""
         if isinstance(predicate, Compare):
-            return _OPERATORS[predicate.op](self.table.c[predicate.column], predicate.value)
+            compared: ColumnElement[bool] = COMPARE[predicate.op](
+                self._element(predicate.column), predicate.value
+            )
+            return compared
         if isinstance(predicate, IsNull):
-            return self.table.c[predicate.column].is_(None)
+            return self._element(predicate.column).is_(None)
         if isinstance(predicate, AnyOf):
             return or_(false(), *(self.where(t) for t in predicate.terms))
         if isinstance(predicate, AllOf):
@@ -207,10 +356,11 @@ class SqlSource:
     def _ordered(self, plan: Plan) -> Any:
         order = []
         for key in plan.order_by:
-            column = self.table.c[key.column]
+            column = self._element(key.column)
             clause = column.desc() if key.descending else column.asc()
             # Missing values last in both directions, as the gateway's own sorting does.
-            if column.nullable and not column.primary_key:
+            plain = column if isinstance(column, Column) else None
+            if plain is None or (plain.nullable and not plain.primary_key):
                 clause = clause.nulls_last()
             order.append(clause)
         if not any(k.column == self.key_column for k in plan.order_by):
@@ -263,6 +413,8 @@ class SqlSource:
         guard = AllOf(
             (where, *(IsNull(c) if v is None else Compare(c, "eq", v) for c, v in expected.items()))
         )
+        if not isinstance(self.table, Table):
+            raise BackendError(f"back end {self.adapter.name!r}: a query source is read only")
         statement = update(self.table).where(self.where(guard)).values(dict(values))
         try:
             async with self.adapter.engine.begin() as conn:

@@ -60,6 +60,11 @@ class FederatedReader:
         return None if item is None else self.tag(route, item, base)
 
     async def list(self, query: Query, base: str) -> tuple[list[Resource], int]:
+        for term in query.sort:  # a key no back end gives ties everything: meaningless
+            if not any(term.path in route.reader.mapping.produced for route in self._routes):
+                raise bad_request(
+                    "Invalid sort", f"sort: {term.path!r} is not given by any back end's mapping"
+                )
         plans = [(route, q) for route in self._routes if (q := self._for_route(route, query))]
         window = query.offset + query.limit
         results = await asyncio.gather(
@@ -101,7 +106,9 @@ class FederatedReader:
                 filters.append(Filter(flt.path, flt.op, mine, flt.param))
                 continue
             filters.append(flt)
-        return dataclasses.replace(query, filters=tuple(filters))
+        # A key this back end never gives is missing on all its resources: they tie on it.
+        sort = tuple(t for t in query.sort if t.path in route.reader.mapping.produced)
+        return dataclasses.replace(query, filters=tuple(filters), sort=sort)
 
 
 class FederatedPatcher:

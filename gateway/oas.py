@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cache
 from pathlib import Path
@@ -97,6 +97,12 @@ class AttributeTypes:
 
     types: Mapping[str, str]
     in_array: frozenset[str] = frozenset()
+    #: The values an attribute may take: OAS enums, and the `@type`s a discriminator names.
+    enums: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    #: The properties each object must have, by its path ("" is the resource itself).
+    required: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    #: Objects that are one of several schemas: path -> `@type` -> that schema's required.
+    variants: Mapping[str, Mapping[str, frozenset[str]]] = field(default_factory=dict)
 
 
 @cache
@@ -110,6 +116,36 @@ def attribute_types(schema_name: str, max_depth: int = 4) -> AttributeTypes:
     schemas = load_spec()["components"]["schemas"]
     types: dict[str, str] = {}
     in_array: set[str] = set()
+    enums: dict[str, tuple[str, ...]] = {}
+    required: dict[str, frozenset[str]] = {}
+    variants: dict[str, dict[str, frozenset[str]]] = {}
+
+    def resolved(schema: Mapping[str, Any]) -> Mapping[str, Any]:
+        name = schema.get("$ref", "").removeprefix(_REF)
+        found: Mapping[str, Any] = schemas.get(name, schema)
+        return found
+
+    def must_have(schema: Mapping[str, Any], seen: frozenset[str]) -> frozenset[str]:
+        """Required properties through `$ref` and `allOf` (a `oneOf` depends on the variant)."""
+        if "$ref" in schema:
+            name = schema["$ref"].removeprefix(_REF)
+            return frozenset() if name in seen else must_have(schemas[name], seen | {name})
+        out = frozenset(schema.get("required", ()))
+        for part in schema.get("allOf", ()):
+            out |= must_have(part, seen)
+        return out
+
+    def describe(path: str, schema: Mapping[str, Any]) -> None:
+        """What an object at `path` must hold: required keys, allowed `@type`s, variants."""
+        target = resolved(schema)
+        required[path] = must_have(schema, frozenset())
+        mapping = (target.get("discriminator") or {}).get("mapping") or {}
+        if mapping:
+            enums[f"{path}.@type" if path else "@type"] = tuple(mapping)
+        if "oneOf" in target and mapping:
+            variants[path] = {
+                name: must_have({"$ref": ref}, frozenset()) for name, ref in mapping.items()
+            }
 
     def properties(schema: Mapping[str, Any], seen: frozenset[str]) -> dict[str, Any]:
         if "$ref" in schema:
@@ -129,14 +165,19 @@ def attribute_types(schema_name: str, max_depth: int = 4) -> AttributeTypes:
         if schema.get("type") == "array":
             return kind(schema.get("items", {}))
         if "$ref" in schema or "allOf" in schema or "oneOf" in schema or "properties" in schema:
-            name = schema.get("$ref", "").removeprefix(_REF)
-            target = schemas.get(name, schema)
+            target = resolved(schema)
             if "enum" in target:
                 return "string", None
             return "object", schema
         if schema.get("format") == "date-time":
             return "date-time", None
         return schema.get("type", "string"), None
+
+    def values(schema: Mapping[str, Any]) -> tuple[str, ...] | None:
+        if schema.get("type") == "array":
+            return values(schema.get("items", {}))
+        listed = resolved(schema).get("enum")
+        return tuple(listed) if listed else None
 
     def walk(
         schema: Mapping[str, Any], prefix: str, depth: int, seen: frozenset[str], array: bool
@@ -145,11 +186,17 @@ def attribute_types(schema_name: str, max_depth: int = 4) -> AttributeTypes:
             path = f"{prefix}{key}"
             type_, nested = kind(prop)
             types[path] = type_
+            allowed = values(prop)
+            if allowed is not None:
+                enums[path] = allowed
             path_in_array = array or prop.get("type") == "array"
             if path_in_array:
                 in_array.add(path)
             if nested is not None and depth < max_depth:
+                describe(path, nested)
                 walk(nested, f"{path}.", depth + 1, seen, path_in_array)
 
-    walk({"$ref": _REF + schema_name}, "", 1, frozenset(), False)
-    return AttributeTypes(types, frozenset(in_array))
+    root = {"$ref": _REF + schema_name}
+    describe("", root)
+    walk(root, "", 1, frozenset(), False)
+    return AttributeTypes(types, frozenset(in_array), enums, required, variants)

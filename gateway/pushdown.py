@@ -2,9 +2,12 @@
 
 Each filter on an attribute read straight from a column is reversed through the
 column's transform (`state=sent` becomes `STAT_CD = 'S'`, `amountDue.value.gt=10`
-becomes `GRS_AMT > 1000`). A term the mapping cannot reverse, or the adapter cannot
-run, stays residual: the gateway applies it to mapped resources. Sort goes down only
-whole; paging goes down only when nothing is residual.
+becomes `GRS_AMT > 1000`); one on a derived attribute (a sum over child rows, a
+derived status) goes down the same way when the back end can compute the value
+(`source.computed`: a SQL expression or correlated subquery). A term the mapping
+cannot reverse, or the adapter cannot run, stays residual: the gateway applies it to
+mapped resources. Sort goes down only whole; paging goes down only when nothing is
+residual.
 """
 
 from __future__ import annotations
@@ -23,8 +26,9 @@ from adapters.base import (
     SortKey,
     Source,
 )
+from gateway.errors import bad_request, clip
 from gateway.query import Filter, Query
-from mappings.compiler import CompiledMapping
+from mappings.compiler import CompiledMapping, FieldRef
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +43,14 @@ class ReadPlan:
 
 
 def plan_read(query: Query, mapping: CompiledMapping, source: Source) -> ReadPlan:
+    """The read in back-end terms; a sort on an attribute the mapping never gives is a 400."""
+    for term in query.sort:
+        if term.path not in mapping.produced:
+            raise bad_request(
+                "Invalid sort",
+                f"sort: {clip(term.path)!r} is not given by this back end's mapping"
+                " (every resource would tie)",
+            )
     pushed: list[Predicate] = []
     residual: list[Filter] = []
     for flt in query.filters:
@@ -57,10 +69,28 @@ def plan_read(query: Query, mapping: CompiledMapping, source: Source) -> ReadPla
     return ReadPlan(backend, tuple(residual), sort_in_gateway)
 
 
+def _reference(path: str, mapping: CompiledMapping, source: Source) -> FieldRef | None:
+    """The column an attribute is read from, or the back end's name for its derived value.
+
+    None when neither exists (the back end cannot compute it, or has no `computed`).
+    """
+    ref = mapping.fields.get(path)
+    if ref is not None:
+        return ref
+    derived = mapping.computed.get(path)
+    define = getattr(source, "computed", None)
+    if derived is None or define is None:
+        return None
+    name = define(derived.expr)
+    return None if name is None else FieldRef(name, derived.transform)
+
+
 def reverse_filter(flt: Filter, mapping: CompiledMapping, source: Source) -> Predicate | None:
     """The filter in back-end terms, or None when it must be applied by the gateway."""
-    ref = mapping.fields.get(flt.path)
-    if ref is None or flt.op == "regex":
+    if flt.op == "regex":
+        return None
+    ref = _reference(flt.path, mapping, source)
+    if ref is None:
         return None
     terms: list[Predicate] = []
     for value in flt.values:
@@ -142,7 +172,7 @@ def _reverse_sort(
 ) -> tuple[SortKey, ...] | None:
     keys = []
     for term in query.sort:
-        ref = mapping.fields.get(term.path)
+        ref = _reference(term.path, mapping, source)
         if ref is None or not ref.transform.ordered or not source.can_sort(ref.column):
             return None
         keys.append(SortKey(ref.column, term.descending))

@@ -5,7 +5,8 @@ Filters: `attr=v`, dotted paths (`billingAccount.id=A1`), operator suffixes
 URL-encoded or not. OR by comma (`state=new,sent`) or by repeating a term; AND
 across terms. `ne` with several values means "none of them". Values are typed from
 the OAS: date-times as instants (date-only is midnight UTC, no zone is UTC),
-numbers as `Decimal`, booleans as `bool`. Regexes use RE2, which runs in linear
+numbers as `Decimal`, booleans as `bool`; `eq`/`ne` on an OAS enum (`state`) take only
+its values. Regexes use RE2, which runs in linear
 time, so no pattern can stall a request. Numbers are refused beyond 40 integer digits:
 turning `1E999990` into the integer a back end compares would take a minute.
 """
@@ -154,6 +155,15 @@ def _typed_values(
             raise bad_request("Invalid filter", f"{param!r}: regex applies to text attributes")
         return [compile_regex(raw, param)]
     parts = raw.split(",")
+    allowed = attributes.enums.get(attr)
+    if allowed is not None and op in ("eq", "ne"):
+        for part in parts:
+            if part not in allowed:
+                raise bad_request(
+                    "Invalid filter value",
+                    f"{param!r}: {clip(part)!r} is not a value of {attr}"
+                    f" (one of {', '.join(allowed)})",
+                )
     return [_typed(type_, part, op, param) for part in parts]
 
 

@@ -17,14 +17,21 @@ A spec says, per TMF attribute, where its value comes from in a back-end record:
         href: {template: "{base}/billCycle/{RUN_ID}"}
       taxItem:                                         # array from child rows
         each: taxes
+        where: {TAX_CD: {ne: NONE}}                    # (only the rows that meet it)
         item: {"@type": {const: TaxItem}, taxCategory: TAX_CD}
       billDocument:                                    # array built from columns
         list: [{"@type": {const: AttachmentRef}, id: ARCH_KEY}]
+      amountDue:                                       # derived from child rows
+        value: {sum: {rows: taxes, column: TAX_AMT}, transform: {minor_units: 2}}
 
-Leaves are `column` (+ `transform`), `const`, `template` or `sum` (+ `transform`).
+Leaves are `column` (+ `transform`), `const`, `template`, `sum` of columns, or a derived
+value (mappings/derived.py: aggregates, arithmetic, coalesce, case, `use` of a value
+named under `values:`), each with an optional `transform` fitted to the column's kind.
 A spec compiles to a tree of typed nodes (nodes.py), which fastpath.py writes out as one
-generated function. The compiled mapping also records, for each attribute read straight
-from a column, the column and transform, which is what query push-down reverses.
+generated function; every value is checked against the OAS as it is compiled
+(oas_check.py). The compiled mapping also records, for each attribute read straight
+from a column, the column and transform, and for each derived one its expression: what
+query push-down reverses. docs/mappings.md is the reference.
 """
 
 from __future__ import annotations
@@ -36,14 +43,28 @@ from pathlib import Path
 from typing import Any
 
 from adapters.base import SourceColumns
+from adapters.expressions import Expr
+from adapters.kinds import NUMERIC_KINDS, Kind, kind_of
 from mappings import nodes
+from mappings.derived import DERIVED_KEYS, ExpressionReader, known_values
 from mappings.errors import MappingSpecError
 from mappings.fastpath import FastPath, ToTmf, specialise
 from mappings.loader import SpecMap, load_yaml
+from mappings.oas_check import (
+    OasFacts,
+    is_array,
+    is_document,
+    leaf_problem,
+    object_problem,
+    outside_values,
+    range_of,
+)
 from mappings.transforms import Transform, TransformArgError, build_transform
 
-_LEAF_KEYS = frozenset({"column", "const", "template", "sum"})
-_TOP_KEYS = frozenset({"resource", "source", "attributes", "writes"})
+_LEAF_KEYS = frozenset({"column", "const", "template", "sum"}) | DERIVED_KEYS
+#: The kind of a sum of numbers, from the widest of its terms down.
+_WIDEST: tuple[Kind, ...] = ("float", "decimal", "integer")
+_TOP_KEYS = frozenset({"resource", "source", "values", "attributes", "writes"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +72,14 @@ class FieldRef:
     """A TMF attribute read straight from one column: what push-down can reverse."""
 
     column: str
+    transform: Transform
+
+
+@dataclass(frozen=True, slots=True)
+class ComputedRef:
+    """A TMF attribute computed from the record: what push-down can ask a back end for."""
+
+    expr: Expr
     transform: Transform
 
 
@@ -65,6 +94,11 @@ class CompiledMapping:
     #: What `to_tmf` was made from: its source, and the node tree that reports failures.
     fast_path: FastPath
     fields: dict[str, FieldRef] = field(default_factory=dict)
+    #: Attributes computed by an expression (outside arrays): pushed down when the back
+    #: end can compute it too (`source.computed`).
+    computed: dict[str, ComputedRef] = field(default_factory=dict)
+    #: Every single-valued attribute (dotted path, outside arrays) the mapping can give.
+    produced: frozenset[str] = frozenset()
     #: TMF attributes a write may change, each written to its column through its transform.
     writable: dict[str, FieldRef] = field(default_factory=dict)
     #: An attribute set to the current time on every write (a legacy "last change" column).
@@ -94,16 +128,24 @@ def compile_mapping(
     file: str,
     columns: SourceColumns | None = None,
     attribute_types: Mapping[str, str] | None = None,
+    oas: OasFacts | None = None,
 ) -> CompiledMapping:
     """Compile a spec; every mistake raises `MappingSpecError` with file, place and line.
 
     `columns` (from the bound back-end source) lets unknown columns be caught now, not on
-    the first request; `attribute_types` (from the OAS) catches misspelt TMF attributes.
+    the first request, and their kinds fit each transform; `attribute_types` (from the
+    OAS) catches misspelt TMF attributes, and with it every value is checked against the
+    OAS (`oas`, looked up by the resource's name when not given): types, enums, required.
     """
     resource = spec["resource"]
     if not isinstance(resource, str) or not resource:
         raise MappingSpecError(file, "resource", spec.line_of("resource"), "not a name")
-    compiler = _Compiler(file, columns, attribute_types)
+    if oas is None and attribute_types is not None:
+        oas = _oas_facts(resource)
+    named = spec.get("values")
+    if named is not None and not isinstance(named, SpecMap):
+        raise MappingSpecError(file, "values", spec.line_of("values"), "a mapping of name: value")
+    compiler = _Compiler(file, columns, attribute_types, oas, named)
     attributes: SpecMap = spec["attributes"]
     if "id" not in attributes:
         raise MappingSpecError(file, "attributes.id", attributes.line, "every resource needs id")
@@ -120,7 +162,10 @@ def compile_mapping(
     )
     collection = resource[0].lower() + resource[1:]
     writable, stamp = _writes(spec, file, compiler.fields)
-    fast_path = specialise(nodes.ResourceNode(resource, collection, ident, items))
+    tree = nodes.ResourceNode(
+        resource, collection, ident, items, f"{file}:{attributes.line_of('id')}"
+    )
+    fast_path = specialise(tree)
     return CompiledMapping(
         resource=resource,
         collection=collection,
@@ -129,9 +174,26 @@ def compile_mapping(
         to_tmf=fast_path.to_tmf,
         fast_path=fast_path,
         fields=compiler.fields,
+        computed=compiler.computed,
+        produced=frozenset(compiler.produced),
         writable=writable,
         stamp=stamp,
     )
+
+
+def _line(node: Any, default: int | None) -> int | None:
+    """Where a value is written: its own line when it is a mapping, else `default`."""
+    return node.line if isinstance(node, SpecMap) and node.line else default
+
+
+def _oas_facts(resource: str) -> OasFacts | None:
+    """What the OAS says of the resource's attributes (None for a schema it does not have)."""
+    from gateway.oas import attribute_types  # the OAS document: a start-up-only import
+
+    try:
+        return attribute_types(resource)
+    except KeyError:
+        return None
 
 
 def _writes(
@@ -183,17 +245,43 @@ class _Compiler:
         file: str,
         columns: SourceColumns | None,
         attribute_types: Mapping[str, str] | None,
+        oas: OasFacts | None = None,
+        named: SpecMap | None = None,
     ) -> None:
         self.file = file
         self.columns = columns
         self.types = attribute_types
+        self.oas = oas
         self.fields: dict[str, FieldRef] = {}
+        self.computed: dict[str, ComputedRef] = {}
+        self.produced: set[str] = set()
+        self.expressions = ExpressionReader(
+            fail=self.fail,
+            check_column=self.check_column,
+            kind_of=lambda column, scope: kind_of(columns, column, scope),
+            children=None if columns is None else frozenset(columns.children),
+            named=named,
+        )
+        self.arrays = 0  # how deep in arrays the value being compiled is
         # Push-down is sound only for a column read once, outside arrays and outside an
         # object guarded by another column (the guard could hide a matching value).
         self.guards: list[str | None] = []
 
     def fail(self, place: str, line: int | None, reason: str) -> MappingSpecError:
-        return MappingSpecError(self.file, f"attributes.{place}", line, reason)
+        where = place if place.startswith("values.") else f"attributes.{place}"
+        return MappingSpecError(self.file, where, line, reason)
+
+    def where(self, line: int | None) -> str:
+        return f"{self.file}:{line}" if line else self.file
+
+    def bind(
+        self, transform: Transform, kind: Kind | None, place: str, line: int | None
+    ) -> Transform:
+        """The transform fitted to the column's kind; a misfit stops start-up."""
+        try:
+            return transform.bind(kind)
+        except TransformArgError as exc:
+            raise self.fail(place, line, str(exc)) from None
 
     def check_column(self, column: Any, place: str, line: int | None, scope: str | None) -> str:
         if not isinstance(column, str) or not column:
@@ -210,54 +298,111 @@ class _Compiler:
         if self.types is not None and path not in self.types:
             raise self.fail(path, line, "not an attribute of this resource in the TMF678 OAS")
 
-    def value(self, node: Any, path: str, line: int | None, scope: str | None) -> nodes.Node:
+    def value(
+        self, node: Any, path: str, line: int | None, scope: str | None, item: bool = False
+    ) -> nodes.Node:
+        """The node for one value; `item`: it is an element of an array at `path`."""
         self.check_attribute(path, line)
+        built: nodes.Node
+        leaf_line: int | None = None  # where a leaf's value is said, for the OAS check
         if isinstance(node, str):
             shorthand = SpecMap(column=node)
             shorthand.line = line
-            return self.leaf(shorthand, path, line, scope, pushable=True)
-        if not isinstance(node, SpecMap):
+            built, leaf_line = self.leaf(shorthand, path, line, scope, pushable=True)
+        elif not isinstance(node, SpecMap):
             raise self.fail(path, line, f"expected a column name or a mapping, not {node!r}")
-        if node.keys() & _LEAF_KEYS:
-            return self.leaf(node, path, node.line or line, scope, pushable=True)
-        if "each" in node:
-            return self.children(node, path, scope)
-        if "list" in node:
-            return self.column_list(node, path, scope)
-        return self.obj(node, path, scope)
+        elif node.keys() & _LEAF_KEYS:
+            built, leaf_line = self.leaf(node, path, node.line or line, scope, pushable=True)
+        elif "each" in node:
+            built = self.children(node, path, scope)
+        elif "list" in node:
+            built = self.column_list(node, path, scope)
+        else:
+            wanted = self.oas.types.get(path) if self.oas is not None else None
+            if wanted not in (None, "object"):
+                raise self.fail(path, line, f"is a {wanted} in the OAS, not an object")
+            built = self.obj(node, path, scope, line)
+        if self.oas is not None and not item:
+            array = isinstance(built, nodes.EachNode | nodes.ListNode)
+            if is_array(path, self.oas) and not array and not is_document(built):
+                raise self.fail(
+                    path, line, "is an array in the OAS: use each (child rows) or list (columns)"
+                )
+            if array and not is_array(path, self.oas):
+                raise self.fail(path, line, "is not an array in the OAS")
+        nothing = isinstance(built, nodes.ConstNode) and built.value is None
+        if leaf_line is not None and not self.arrays and scope is None and not nothing:
+            self.produced.add(path)
+        if self.oas is not None and leaf_line is not None:
+            problem = leaf_problem(range_of(built), path, self.oas)
+            if problem is not None:
+                outside = outside_values(range_of(built), path, self.oas)
+                if outside and isinstance(built, nodes.DerivedNode):  # name the branch
+                    leaf_line = self.expressions.lines.get(outside[0], leaf_line)
+                raise self.fail(path, leaf_line, problem)
+        return built
 
     def leaf(
         self, node: SpecMap, path: str, line: int | None, scope: str | None, pushable: bool
-    ) -> nodes.Node:
+    ) -> tuple[nodes.Node, int | None]:
+        """A value read from the record, and the line its OAS check names when it fails."""
         kinds = node.keys() & _LEAF_KEYS
         if len(kinds) != 1:
             raise self.fail(path, line, f"a value has exactly one of {sorted(_LEAF_KEYS)}")
-        extra = node.keys() - _LEAF_KEYS - {"transform"}
+        extra = node.keys() - _LEAF_KEYS - {"transform"} - ({"else"} if "case" in kinds else set())
         if extra:
             raise self.fail(path, line, f"unknown key(s) {sorted(extra)}")
         (kind,) = kinds
         if kind == "const":
             if "transform" in node:
                 raise self.fail(path, node.line_of("transform"), "const takes no transform")
-            return nodes.ConstNode(node["const"])
+            return nodes.ConstNode(node["const"]), node.line_of("const")
         if kind == "template":
             if "transform" in node:
                 raise self.fail(path, node.line_of("transform"), "template takes no transform")
-            return self.template(node["template"], path, node.line_of("template"), scope)
+            built = self.template(node["template"], path, node.line_of("template"), scope)
+            return built, node.line_of("template")
         try:
             transform = build_transform(node.get("transform"))
         except TransformArgError as exc:
             raise self.fail(f"{path}.transform", node.line_of("transform"), str(exc)) from None
+        where_line = node.line_of("transform") if "transform" in node else node.line_of(kind)
+        if kind in DERIVED_KEYS or (kind == "sum" and not isinstance(node["sum"], list)):
+            return self.derived(node, path, scope, transform, where_line), where_line
         if kind == "sum":
             cols = node["sum"]
             if not isinstance(cols, list) or not cols:
                 raise self.fail(path, node.line_of("sum"), "sum takes a list of columns")
             columns = tuple(self.check_column(c, path, node.line_of("sum"), scope) for c in cols)
-            return nodes.SumNode(path, columns, transform)
+            column_kinds = [kind_of(self.columns, c, scope) for c in columns]
+            for column, column_kind in zip(columns, column_kinds, strict=True):
+                if column_kind is not None and column_kind not in NUMERIC_KINDS:
+                    raise self.fail(path, node.line_of("sum"), f"sum of a non-number {column}")
+            widest = next((k for k in _WIDEST if k in column_kinds), None)
+            transform = self.bind(transform, widest, path, where_line)
+            summed = nodes.SumNode(path, columns, transform, self.where(node.line_of("sum")))
+            return summed, where_line
         column = self.check_column(node["column"], path, node.line_of("column"), scope)
+        transform = self.bind(transform, kind_of(self.columns, column, scope), path, where_line)
+        read = nodes.ColumnNode(path, column, transform, self.where(node.line_of("column")))
         if pushable and scope is None and all(g == column for g in self.guards):
             self.fields[path] = FieldRef(column, transform)
-        return nodes.ColumnNode(path, column, transform)
+        return read, where_line
+
+    def derived(
+        self,
+        node: SpecMap,
+        path: str,
+        scope: str | None,
+        transform: Transform,
+        line: int | None,
+    ) -> nodes.DerivedNode:
+        """A value computed from columns and child rows (mappings/derived.py)."""
+        expr, kind = self.expressions.leaf(node, path, scope)
+        transform = self.bind(transform, kind, path, line)
+        if scope is None and not self.guards:
+            self.computed[path] = ComputedRef(expr, transform)
+        return nodes.DerivedNode(path, expr, transform, known_values(expr), self.where(line))
 
     def template(
         self, text: Any, path: str, line: int | None, scope: str | None
@@ -275,45 +420,67 @@ class _Compiler:
             if name is not None and name != "base":
                 self.check_column(name, path, line, scope)
             pieces.append((literal, name))
-        return nodes.TemplateNode(path, tuple(pieces))
+        return nodes.TemplateNode(path, tuple(pieces), self.where(line))
 
-    def obj(self, node: SpecMap, path: str, scope: str | None) -> nodes.ObjectNode:
+    def obj(
+        self, node: SpecMap, path: str, scope: str | None, line: int | None
+    ) -> nodes.ObjectNode:
         when = node.get("when")
-        if when is not None:
+        condition = None
+        if isinstance(when, SpecMap):  # a condition on values: nothing inside is pushed down
+            place = f"{path}.when"
+            condition = self.expressions.condition(when, place, node.line_of("when"), scope)
+            when = None
+            self.guards.append(None)
+        elif when is not None:
             when = self.check_column(when, f"{path}.when", node.line_of("when"), scope)
-        self.guards.extend([when] if when is not None else [])
+            self.guards.append(when)
         items = tuple(
             (key, self.value(value, f"{path}.{key}", node.line_of(key), scope))
             for key, value in node.items()
             if key != "when"
         )
-        if when is not None:
+        if "when" in node:
             self.guards.pop()
         if not items:
             raise self.fail(path, node.line, "empty object")
-        return nodes.ObjectNode(items, when)
+        if self.oas is not None:
+            problem = object_problem(dict(items), path, self.oas)
+            if problem is not None:
+                raise self.fail(path, line, problem)
+        return nodes.ObjectNode(items, when, condition, path, self.where(node.line_of("when")))
 
     def children(self, node: SpecMap, path: str, scope: str | None) -> nodes.EachNode:
-        extra = node.keys() - {"each", "item"}
+        extra = node.keys() - {"each", "item", "where"}
         if extra or "item" not in node:
             raise self.fail(
-                path, node.line, "an array from child rows is {each: child, item: {..}}"
+                path, node.line, "an array from child rows is {each: child, where: .., item: ..}"
             )
         child = node["each"]
         if scope is not None:
             raise self.fail(path, node.line_of("each"), "child rows cannot nest")
         if self.columns is not None and child not in self.columns.children:
             raise self.fail(path, node.line_of("each"), f"unknown child rows {child!r} in source")
-        item = self.value(node["item"], path, node.line_of("item"), scope=child)
-        return nodes.EachNode(path, child, item)
+        where = None
+        if "where" in node:
+            where = self.expressions.condition(
+                node["where"], f"{path}.where", node.line_of("where"), child
+            )
+        self.arrays += 1
+        item = self.value(node["item"], path, node.line_of("item"), scope=child, item=True)
+        self.arrays -= 1
+        return nodes.EachNode(path, child, item, self.where(node.line_of("each")), where)
 
     def column_list(self, node: SpecMap, path: str, scope: str | None) -> nodes.ListNode:
         elements = node["list"]
         if set(node) != {"list"} or not isinstance(elements, list) or not elements:
             raise self.fail(path, node.line, "an array from columns is {list: [item, ...]}")
         self.guards.append(None)  # nothing inside an array is pushed down
+        self.arrays += 1
         values = tuple(
-            self.value(element, path, node.line_of("list"), scope) for element in elements
+            self.value(element, path, _line(element, node.line_of("list")), scope, item=True)
+            for element in elements
         )
+        self.arrays -= 1
         self.guards.pop()
         return nodes.ListNode(values)

@@ -26,7 +26,9 @@ class RecordMappingError(Exception):
     and the field, because the fault is the back end's data, not the caller's request.
     """
 
-    def __init__(self, field: str, reason: str) -> None:
+    def __init__(self, field: str, reason: str, where: str | None = None) -> None:
         self.field = field
-        self.reason = reason
-        super().__init__(f"{field}: {reason}")
+        #: The mapping's file and line (`file:line`) the failing value is defined at.
+        self.where = where
+        self.reason = f"{reason} (mapping {where})" if where else reason
+        super().__init__(f"{field}: {self.reason}")

@@ -17,6 +17,7 @@ from typing import Any, NamedTuple, TypeAlias, assert_never
 from mappings.nodes import (
     ColumnNode,
     ConstNode,
+    DerivedNode,
     EachNode,
     ListNode,
     Node,
@@ -26,13 +27,40 @@ from mappings.nodes import (
     SumNode,
     TemplateNode,
 )
-from mappings.transforms import DateTime, DecimalText, Enum, IntegerText, MinorUnits, Transform
+from mappings.transforms import (
+    AwareDateTime,
+    DateTime,
+    DecimalText,
+    Enum,
+    IntegerText,
+    LooseDate,
+    MinorUnits,
+    NaiveDateTime,
+    NativeDate,
+    NativeNumber,
+    Rfc3339Text,
+    Transform,
+    UuidText,
+)
 
 ToTmf: TypeAlias = Callable[[Record, str], dict[str, Any]]
 #: Constants of these types are written into the source as literals, not looked up.
 _LITERAL_TYPES = (str, int, bool, type(None))
 #: Transforms (these exact classes) whose `to_tmf` never gives None.
-_NEVER_NONE = (Transform, DateTime, DecimalText, IntegerText, MinorUnits)
+_NEVER_NONE = (
+    Transform,
+    DateTime,
+    DecimalText,
+    IntegerText,
+    MinorUnits,
+    NativeNumber,
+    UuidText,
+    NativeDate,
+    NaiveDateTime,
+    AwareDateTime,
+    LooseDate,
+    Rfc3339Text,
+)
 
 
 class _Value(NamedTuple):
@@ -137,23 +165,34 @@ class _Writer:
                 guards = tuple(f"{temp} is not None" for temp in temps)
                 total = f"sum(({', '.join(temps)},))"
                 return _Value(guards, *self.converted(transform, total))
-            case ObjectNode(items=items, when=when):
+            case DerivedNode():
+                # The node computes (and fails) itself: expressions are rare and varied.
+                return _Value((), f"{self.name(node, 'd')}({self.rec}, base)", nullable=True)
+            case ObjectNode(items=items, when=when, condition=condition):
                 out = self.temp()
-                if when is None:
+                tests = [] if when is None else [f"{self.rec}.get({when!r}) is not None"]
+                if condition is not None:
+                    tests.append(f"{self.name(condition.holds, 'w')}({self.rec}) is True")
+                if not tests:
                     self.fill(out, items, indent)
                     return _Value((), out, nullable=False)
                 self.lines.append(f"{indent}{out} = None")
-                self.lines.append(f"{indent}if {self.rec}.get({when!r}) is not None:")
+                self.lines.append(f"{indent}if {' and '.join(tests)}:")
                 self.fill(out, items, indent + "    ")
                 return _Value((), out, nullable=True)
-            case EachNode(child=child, item=item):
+            case EachNode(child=child, item=item, where=where):
                 # Rows missing: iterating None fails, and the node tree says so.
                 out, outer = self.temp(), self.rec
                 self.rec = "x" if outer == "r" else self.temp("x")
                 self.lines.append(f"{indent}{out} = []")
                 self.lines.append(f"{indent}for {self.rec} in {outer}.get({child!r}):")
-                value = self.value(item, indent + "    ").expression()
-                self.lines.append(f"{indent}    {out}.append({value})")  # None too, as the node
+                inner = indent + "    "
+                if where is not None:
+                    test = f"{self.name(where.holds, 'w')}({self.rec}) is True"
+                    self.lines.append(f"{inner}if {test}:")
+                    inner += "    "
+                value = self.value(item, inner).expression()
+                self.lines.append(f"{inner}{out}.append({value})")  # None too, as the node
                 self.rec = outer
                 return _Value((), out, nullable=False)
             case ListNode(elements=elements):

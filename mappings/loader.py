@@ -22,6 +22,19 @@ class SpecMap(dict[str, Any]):
     def line_of(self, key: str) -> int | None:
         return self.key_lines.get(key, self.line)
 
+    def line_at(self, place: str) -> int | None:
+        """The line of a dotted place (`source.children.taxes.table`), or of the deepest
+        mapping on the way to it (`[n]` list indexes are skipped)."""
+        node: Any = self
+        line = self.line
+        for part in place.split("."):
+            key = part.split("[")[0]
+            if not isinstance(node, SpecMap) or key not in node:
+                break
+            line = node.line_of(key)
+            node = node[key]
+        return line
+
 
 class _LocatingLoader(yaml.SafeLoader):
     """Safe YAML whose mappings remember their lines, and whose booleans are only true/false.

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
+from adapters.expressions import Condition, Expr, MissingData, Truth
 from mappings.errors import RecordMappingError
 from mappings.transforms import Transform
 
@@ -27,20 +28,24 @@ class ColumnNode:
     path: str
     column: str
     transform: Transform
+    #: `file:line` of the value in the mapping, for the error a misfit record raises.
+    at: str = ""
 
     def __call__(self, record: Record, base: str) -> Any:
         try:
             raw = record[self.column]
         except KeyError:
             raise RecordMappingError(
-                self.path, f"column {self.column} missing from the record"
+                self.path, f"column {self.column} missing from the record", self.at
             ) from None
         if raw is None:
             return raw
         try:
             return self.transform.to_tmf(raw)
         except _BAD_VALUE as exc:
-            raise RecordMappingError(self.path, f"{self.column}={raw!r}: {exc}") from None
+            raise RecordMappingError(
+                self.path, f"column {self.column}={raw!r}: {exc}", self.at
+            ) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +68,7 @@ class TemplateNode:
 
     path: str
     pieces: tuple[tuple[str, str | None], ...]
+    at: str = ""
 
     def __call__(self, record: Record, base: str) -> str | None:
         out = []
@@ -77,7 +83,7 @@ class TemplateNode:
                 value = record[name]
             except KeyError:
                 raise RecordMappingError(
-                    self.path, f"column {name} missing from the record"
+                    self.path, f"column {name} missing from the record", self.at
                 ) from None
             if value is None:
                 return None
@@ -92,50 +98,109 @@ class SumNode:
     path: str
     columns: tuple[str, ...]
     transform: Transform
+    at: str = ""
 
     def __call__(self, record: Record, base: str) -> Any:
         try:
             raws = [record[c] for c in self.columns]
         except KeyError as exc:
             raise RecordMappingError(
-                self.path, f"column {exc.args[0]} missing from the record"
+                self.path, f"column {exc.args[0]} missing from the record", self.at
             ) from None
         if any(r is None for r in raws):
             return None
         try:
             return self.transform.to_tmf(sum(raws))
         except _BAD_VALUE as exc:
-            raise RecordMappingError(self.path, f"{list(self.columns)}={raws!r}: {exc}") from None
+            raise RecordMappingError(
+                self.path, f"columns {list(self.columns)}={raws!r}: {exc}", self.at
+            ) from None
+
+
+@dataclass(frozen=True, slots=True)
+class DerivedNode:
+    """A value computed from the record (and its child rows), through a transform.
+
+    `values`: every value the expression can give, when it is made of literals.
+    """
+
+    path: str
+    expr: Expr
+    transform: Transform
+    values: tuple[Any, ...] | None = None
+    at: str = ""
+
+    def __call__(self, record: Record, base: str) -> Any:
+        try:
+            raw = self.expr.evaluate(record)
+        except MissingData as exc:
+            raise RecordMappingError(self.path, str(exc), self.at) from None
+        except _BAD_VALUE as exc:
+            raise RecordMappingError(self.path, f"cannot compute it: {exc}", self.at) from None
+        if raw is None:
+            return None
+        try:
+            return self.transform.to_tmf(raw)
+        except _BAD_VALUE as exc:
+            raise RecordMappingError(self.path, f"computed {raw!r}: {exc}", self.at) from None
+
+
+def holds(condition: Condition, row: Record, path: str, at: str) -> Truth:
+    """A condition on a row; a row that cannot be judged is the mapping's error."""
+    try:
+        return condition.holds(row)
+    except MissingData as exc:
+        raise RecordMappingError(path, str(exc), at) from None
+    except _BAD_VALUE as exc:
+        raise RecordMappingError(path, f"cannot judge the condition: {exc}", at) from None
 
 
 @dataclass(frozen=True, slots=True)
 class ObjectNode:
-    """A nested object of the non-null values of `items`; None when column `when` is null."""
+    """A nested object of the non-null values of `items`.
+
+    None when column `when` is null, or when `condition` does not hold.
+    """
 
     items: tuple[tuple[str, Node], ...]
     when: str | None
+    condition: Condition | None = None
+    path: str = ""
+    at: str = ""
 
     def __call__(self, record: Record, base: str) -> dict[str, Any] | None:
         if self.when is not None and record.get(self.when) is None:
+            return None
+        if (
+            self.condition is not None
+            and holds(self.condition, record, self.path, self.at) is not True
+        ):
             return None
         return _fill({}, self.items, record, base)
 
 
 @dataclass(frozen=True, slots=True)
 class EachNode:
-    """An array with one `item` per row of the record's child rows `child`."""
+    """An array with one `item` per row of the record's child rows `child` (that meet `where`)."""
 
     path: str
     child: str
     item: Node
+    at: str = ""
+    where: Condition | None = None
 
     def __call__(self, record: Record, base: str) -> list[Any]:
         rows = record.get(self.child)
         if rows is None:
             raise RecordMappingError(
-                self.path, f"child rows {self.child!r} missing from the record"
+                self.path, f"child rows {self.child!r} missing from the record", self.at
             )
-        return [self.item(row, base) for row in rows]
+        if self.where is None:
+            return [self.item(row, base) for row in rows]
+        where = self.where
+        return [
+            self.item(row, base) for row in rows if holds(where, row, self.path, self.at) is True
+        ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,7 +214,9 @@ class ListNode:
         return out or None
 
 
-Node: TypeAlias = ColumnNode | ConstNode | TemplateNode | SumNode | ObjectNode | EachNode | ListNode
+Node: TypeAlias = (
+    ColumnNode | ConstNode | TemplateNode | SumNode | DerivedNode | ObjectNode | EachNode | ListNode
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,11 +227,12 @@ class ResourceNode:
     collection: str
     ident: Node
     items: tuple[tuple[str, Node], ...]
+    at: str = ""
 
     def __call__(self, record: Record, base: str) -> dict[str, Any]:
         ident = self.ident(record, base)
         if ident is None:
-            raise RecordMappingError("id", "the back-end record has no id")
+            raise RecordMappingError("id", "the back-end record has no id", self.at)
         out: dict[str, Any] = {"id": ident, "href": f"{base}/{self.collection}/{ident}"}
         out["@type"] = self.resource
         return _fill(out, self.items, record, base)

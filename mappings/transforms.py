@@ -7,21 +7,40 @@ or returns None when the back end cannot be asked and the gateway must filter it
 Filter values arrive typed (see gateway/query.py): `str`, `Decimal`, `bool`, or an
 aware `datetime`. `compare_value` gives the same typed view of a forward value, so
 the gateway's own (residual) filtering and the pushed-down one agree.
+
+A transform is written in a mapping without knowing the column; `bind` then fits it to
+the column's kind when the back end reports one (a SQL column's reflected type): a
+native DATE is read as a date, a DECIMAL as an exact number, and a transform that
+cannot read the column (a text date format on a DATE) is refused at start-up.
 """
 
 from __future__ import annotations
 
+import copy
 import re
+import uuid
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, date, datetime, time, tzinfo
 from decimal import ROUND_FLOOR, Decimal, InvalidOperation
 from functools import lru_cache
-from typing import Any
+from typing import Any, Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
 
 from adapters.base import MATCH_ALL, MATCH_NONE, AllOf, AnyOf, Compare, IsNull, Predicate
+from adapters.kinds import KIND_NAMES, Kind
+
+#: What a transform's TMF values are, in the OAS's words ("any": cannot be said).
+JSON_TYPES: Final = frozenset({"string", "date-time", "number", "integer", "boolean", "any"})
+_JSON_TYPE_OF_KIND: Final[Mapping[str | None, str]] = {
+    None: "any",
+    "text": "string",
+    "integer": "integer",
+    "float": "number",
+    "boolean": "boolean",
+    "other": "any",
+}
 
 
 class TransformArgError(ValueError):
@@ -34,6 +53,8 @@ class Transform:
     name = "identity"
     #: Raw order equals TMF order, so range filters and sorts can be pushed down.
     ordered = True
+    #: The JSON type of the TMF values (one of `JSON_TYPES`), for the start-up OAS check.
+    json_type = "any"
 
     def to_tmf(self, raw: Any) -> Any:
         return raw
@@ -41,6 +62,34 @@ class Transform:
     def converter(self) -> Callable[[Any], Any]:
         """What compiled mappings call per value: `to_tmf`, or a faster callable equal to it."""
         return self.to_tmf
+
+    def bind(self, kind: Kind | None) -> Transform:
+        """This transform fitted to a column of `kind` (None: unknown); refuses a misfit.
+
+        Identity serves text, integers, floats and booleans as they are; DECIMAL as an
+        exact number; UUID as its text. A DATE or DATETIME has no offset of its own:
+        the `date` transform must say in which zone it is read.
+        """
+        if kind == "decimal":
+            return NativeNumber()
+        if kind == "uuid":
+            return UuidText()
+        if kind == "timestamptz":
+            return AwareDateTime(None)
+        if kind in ("date", "datetime"):
+            raise TransformArgError(
+                f"this {KIND_NAMES[kind]} column is served as a date-time with an offset:"
+                " use transform {date: {zone: <IANA zone>}}"
+            )
+        if kind == "binary":
+            raise TransformArgError(f"this {KIND_NAMES[kind]} column cannot be served as JSON")
+        bound = copy.copy(self)
+        bound.json_type = _JSON_TYPE_OF_KIND[kind]
+        return bound
+
+    def values(self) -> tuple[Any, ...] | None:
+        """Every TMF value the transform can give, when that is a known few (code tables)."""
+        return None
 
     def floor_raw(self, value: Any) -> Any:
         """The greatest raw value whose TMF value is <= `value` (for range push-down)."""
@@ -97,14 +146,26 @@ def _ordered_condition(column: str, op: str, raw: Any, exact: bool) -> Predicate
     return Compare(column, "lte", raw)  # lte
 
 
+def _refuse(transform: Transform, kind: Kind | None, allowed: frozenset[str], hint: str) -> None:
+    if kind is not None and kind != "other" and kind not in allowed:
+        raise TransformArgError(
+            f"{transform.name} cannot read this {KIND_NAMES[kind]} column{hint}"
+        )
+
+
 class IntegerText(Transform):
     """An integer key shown as a string id ("42"); only equality can be pushed down."""
 
     name = "integer_text"
     ordered = False
+    json_type = "string"
 
     def to_tmf(self, raw: Any) -> str:
         return str(int(raw))
+
+    def bind(self, kind: Kind | None) -> Transform:
+        _refuse(self, kind, frozenset({"integer", "decimal", "text"}), "")
+        return self
 
     def typed(self, raw: Any) -> Any:
         return self.to_tmf(raw)
@@ -126,19 +187,58 @@ class IntegerText(Transform):
         return AnyOf((Compare(column, "ne", int(value)), IsNull(column)))
 
 
+class UuidText(Transform):
+    """A native UUID shown as its canonical text; equality is pushed down as a UUID."""
+
+    name = "uuid"
+    ordered = False
+    json_type = "string"
+
+    def to_tmf(self, raw: Any) -> str:
+        return str(raw) if isinstance(raw, uuid.UUID) else str(uuid.UUID(str(raw)))
+
+    def bind(self, kind: Kind | None) -> Transform:
+        _refuse(self, kind, frozenset({"uuid", "text"}), "")
+        return self
+
+    def typed(self, raw: Any) -> Any:
+        return self.to_tmf(raw)
+
+    def to_raw(self, value: Any) -> uuid.UUID:
+        return uuid.UUID(str(value))
+
+    def condition(self, column: str, op: str, value: Any) -> Predicate | None:
+        if op not in ("eq", "ne"):
+            return None
+        try:
+            parsed = uuid.UUID(value) if isinstance(value, str) else None
+        except ValueError:
+            parsed = None
+        if parsed is None or str(parsed) != value:  # served text is canonical: none equal it
+            return MATCH_NONE if op == "eq" else MATCH_ALL
+        if op == "eq":
+            return Compare(column, "eq", parsed)
+        return AnyOf((Compare(column, "ne", parsed), IsNull(column)))
+
+
 _ORDERED_DATE_FORMAT = re.compile(r"^%Y[^%]*(%m[^%]*(%d[^%]*(%H[^%]*(%M[^%]*(%S[^%]*)?)?)?)?)?$")
+
+
+def _zone(name: Any) -> ZoneInfo:
+    try:
+        return ZoneInfo(str(name))
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise TransformArgError(f"unknown time zone {name!r}") from exc
 
 
 class DateTime(Transform):
     """A legacy date/time string in a given format and time zone, shown as RFC 3339."""
 
     name = "date"
+    json_type = "date-time"
 
     def __init__(self, fmt: str, zone: str) -> None:
-        try:
-            self.zone = ZoneInfo(zone)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise TransformArgError(f"unknown time zone {zone!r}") from exc
+        self.zone = _zone(zone)
         self.fmt = fmt
         try:
             datetime(2024, 1, 31, 12, 30, 15).strftime(fmt)
@@ -149,6 +249,15 @@ class DateTime(Transform):
         # Legacy tables repeat the same few thousand dates: parse and format each once.
         self._parse = lru_cache(maxsize=16384)(self._parse_uncached)
         self._cached_to_tmf = lru_cache(maxsize=16384)(self.to_tmf)
+
+    def bind(self, kind: Kind | None) -> Transform:
+        _refuse(
+            self,
+            kind,
+            frozenset({"text"}),
+            f" with a text format ({self.fmt!r}): drop `format` to read it as a date",
+        )
+        return self
 
     def _parse_uncached(self, raw: str) -> datetime:
         return datetime.strptime(raw, self.fmt).replace(tzinfo=self.zone)
@@ -174,16 +283,188 @@ class DateTime(Transform):
         return self.floor_raw(value)
 
 
+class _NativeTime(Transform):
+    """A native date or date-time, served as RFC 3339 in `zone` (its own offset if None)."""
+
+    name = "date"
+    json_type = "date-time"
+
+    def __init__(self, zone: tzinfo | None) -> None:
+        self.zone = zone
+        self._cached_to_tmf = lru_cache(maxsize=16384)(self.to_tmf)
+
+    def instant(self, raw: Any) -> datetime:
+        raise NotImplementedError
+
+    def to_tmf(self, raw: Any) -> str:
+        return self.instant(raw).isoformat()
+
+    def converter(self) -> Callable[[Any], str]:
+        return self._cached_to_tmf
+
+    def typed(self, raw: Any) -> datetime:
+        return self.instant(raw)
+
+    def to_raw(self, value: Any) -> Any:
+        if isinstance(value, str):
+            value = datetime.fromisoformat(value)
+        return self.floor_raw(value)
+
+
+class NativeDate(_NativeTime):
+    """A DATE: midnight of that day in `zone`; filters compare as dates."""
+
+    def __init__(self, zone: tzinfo) -> None:
+        super().__init__(zone)
+        self.local = zone
+
+    def instant(self, raw: Any) -> datetime:
+        if isinstance(raw, datetime):
+            raw = raw.date()
+        if not isinstance(raw, date):
+            raise TypeError(f"not a date: {raw!r}")
+        return datetime.combine(raw, time(), self.local)
+
+    def floor_raw(self, value: Any) -> date:
+        if not isinstance(value, datetime):
+            raise TypeError("date filter needs a date-time")
+        return value.astimezone(self.local).date()
+
+
+class NaiveDateTime(_NativeTime):
+    """A DATETIME/TIMESTAMP without offset: wall-clock time in `zone`."""
+
+    def __init__(self, zone: tzinfo) -> None:
+        super().__init__(zone)
+        self.local = zone
+
+    def instant(self, raw: Any) -> datetime:
+        if not isinstance(raw, datetime):
+            raise TypeError(f"not a date-time: {raw!r}")
+        return raw.replace(tzinfo=self.local)
+
+    def floor_raw(self, value: Any) -> datetime:
+        if not isinstance(value, datetime):
+            raise TypeError("date filter needs a date-time")
+        return value.astimezone(self.local).replace(tzinfo=None, fold=0)
+
+
+class AwareDateTime(_NativeTime):
+    """A TIMESTAMP WITH TIME ZONE: an instant, served in `zone` (UTC when not given)."""
+
+    def instant(self, raw: Any) -> datetime:
+        if not isinstance(raw, datetime) or raw.tzinfo is None:
+            raise TypeError(f"not a date-time with an offset: {raw!r}")
+        return raw.astimezone(self.zone or UTC)
+
+    def floor_raw(self, value: Any) -> datetime:
+        if not isinstance(value, datetime):
+            raise TypeError("date filter needs a date-time")
+        return value
+
+
+class LooseDate(_NativeTime):
+    """Whatever a back end that cannot say its types gives: a date, a date-time or ISO text.
+
+    Values without an offset are wall-clock time in `zone`. Not pushed down: a text
+    column's order need not be the instants' order.
+    """
+
+    ordered = False
+
+    def __init__(self, zone: tzinfo) -> None:
+        super().__init__(zone)
+        self.local = zone
+
+    def instant(self, raw: Any) -> datetime:
+        if isinstance(raw, str):
+            raw = datetime.fromisoformat(raw.strip().replace("z", "Z"))
+        elif isinstance(raw, date) and not isinstance(raw, datetime):
+            raw = datetime.combine(raw, time())
+        if not isinstance(raw, datetime):
+            raise TypeError(f"not a date-time: {raw!r}")
+        return raw if raw.tzinfo is not None else raw.replace(tzinfo=self.local)
+
+
+class DateSpec(Transform):
+    """`{date: {zone: Z}}` with no format: a native date/time, fitted to the column."""
+
+    name = "date"
+    ordered = False
+    json_type = "date-time"
+
+    def __init__(self, zone: str, zone_given: bool) -> None:
+        self.zone = _zone(zone)
+        self.zone_given = zone_given
+        self._loose = LooseDate(self.zone)
+
+    def to_tmf(self, raw: Any) -> str:
+        return self._loose.to_tmf(raw)
+
+    def typed(self, raw: Any) -> datetime:
+        return self._loose.typed(raw)
+
+    def condition(self, column: str, op: str, value: Any) -> Predicate | None:
+        return None
+
+    def bind(self, kind: Kind | None) -> Transform:
+        if kind == "date":
+            return NativeDate(self.zone)
+        if kind == "datetime":
+            return NaiveDateTime(self.zone)
+        if kind == "timestamptz":
+            return AwareDateTime(self.zone if self.zone_given else None)
+        _refuse(
+            self,
+            kind,
+            frozenset({"text"}),
+            ": give the text's `format`, or read a DATE/DATETIME column",
+        )
+        return self._loose
+
+
+_RFC3339_TEXT = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$")
+
+
+class Rfc3339Text(Transform):
+    """Text that is already an RFC 3339 date-time with an offset: served as it is.
+
+    Each value is checked, so a malformed one is a mapping error, not a served string.
+    Not pushed down: text of different offsets does not sort like the instants.
+    """
+
+    name = "rfc3339"
+    ordered = False
+    json_type = "date-time"
+
+    def bind(self, kind: Kind | None) -> Transform:
+        _refuse(self, kind, frozenset({"text"}), "")
+        return self
+
+    def to_tmf(self, raw: Any) -> str:
+        if not isinstance(raw, str) or not _RFC3339_TEXT.match(raw):
+            raise ValueError(f"not an RFC 3339 date-time with an offset: {raw!r}")
+        return raw
+
+    def typed(self, raw: Any) -> datetime:
+        return datetime.fromisoformat(self.to_tmf(raw))
+
+
 class MinorUnits(Transform):
     """Integer minor units (cents) shown as a decimal amount (12.34)."""
 
     name = "minor_units"
+    json_type = "number"
 
     def __init__(self, digits: int) -> None:
         if not isinstance(digits, int) or isinstance(digits, bool) or not 0 <= digits <= 6:
             raise TransformArgError("minor_units takes the number of decimal digits (0 to 6)")
         self.scale = Decimal(10) ** digits
         self.divisor: int = 10**digits
+
+    def bind(self, kind: Kind | None) -> Transform:
+        _refuse(self, kind, frozenset({"integer", "decimal", "text"}), "")
+        return self
 
     def to_tmf(self, raw: Any) -> float:
         # int / int is correctly rounded, as float(Decimal) of the exact quotient is.
@@ -202,11 +483,43 @@ class MinorUnits(Transform):
         return int(scaled)
 
 
+class NativeNumber(Transform):
+    """A DECIMAL/NUMERIC (or any number) served as a JSON number, compared exactly."""
+
+    name = "decimal"
+    json_type = "number"
+
+    def to_tmf(self, raw: Any) -> float | int:
+        if isinstance(raw, bool):
+            raise TypeError(f"not a number: {raw!r}")
+        return raw if isinstance(raw, int) else float(raw)
+
+    def typed(self, raw: Any) -> Decimal:
+        if isinstance(raw, bool):
+            raise TypeError(f"not a number: {raw!r}")
+        return raw if isinstance(raw, Decimal) else Decimal(str(raw))
+
+    def floor_raw(self, value: Any) -> Decimal:
+        if not isinstance(value, Decimal):
+            raise TypeError("a number filter needs a number")
+        return value
+
+    def to_raw(self, value: Any) -> Decimal:
+        return Decimal(str(value))
+
+
 class DecimalText(Transform):
     """A decimal number stored as text ("19.00"); text order is not numeric order."""
 
     name = "decimal"
     ordered = False
+    json_type = "number"
+
+    def bind(self, kind: Kind | None) -> Transform:
+        if kind in ("decimal", "integer", "float"):
+            return NativeNumber()
+        _refuse(self, kind, frozenset({"text"}), "")
+        return self
 
     def to_tmf(self, raw: Any) -> float:
         try:
@@ -215,8 +528,25 @@ class DecimalText(Transform):
             raise ValueError(f"not a decimal number: {raw!r}") from exc
 
 
+def _code_reader(kind: Kind | None) -> Callable[[str], Any] | None:
+    """How a code written in YAML (always text) reads as a value of a column of `kind`."""
+    if kind == "integer":
+        return int
+    if kind in ("decimal", "float"):
+        return Decimal
+    if kind == "boolean":
+        return lambda code: {"true": True, "false": False}[code.lower()]
+    if kind == "date":
+        return date.fromisoformat
+    return None
+
+
 class Enum(Transform):
-    """A code table (status letters, type codes); several codes may share one value."""
+    """A code table (status letters, type codes); several codes may share one value.
+
+    Codes are written as YAML keys, so as text; on a column of numbers, booleans or
+    dates they are read as such (`{1: open}` on an INTEGER column is the number 1).
+    """
 
     name = "enum"
     ordered = False
@@ -228,6 +558,28 @@ class Enum(Transform):
         self.codes_of: dict[Any, list[Any]] = {}
         for code, value in self.table.items():
             self.codes_of.setdefault(_typed(value), []).append(code)
+        types = {_json_type_of(v) for v in self.table.values()}
+        self.json_type = types.pop() if len(types) == 1 else "any"
+
+    def bind(self, kind: Kind | None) -> Transform:
+        if kind in ("uuid", "binary", "timestamptz", "datetime"):
+            raise TransformArgError(f"enum cannot read this {KIND_NAMES[kind]} column")
+        read = _code_reader(kind)
+        if read is None:
+            return self
+        table = {}
+        for code, value in self.table.items():
+            try:
+                table[read(str(code)) if isinstance(code, str) else code] = value
+            except (ValueError, KeyError, ArithmeticError):
+                raise TransformArgError(
+                    f"code {code!r} can never be read from this {KIND_NAMES[kind or 'other']}"
+                    " column"
+                ) from None
+        return Enum(table)
+
+    def values(self) -> tuple[Any, ...]:
+        return tuple(dict.fromkeys(self.table.values()))
 
     def to_tmf(self, raw: Any) -> Any:
         try:
@@ -256,11 +608,35 @@ class Enum(Transform):
         return AnyOf((_all(terms), IsNull(column)))
 
 
+def _json_type_of(value: Any) -> str:
+    """The JSON type of a value written in a mapping (a const, an enum's value)."""
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float | Decimal):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, Mapping):
+        return "object"
+    if isinstance(value, list):
+        return "array"
+    return "any"
+
+
+json_type_of = _json_type_of
+
+
 class Json(Transform):
     """A JSON document kept as text (a sub-object stored whole); read only, never pushed."""
 
     name = "json"
     ordered = False
+
+    def bind(self, kind: Kind | None) -> Transform:
+        _refuse(self, kind, frozenset({"text"}), "")
+        return self
 
     def to_tmf(self, raw: Any) -> Any:
         return orjson.loads(raw)
@@ -301,9 +677,17 @@ def _no_args(cls: type[Transform]) -> Callable[[Any], Transform]:
 
 
 def _date(args: Any) -> Transform:
-    if not isinstance(args, Mapping) or set(args) - {"format", "zone"} or "format" not in args:
-        raise TransformArgError("date takes {format: strftime pattern, zone: IANA zone}")
-    return DateTime(str(args["format"]), str(args.get("zone", "UTC")))
+    if args is None:
+        args = {}
+    if not isinstance(args, Mapping) or set(args) - {"format", "zone"}:
+        raise TransformArgError(
+            "date takes {format: strftime pattern, zone: IANA zone} for text,"
+            " {zone: IANA zone} for a DATE/DATETIME column"
+        )
+    zone = str(args.get("zone", "UTC"))
+    if "format" not in args:
+        return DateSpec(zone, "zone" in args)
+    return DateTime(str(args["format"]), zone)
 
 
 TRANSFORMS: dict[str, Callable[[Any], Transform]] = {
@@ -314,4 +698,6 @@ TRANSFORMS: dict[str, Callable[[Any], Transform]] = {
     "minor_units": lambda args: MinorUnits(args),
     "enum": lambda args: Enum(args),
     "json": _no_args(Json),
+    "uuid": _no_args(UuidText),
+    "rfc3339": _no_args(Rfc3339Text),
 }

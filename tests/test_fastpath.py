@@ -10,7 +10,16 @@ import pytest
 from mappings.compiler import load_mapping
 from mappings.errors import RecordMappingError
 from mappings.nodes import ResourceNode
-from tests.test_compiler import BASE, RECORD, compiled
+from tests.test_compiler import (
+    BASE,
+    DERIVED,
+    DERIVED_RECORD,
+    LEDGER,
+    RECORD,
+    TYPES,
+    compiled,
+    write,
+)
 
 
 def variants() -> list[dict[str, Any]]:
@@ -66,3 +75,24 @@ def test_every_bundled_mapping_compiles_to_a_fast_path() -> None:
     for path in files:
         source = load_mapping(path).fast_path.source
         assert "def fast(r, base):" in source and "r['" in source, path  # columns inlined
+
+
+def derived_variants() -> list[dict[str, Any]]:
+    """The derived-values record with nulls, missing columns and rows in turn."""
+    base = DERIVED_RECORD
+    out: list[dict[str, Any]] = [base, {**base, "lines": [], "pays": []}, {**base, "ST": "D"}]
+    for column in base:
+        out.append({**base, column: None})
+        out.append({k: v for k, v in base.items() if k != column})
+    out.append({**base, "lines": [{**row, "AMT": None} for row in base["lines"]]})
+    out.append({**base, "lines": [{"K": 7, "CAT": "TAX"}]})
+    out.append({**base, "pays": [{"K": 7, "AMT": "x", "OK": True}]})
+    return out
+
+
+@pytest.mark.parametrize("record", derived_variants())
+def test_fast_and_slow_paths_agree_on_derived_values(
+    tmp_path: Path, record: dict[str, Any]
+) -> None:
+    mapping = load_mapping(write(tmp_path, DERIVED), columns=LEDGER, attribute_types=TYPES)
+    assert outcome(mapping.to_tmf, record) == outcome(mapping.fast_path.slow, record)

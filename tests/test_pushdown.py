@@ -13,6 +13,7 @@ from starlette.testclient import TestClient
 
 from adapters.base import AllOf, AnyOf, Compare, IsNull, SortKey
 from gateway.app import create_app
+from gateway.errors import ApiError
 from gateway.oas import attribute_types
 from gateway.pushdown import plan_read
 from gateway.query import Filter, Query, SortTerm
@@ -188,3 +189,19 @@ def test_plan_respects_what_the_adapter_declares(bill_mapping) -> None:
     query = Query(filters=(Filter("amountDue.value", "gt", (Decimal(1),), "p"),), limit=2)
     plan = plan_read(query, bill_mapping, EqualityOnly())
     assert [f.path for f in plan.residual] == ["amountDue.value"]
+
+
+def test_a_sort_the_mapping_cannot_give_is_a_400(bill_mapping) -> None:
+    assert "financialAccount.id" in attribute_types("CustomerBill").types
+    assert "financialAccount.id" not in bill_mapping.produced
+    query = Query(sort=(SortTerm("billDate", False), SortTerm("financialAccount.id", True)))
+    with pytest.raises(ApiError) as info:
+        plan_read(query, bill_mapping, AllColumns())
+    assert info.value.status == 400 and "'financialAccount.id'" in info.value.message
+    assert {
+        "billDate",
+        "billCycle.id",
+        "amountDue.value",
+        "billCycle.@type",
+    } <= bill_mapping.produced
+    assert not any(p.startswith(("taxItem", "billDocument")) for p in bill_mapping.produced)

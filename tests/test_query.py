@@ -144,6 +144,10 @@ def test_reserved_parameters() -> None:
         ("sort=taxItem.taxRate", "Invalid sort", "taxItem.taxRate"),
         ("fields=billNo,nope", "Invalid fields", "nope"),
         ("offset=99999999999", "Invalid offset", "offset"),
+        ("state=bogus", "Invalid filter value", "one of new, onHold, validated, sent, settled"),
+        ("state.ne=sent,bogus", "Invalid filter value", "'bogus' is not a value of state"),
+        ("runType=monthly", "Invalid filter value", "one of onCycle, offCycle"),
+        ("billingAccount.@type=Account", "Invalid filter value", "one of BillingAccountRef"),
     ],
 )
 def test_bad_queries_are_400_naming_the_parameter(text: str, reason: str, named: str) -> None:
@@ -188,3 +192,9 @@ def test_messages_quote_long_input_clipped() -> None:
         parse("b" * 5000 + "=1")
     message = caught.value.message or ""
     assert "(5002 characters)" in message and len(message) < 500
+
+
+def test_enum_values_and_other_operators_on_enums_are_kept() -> None:
+    assert only("state=new,partiallyPaid").values == ("new", "partiallyPaid")
+    assert only("state.gt=bogus").values == ("bogus",)  # an order, not a value
+    assert only("state=~^s").op == "regex"

@@ -91,7 +91,6 @@ BILL_CASES: list[Case] = [
     ("customerBill", "state!=new", lambda b: b["state"] != "new"),
     ("customerBill", "state.gt=sent", lambda b: b["state"] > "sent"),
     ("customerBill", "state=~^(new|sent)$", lambda b: b["state"] in ("new", "sent")),
-    ("customerBill", "state=nonsense", lambda b: False),
     (
         "customerBill",
         "billingAccount.id=BA-000010",
@@ -271,7 +270,7 @@ def test_filters_agree_with_the_oracle(
 def test_cases_select_something_and_not_everything(everything: dict[str, list[Item]]) -> None:
     """Guard against an oracle that silently selects all or nothing (a test that cannot fail)."""
     for collection, params, oracle in BILL_CASES + RATE_CASES + CYCLE_CASES:
-        if params in ("state=nonsense", "BillCycleSpecification.id.ne=MONTHLY"):
+        if params == "BillCycleSpecification.id.ne=MONTHLY":
             continue
         chosen = sum(1 for item in everything[collection] if oracle(item))
         assert 0 < chosen < len(everything[collection]), params

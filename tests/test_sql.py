@@ -8,11 +8,13 @@ import sqlite3
 import threading
 import time
 from collections.abc import Awaitable, Callable
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
 
 import aiosqlite
 import pytest
+from sqlalchemy import event
 
 from adapters.base import (
     AllOf,
@@ -24,6 +26,7 @@ from adapters.base import (
     SortKey,
     SourceSpecError,
 )
+from adapters.expressions import Agg, Col, In
 from adapters.sql import SqlAdapter, SqlOptions, SqlSource, _total_from_window
 
 T = TypeVar("T")
@@ -123,7 +126,8 @@ def test_one_and_empty_predicates(demo_db: Path) -> None:
             "source.children.t.key",
             "no column None",
         ),
-        ({"key": "INV_ID"}, "source.table", "a table name is required"),
+        ({"key": "INV_ID"}, "source", "give either a table or a select"),
+        ({"table": "", "key": "INV_ID"}, "source.table", "a table name is required"),
     ],
 )
 def test_bind_refuses_what_the_database_does_not_have(
@@ -174,3 +178,120 @@ def test_total_is_known_without_count_only_when_the_window_ran_out(
     offset: int, limit: int | None, fetched: int, total: int | None
 ) -> None:
     assert _total_from_window(offset, limit, fetched) == total
+
+
+def test_derived_values_filter_and_sort_in_one_statement(demo_db: Path) -> None:
+    vat = Agg("sum", "taxes", "TAX_AMT", In(Col("TAX_CD"), ("VAT19",)))
+    seen: list[tuple[str, Any]] = []
+
+    async def work(source: SqlSource) -> Any:
+        name = source.computed(vat)
+        assert name is not None and source.computed(vat) == name  # one name per value
+        assert source.can_push(name, "gt") and source.can_sort(name)
+        assert source.computed(Agg("sum", "taxes", "TAX_RT")) is None  # text: not summed
+
+        def remember(conn, cursor, statement, parameters, context, executemany) -> None:
+            seen.append((statement, parameters))
+
+        event.listen(source.adapter.engine.sync_engine, "before_cursor_execute", remember)
+        plan = Plan(Compare(name, "gt", 1000), (SortKey(name, descending=True),), 0, 5)
+        return await source.page(plan)
+
+    page = run(demo_db, work)
+    expected = legacy(
+        demo_db,
+        "SELECT h.INV_ID, (SELECT SUM(t.TAX_AMT) FROM INV_TAX t WHERE t.INV_ID = h.INV_ID"
+        " AND t.TAX_CD = 'VAT19') AS vat FROM INV_HDR h WHERE vat > 1000"
+        " ORDER BY vat DESC, h.INV_ID",
+    )
+    assert [r["INV_ID"] for r in page.records] == [row[0] for row in expected[:5]]
+    assert page.total == len(expected)
+    statement, parameters = seen[0]
+    assert "VAT19" not in statement and "VAT19" in str(parameters)  # bound, not spliced
+    assert (
+        'FROM "INV_TAX"' in statement and '"INV_TAX_1"."INV_ID" = "INV_HDR"."INV_ID"' in statement
+    )
+
+
+ACCOUNT_BILLS = {
+    "select": 'SELECT h."INV_ID", h."INV_DT", a."ACCT_NM" FROM "INV_HDR" h'
+    ' JOIN "ACCT_MASTER" a ON a."ACCT_NO" = h."ACCT_NO"',
+    "key": "INV_ID",
+    "types": {"INV_ID": "integer", "ACCT_NM": "text"},
+    "children": {
+        "taxes": {
+            "select": 'SELECT "INV_ID", "SEQ_NO", "TAX_CD" FROM "INV_TAX"',
+            "key": "INV_ID",
+            "order_by": ["SEQ_NO"],
+        }
+    },
+}
+
+
+def test_a_query_is_a_source_like_a_table(demo_db: Path) -> None:
+    async def work(source: SqlSource) -> Any:
+        assert source.columns.record == {"INV_ID", "INV_DT", "ACCT_NM"}
+        assert source.columns.kinds["ACCT_NM"] == "text"  # type: ignore[attr-defined]
+        assert source.columns.kinds["INV_DT"] == "other"  # type: ignore[attr-defined]
+        plan = Plan(Compare("ACCT_NM", "gte", "M"), (SortKey("INV_DT", True),), 2, 3)
+        page = await source.page(plan)
+        with pytest.raises(BackendError, match="read only"):
+            await source.update(Compare("INV_ID", "eq", 1), {"INV_DT": "x"}, {})
+        return page
+
+    page = run(demo_db, work, ACCOUNT_BILLS)
+    expected = legacy(
+        demo_db,
+        "SELECT h.INV_ID FROM INV_HDR h JOIN ACCT_MASTER a ON a.ACCT_NO = h.ACCT_NO"
+        " WHERE a.ACCT_NM >= 'M' ORDER BY h.INV_DT DESC, h.INV_ID",
+    )
+    assert [r["INV_ID"] for r in page.records] == [row[0] for row in expected[2:5]]
+    assert page.total == len(expected)
+    taxes = [row for r in page.records for row in r["taxes"]]
+    assert taxes and all(set(row) == {"INV_ID", "SEQ_NO", "TAX_CD"} for row in taxes)
+
+
+def test_declared_types_replace_what_sqlite_says(demo_db: Path) -> None:
+    spec = {"table": "INV_HDR", "key": "INV_ID", "types": {"GRS_AMT": "decimal"}}
+
+    async def work(source: SqlSource) -> Any:
+        assert source.columns.kinds["GRS_AMT"] == "decimal"  # type: ignore[attr-defined]
+        return await source.one(Compare("INV_ID", "eq", 1))
+
+    assert isinstance(run(demo_db, work, spec)["GRS_AMT"], Decimal)
+
+
+@pytest.mark.parametrize(
+    ("spec", "place", "reason"),
+    [
+        ({"select": "SELECT nope FROM INV_HDR", "key": "x"}, "source.select", "the query fails"),
+        ({"select": " ", "key": "x"}, "source.select", "a SELECT statement is required"),
+        (
+            {"select": 'SELECT "INV_ID" FROM "INV_HDR"', "key": "INV_ID", "types": {"X": "text"}},
+            "source.types",
+            "the query gives no ['X']",
+        ),
+        (
+            {"table": "INV_HDR", "key": "INV_ID", "types": {"INV_ID": "money"}},
+            "source.types.INV_ID",
+            "a kind is one of",
+        ),
+        (
+            {"select": 'SELECT "INV_ID" FROM "INV_HDR"', "key": "ID"},
+            "source.key",
+            "no column 'ID' in the query",
+        ),
+        (
+            {"table": "INV_HDR", "select": "SELECT 1", "key": "INV_ID"},
+            "source",
+            "give either a table or a select",
+        ),
+    ],
+)
+def test_query_sources_refuse_what_cannot_work(
+    demo_db: Path, spec: dict[str, Any], place: str, reason: str
+) -> None:
+    with pytest.raises(SourceSpecError) as info:
+        run(demo_db, lambda source: asyncio.sleep(0), spec)
+    assert info.value.place == place
+    assert reason in info.value.reason

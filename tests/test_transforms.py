@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta, timezone
+import re
+import uuid
+from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
@@ -148,7 +150,7 @@ def test_decimal_text_is_read_but_not_pushed() -> None:
     ("spec", "message"),
     [
         ("nope", "unknown transform 'nope'"),
-        ({"date": {"zone": "UTC"}}, "date takes"),
+        ({"date": {"zone": "UTC", "fmt": "%Y"}}, "date takes"),
         ({"date": {"format": "%Y", "zone": "Mars/Olympus"}}, "unknown time zone"),
         ({"enum": []}, "enum takes"),
         ({"minor_units": 9}, "minor_units takes"),
@@ -159,3 +161,84 @@ def test_decimal_text_is_read_but_not_pushed() -> None:
 def test_bad_transform_specs_are_refused(spec: object, message: str) -> None:
     with pytest.raises(TransformArgError, match=message):
         build_transform(spec)
+
+
+def test_native_dates_are_served_with_an_offset_and_compare_as_dates() -> None:
+    day = build_transform({"date": {"zone": "Europe/Berlin"}}).bind("date")
+    assert day.to_tmf(date(2024, 7, 15)) == "2024-07-15T00:00:00+02:00"
+    assert day.condition("D", "gte", datetime(2024, 7, 14, 22, 0, tzinfo=UTC)) == Compare(
+        "D", "gte", date(2024, 7, 15)
+    )
+    assert day.condition("D", "gte", datetime(2024, 7, 15, tzinfo=UTC)) == Compare(
+        "D", "gt", date(2024, 7, 15)
+    )
+    assert day.condition("D", "eq", datetime(2024, 7, 15, tzinfo=UTC)) == MATCH_NONE
+    utc = build_transform({"date": {"zone": "UTC"}}).bind("date")
+    assert utc.condition("D", "eq", datetime(2024, 7, 15, tzinfo=UTC)) == Compare(
+        "D", "eq", date(2024, 7, 15)
+    )
+
+
+def test_naive_and_aware_date_times() -> None:
+    wall = build_transform({"date": {"zone": "Europe/Berlin"}}).bind("datetime")
+    assert wall.to_tmf(datetime(2024, 1, 15, 9, 30)) == "2024-01-15T09:30:00+01:00"
+    assert wall.condition("T", "lt", datetime(2024, 1, 15, 8, 30, tzinfo=UTC)) == Compare(
+        "T", "lt", datetime(2024, 1, 15, 9, 30)
+    )
+    aware = build_transform({"date": {"zone": "Europe/Berlin"}}).bind("timestamptz")
+    instant = datetime(2024, 1, 15, 8, 30, tzinfo=UTC)
+    assert aware.to_tmf(instant) == "2024-01-15T09:30:00+01:00"
+    assert aware.condition("T", "gte", instant) == Compare("T", "gte", instant)
+    assert Transform().bind("timestamptz").to_tmf(instant) == "2024-01-15T08:30:00+00:00"
+
+
+def test_decimals_booleans_and_uuids_are_read_as_what_they_are() -> None:
+    amount = Transform().bind("decimal")
+    assert amount.to_tmf(Decimal("12.3400")) == 12.34
+    assert amount.condition("A", "gte", Decimal("10.005")) == Compare("A", "gte", Decimal("10.005"))
+    assert build_transform("decimal").bind("decimal").ordered
+    flag = Transform().bind("boolean")
+    assert flag.json_type == "boolean" and flag.to_tmf(True) is True
+    ident = Transform().bind("uuid")
+    value = uuid.UUID("0b8d2e9e-5d1f-4c2a-9a55-1c3e3a2b9f10")
+    assert ident.to_tmf(value) == str(value)
+    assert ident.condition("K", "eq", str(value)) == Compare("K", "eq", value)
+    assert ident.condition("K", "eq", str(value).upper()) == MATCH_NONE
+    assert ident.condition("K", "ne", "x") == MATCH_ALL
+
+
+@pytest.mark.parametrize(
+    ("spec", "kind", "message"),
+    [
+        ({"date": {"format": "%Y%m%d"}}, "date", "date cannot read this DATE column with a text"),
+        (None, "date", "use transform {date: {zone"),
+        (None, "datetime", "use transform {date: {zone"),
+        (None, "binary", "cannot be served as JSON"),
+        ({"minor_units": 2}, "date", "minor_units cannot read this DATE"),
+        ({"date": {"zone": "UTC"}}, "integer", "date cannot read this INTEGER"),
+        ({"enum": {"A": "x"}}, "integer", "code 'A' can never be read from this INTEGER"),
+        ({"enum": {"1": "x"}}, "boolean", "code '1' can never be read from this BOOLEAN"),
+        ({"enum": {"x": "x"}}, "timestamptz", "enum cannot read this TIMESTAMP WITH"),
+        ("integer_text", "uuid", "integer_text cannot read this UUID"),
+        ("json", "integer", "json cannot read this INTEGER"),
+    ],
+)
+def test_transforms_refuse_columns_they_cannot_read(spec: object, kind: str, message: str) -> None:
+    with pytest.raises(TransformArgError, match=re.escape(message)):
+        build_transform(spec).bind(kind)  # type: ignore[arg-type]
+
+
+def test_enum_codes_are_read_as_the_column_holds_them() -> None:
+    numbers = build_transform({"enum": {"1": "open", "2": "closed"}}).bind("integer")
+    assert numbers.to_tmf(1) == "open"
+    assert numbers.condition("S", "eq", "closed") == AnyOf((Compare("S", "eq", 2),))
+    flags = build_transform({"enum": {"true": "yes", "FALSE": "no"}}).bind("boolean")
+    assert flags.to_tmf(False) == "no"
+
+
+def test_rfc3339_text_is_served_as_it_is_and_checked() -> None:
+    text = build_transform("rfc3339").bind("text")
+    assert text.to_tmf("2024-01-05T10:00:00Z") == "2024-01-05T10:00:00Z"
+    assert text.json_type == "date-time"
+    with pytest.raises(ValueError, match="not an RFC 3339"):
+        text.to_tmf("2024-01-05 10:00")
