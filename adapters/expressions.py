@@ -200,19 +200,25 @@ class IsNull:
         return (self.expr.evaluate(row) is None) == self.null
 
 
+def _kleene(terms: tuple[Condition, ...], row: Row, settles: bool) -> Truth:
+    """AND (`settles=False`) or OR (`settles=True`) in three-valued logic, as SQL has it:
+    one term equal to `settles` decides; otherwise an unknown term makes it unknown."""
+    result: Truth = not settles
+    for term in terms:
+        value = term.holds(row)
+        if value is settles:
+            return settles
+        if value is None:
+            result = None
+    return result
+
+
 @dataclass(frozen=True, slots=True)
 class All:
     terms: tuple[Condition, ...]
 
     def holds(self, row: Row) -> Truth:
-        result: Truth = True
-        for term in self.terms:
-            value = term.holds(row)
-            if value is False:
-                return False
-            if value is None:
-                result = None
-        return result
+        return _kleene(self.terms, row, settles=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,14 +226,7 @@ class Any_:
     terms: tuple[Condition, ...]
 
     def holds(self, row: Row) -> Truth:
-        result: Truth = False
-        for term in self.terms:
-            value = term.holds(row)
-            if value is True:
-                return True
-            if value is None:
-                result = None
-        return result
+        return _kleene(self.terms, row, settles=True)
 
 
 @dataclass(frozen=True, slots=True)

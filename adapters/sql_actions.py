@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import TextClause, text
@@ -37,8 +37,9 @@ class _Step:
     bind_row: bool
 
 
-@dataclass(frozen=True, slots=True)
-class _NowParam:
+class _NowParam(NamedTuple):
+    """A parameter that is the current time, in a legacy text format and zone."""
+
     fmt: str
     zone: ZoneInfo
     plus_days: int

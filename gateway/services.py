@@ -281,7 +281,7 @@ async def bind_reader(
         try:
             source = await adapter.bind(spec.get("source") or {})
         except SourceSpecError as exc:
-            raise MappingSpecError(file, exc.place, spec.line_of("source"), exc.reason) from None
+            raise MappingSpecError(file, exc.place, spec.line_at(exc.place), exc.reason) from None
         mapping = compile_mapping(
             spec, file=file, columns=source.columns, attribute_types=attributes.types
         )

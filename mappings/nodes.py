@@ -184,6 +184,7 @@ class EachNode:
     """An array with one `item` per row of the record's child rows `child` (that meet `where`)."""
 
     path: str
+    #: The name the adapter gives the child rows in the record.
     child: str
     item: Node
     at: str = ""
