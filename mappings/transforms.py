@@ -603,21 +603,20 @@ class Enum(Transform):
         return AnyOf((_all(terms), IsNull(column)))
 
 
+#: The JSON type of a value of these Python types, tried in order (a bool is an int too).
+_JSON_TYPE_OF_CLASS: tuple[tuple[type | tuple[type, ...], str], ...] = (
+    (bool, "boolean"),
+    (int, "integer"),
+    ((float, Decimal), "number"),
+    (str, "string"),
+    (Mapping, "object"),
+    (list, "array"),
+)
+
+
 def _json_type_of(value: Any) -> str:
     """The JSON type of a value written in a mapping (a const, an enum's value)."""
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float | Decimal):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, Mapping):
-        return "object"
-    if isinstance(value, list):
-        return "array"
-    return "any"
+    return next((json for cls, json in _JSON_TYPE_OF_CLASS if isinstance(value, cls)), "any")
 
 
 json_type_of = _json_type_of
