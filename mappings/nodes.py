@@ -21,31 +21,39 @@ Record: TypeAlias = Mapping[str, Any]
 _BAD_VALUE = (ValueError, TypeError, ArithmeticError)
 
 
+class _Located:
+    """A node that names its attribute (`path`) and its place in the mapping (`at`) in errors."""
+
+    __slots__ = ()
+    path: str
+    #: `file:line` of the value in the mapping, for the error a misfit record raises.
+    at: str
+
+    def _error(self, message: str) -> RecordMappingError:
+        return RecordMappingError(self.path, message, self.at)
+
+    def _missing(self, column: str) -> RecordMappingError:
+        return self._error(f"column {column} missing from the record")
+
+
 @dataclass(frozen=True, slots=True)
-class ColumnNode:
+class ColumnNode(_Located):
     """A column's value through its transform (null stays null)."""
 
     path: str
     column: str
     transform: Transform
-    #: `file:line` of the value in the mapping, for the error a misfit record raises.
     at: str = ""
 
     def __call__(self, record: Record, base: str) -> Any:
         try:
             raw = record[self.column]
         except KeyError:
-            raise RecordMappingError(
-                self.path, f"column {self.column} missing from the record", self.at
-            ) from None
-        if raw is None:
-            return raw
+            raise self._missing(self.column) from None
         try:
-            return self.transform.to_tmf(raw)
+            return None if raw is None else self.transform.to_tmf(raw)
         except _BAD_VALUE as exc:
-            raise RecordMappingError(
-                self.path, f"column {self.column}={raw!r}: {exc}", self.at
-            ) from None
+            raise self._error(f"column {self.column}={raw!r}: {exc}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +67,7 @@ class ConstNode:
 
 
 @dataclass(frozen=True, slots=True)
-class TemplateNode:
+class TemplateNode(_Located):
     """Text with columns (and `{base}`) filled in; None when a column read is null.
 
     `pieces` are (literal text, then a column name, "base" or None), as `string.Formatter`
@@ -82,9 +90,7 @@ class TemplateNode:
             try:
                 value = record[name]
             except KeyError:
-                raise RecordMappingError(
-                    self.path, f"column {name} missing from the record", self.at
-                ) from None
+                raise self._missing(name) from None
             if value is None:
                 return None
             out.append(str(value))
@@ -92,7 +98,7 @@ class TemplateNode:
 
 
 @dataclass(frozen=True, slots=True)
-class SumNode:
+class SumNode(_Located):
     """The sum of several columns through a transform; None when any of them is null."""
 
     path: str
@@ -104,21 +110,17 @@ class SumNode:
         try:
             raws = [record[c] for c in self.columns]
         except KeyError as exc:
-            raise RecordMappingError(
-                self.path, f"column {exc.args[0]} missing from the record", self.at
-            ) from None
+            raise self._missing(exc.args[0]) from None
         if any(r is None for r in raws):
             return None
         try:
             return self.transform.to_tmf(sum(raws))
         except _BAD_VALUE as exc:
-            raise RecordMappingError(
-                self.path, f"columns {list(self.columns)}={raws!r}: {exc}", self.at
-            ) from None
+            raise self._error(f"columns {list(self.columns)}={raws!r}: {exc}") from None
 
 
 @dataclass(frozen=True, slots=True)
-class DerivedNode:
+class DerivedNode(_Located):
     """A value computed from the record (and its child rows), through a transform.
 
     `values`: every value the expression can give, when it is made of literals.
@@ -134,15 +136,15 @@ class DerivedNode:
         try:
             raw = self.expr.evaluate(record)
         except MissingData as exc:
-            raise RecordMappingError(self.path, str(exc), self.at) from None
+            raise self._error(str(exc)) from None
         except _BAD_VALUE as exc:
-            raise RecordMappingError(self.path, f"cannot compute it: {exc}", self.at) from None
+            raise self._error(f"cannot compute it: {exc}") from None
         if raw is None:
             return None
         try:
             return self.transform.to_tmf(raw)
         except _BAD_VALUE as exc:
-            raise RecordMappingError(self.path, f"computed {raw!r}: {exc}", self.at) from None
+            raise self._error(f"computed {raw!r}: {exc}") from None
 
 
 def holds(condition: Condition, row: Record, path: str, at: str) -> Truth:
@@ -156,7 +158,7 @@ def holds(condition: Condition, row: Record, path: str, at: str) -> Truth:
 
 
 @dataclass(frozen=True, slots=True)
-class ObjectNode:
+class ObjectNode(_Located):
     """A nested object of the non-null values of `items`.
 
     None when column `when` is null, or when `condition` does not hold.
@@ -180,11 +182,13 @@ class ObjectNode:
 
 
 @dataclass(frozen=True, slots=True)
-class EachNode:
-    """An array with one `item` per row of the record's child rows `child` (that meet `where`)."""
+class EachNode(_Located):
+    """An array with one `item` per row of the record's child rows (that meet `where`).
+
+    `child` is the name the adapter gives those rows in the record.
+    """
 
     path: str
-    #: The name the adapter gives the child rows in the record.
     child: str
     item: Node
     at: str = ""
@@ -193,9 +197,7 @@ class EachNode:
     def __call__(self, record: Record, base: str) -> list[Any]:
         rows = record.get(self.child)
         if rows is None:
-            raise RecordMappingError(
-                self.path, f"child rows {self.child!r} missing from the record", self.at
-            )
+            raise self._error(f"child rows {self.child!r} missing from the record")
         if self.where is None:
             return [self.item(row, base) for row in rows]
         where = self.where

@@ -231,11 +231,39 @@ def _zone(name: Any) -> ZoneInfo:
         raise TransformArgError(f"unknown time zone {name!r}") from exc
 
 
-class DateTime(Transform):
-    """A legacy date/time string in a given format and time zone, shown as RFC 3339."""
+class _Instants(Transform):
+    """Raw values that stand for instants, served as RFC 3339 (each value converted once).
+
+    A subclass's `__init__` calls `_read_by` with what gives a raw value's instant.
+    """
 
     name = "date"
     json_type = "date-time"
+    _instant: Callable[[Any], datetime]
+
+    def _read_by(self, instant: Callable[[Any], datetime]) -> None:
+        # Kept on the instance: `to_tmf` and `typed` call it with no method lookup.
+        self._instant = instant
+        self._cached_to_tmf = lru_cache(maxsize=16384)(self.to_tmf)
+
+    def to_tmf(self, raw: Any) -> str:
+        return self._instant(raw).isoformat()
+
+    def converter(self) -> Callable[[Any], str]:
+        # Mappings call the cache of to_tmf itself, with no Python frame around it.
+        return self._cached_to_tmf
+
+    def typed(self, raw: Any) -> datetime:
+        return self._instant(raw)
+
+    def to_raw(self, value: Any) -> Any:
+        if isinstance(value, str):
+            value = datetime.fromisoformat(value)
+        return self.floor_raw(value)
+
+
+class DateTime(_Instants):
+    """A legacy date/time string in a given format and time zone, shown as RFC 3339."""
 
     def __init__(self, fmt: str, zone: str) -> None:
         self.zone = _zone(zone)
@@ -247,8 +275,7 @@ class DateTime(Transform):
         # Zero-padded fields from year down, compared as text, sort like the instants do.
         self.ordered = bool(_ORDERED_DATE_FORMAT.match(fmt))
         # Legacy tables repeat the same few thousand dates: parse and format each once.
-        self._parse = lru_cache(maxsize=16384)(self._parse_uncached)
-        self._cached_to_tmf = lru_cache(maxsize=16384)(self.to_tmf)
+        self._read_by(lru_cache(maxsize=16384)(self._parse_uncached))
 
     def bind(self, kind: Kind | None) -> Transform:
         _refuse(
@@ -262,53 +289,21 @@ class DateTime(Transform):
     def _parse_uncached(self, raw: str) -> datetime:
         return datetime.strptime(raw, self.fmt).replace(tzinfo=self.zone)
 
-    def to_tmf(self, raw: Any) -> str:
-        return self._parse(raw).isoformat()
-
-    def converter(self) -> Callable[[Any], str]:
-        # Mappings call the cache of to_tmf itself, with no Python frame around it.
-        return self._cached_to_tmf
-
-    def typed(self, raw: Any) -> datetime:
-        return self._parse(raw)
-
     def floor_raw(self, value: Any) -> str:
         if not isinstance(value, datetime):
             raise TypeError("date filter needs a date-time")
         return value.astimezone(self.zone).strftime(self.fmt)
 
-    def to_raw(self, value: Any) -> str:
-        if isinstance(value, str):
-            value = datetime.fromisoformat(value)
-        return self.floor_raw(value)
 
-
-class _NativeTime(Transform):
+class _NativeTime(_Instants):
     """A native date or date-time, served as RFC 3339 in `zone` (its own offset if None)."""
-
-    name = "date"
-    json_type = "date-time"
 
     def __init__(self, zone: tzinfo | None) -> None:
         self.zone = zone
-        self._cached_to_tmf = lru_cache(maxsize=16384)(self.to_tmf)
+        self._read_by(self.instant)
 
     def instant(self, raw: Any) -> datetime:
         raise NotImplementedError
-
-    def to_tmf(self, raw: Any) -> str:
-        return self.instant(raw).isoformat()
-
-    def converter(self) -> Callable[[Any], str]:
-        return self._cached_to_tmf
-
-    def typed(self, raw: Any) -> datetime:
-        return self.instant(raw)
-
-    def to_raw(self, value: Any) -> Any:
-        if isinstance(value, str):
-            value = datetime.fromisoformat(value)
-        return self.floor_raw(value)
 
 
 class NativeDate(_NativeTime):
@@ -608,21 +603,20 @@ class Enum(Transform):
         return AnyOf((_all(terms), IsNull(column)))
 
 
+#: The JSON type of a value of these Python types, tried in order (a bool is an int too).
+_JSON_TYPE_OF_CLASS: tuple[tuple[type | tuple[type, ...], str], ...] = (
+    (bool, "boolean"),
+    (int, "integer"),
+    ((float, Decimal), "number"),
+    (str, "string"),
+    (Mapping, "object"),
+    (list, "array"),
+)
+
+
 def _json_type_of(value: Any) -> str:
     """The JSON type of a value written in a mapping (a const, an enum's value)."""
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float | Decimal):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, Mapping):
-        return "object"
-    if isinstance(value, list):
-        return "array"
-    return "any"
+    return next((json for cls, json in _JSON_TYPE_OF_CLASS if isinstance(value, cls)), "any")
 
 
 json_type_of = _json_type_of
