@@ -166,7 +166,13 @@ async def bench_kind(kind: str, total: int, work: Path) -> list[Row]:
     gateway = None
     try:
         wait(f"{sim}/billing.wsdl" if kind == "soap" else f"{sim}/api/v1/invoices")
-        gateway = start(["-m", "gateway", "--config", f"config/{kind}.yaml"], env)
+        # The adapter path itself: the read cache (on by default) would answer repeats.
+        config = ROOT / "config" / f".bench-{kind}.yaml"
+        config.write_text(
+            (ROOT / "config" / f"{kind}.yaml").read_text()
+            + "\nresilience:\n  cache: {enabled: false}\n"
+        )
+        gateway = start(["-m", "gateway", "--config", str(config)], env)
         gw = f"http://127.0.0.1:{gw_port}{API}"
         wait(f"{gw}/customerBill?limit=1")
         if kind == "rest":
@@ -213,6 +219,7 @@ async def bench_kind(kind: str, total: int, work: Path) -> list[Row]:
                 rows.append((f"{kind.upper()} `{name}`", client, ours, theirs))
         return rows
     finally:
+        (ROOT / "config" / f".bench-{kind}.yaml").unlink(missing_ok=True)
         for process in (gateway, simulator):
             if process is not None:
                 process.terminate()

@@ -22,8 +22,10 @@ from pydantic import ValidationError
 
 from adapters.backend_http import MAX_REPLY_BYTES, BackendHttp, ReplyTooLarge
 from adapters.base import BackendError, Compare
+from adapters.registry import build_adapter
 from adapters.rest import RestAdapter, RestOptions
 from adapters.soap import SoapAdapter, SoapOptions
+from gateway.config import load_config
 from simulators.soap_billing import WSDL
 from tests.raw_http import ForwardProxy, RawRequest, RawServer, reply
 
@@ -295,6 +297,31 @@ def test_rest_calls_end_at_the_configured_timeout(transport: str) -> None:
     for error, elapsed in run(work):
         assert error.status == 504 and "timed out" in error.reason
         assert 0.4 < elapsed < 1.5  # the configured 0.5 s, not the 10 s default
+
+
+def test_the_timeout_written_in_the_config_file_is_the_adapters(tmp_path: Path) -> None:
+    """`timeout_seconds` goes from the YAML file through the options model to the calls."""
+
+    async def work(config: Path) -> tuple[BackendError, float]:
+        async with RawServer(slow) as server:
+            config.write_text(
+                "backends:\n  billing:\n    kind: rest\n"
+                f"    base_url: {server.url}\n    timeout_seconds: 0.5\n"
+            )
+            adapter = build_adapter("billing", load_config(config).backends["billing"])
+            await adapter.open()
+            started = time.monotonic()
+            try:
+                source = await adapter.bind(SPEC)
+                with pytest.raises(BackendError) as caught:
+                    await source.one(Compare("id", "eq", "i1"))
+            finally:
+                await adapter.close()
+            return caught.value, time.monotonic() - started
+
+    error, elapsed = asyncio.run(work(tmp_path / "gateway.yaml"))
+    assert error.status == 504
+    assert 0.4 < elapsed < 1.5  # the file's 0.5 s, not the 10 s default
 
 
 def test_a_trickling_reply_is_bounded_as_a_whole(transport: str) -> None:
