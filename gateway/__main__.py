@@ -25,6 +25,7 @@ from gateway.app import StartupError, build_app, open_services
 from gateway.config import DEFAULT_CONFIG, ConfigError, GatewayConfig, load_config
 from gateway.logs import configure_logging
 from gateway.resources import API_PREFIX
+from gateway.server import TmfHttpToolsProtocol
 
 
 def exposure_refusal(config: GatewayConfig, host: str) -> str | None:
@@ -93,9 +94,9 @@ async def serve(config: GatewayConfig, host: str, port: int) -> int:
                 lifespan="off",  # opened above, closed by the exit stack
                 proxy_headers=True,
                 server_header=False,  # no "server: uvicorn" banner
-                # Bounds the request line and headers when uvicorn runs h11; its default
-                # parser (httptools) has no such option: gateway/guards.py answers 431.
-                h11_max_incomplete_event_size=16 * 1024,
+                # httptools, with its own refusals as TMF Errors; header sizes are
+                # bounded by gateway/guards.py (431), as httptools has no such option.
+                http=TmfHttpToolsProtocol,
             )
         )
         await server.serve()

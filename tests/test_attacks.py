@@ -722,12 +722,16 @@ def test_server_answers_a_long_id_with_a_tmf_error(server: int) -> None:
     ],
     ids=["unknown method", "raw NUL", "URL over 64 KiB", "no request line"],
 )
-def test_what_uvicorn_refuses_itself_stays_a_plain_400(server: int, request_line: bytes) -> None:
-    """Known limit: uvicorn answers these before the application, in plain text, and has no
-    option to change that body (see gateway/guards.py). Recorded here so a change shows."""
+def test_what_the_server_refuses_itself_is_a_tmf_error_too(
+    server: int, request_line: bytes
+) -> None:
+    """uvicorn answers these before the application; gateway/server.py words the answer."""
     status, headers, body = exchange(server, request_line + b"\r\nHost: x\r\n\r\n")
     assert status == 400 and headers["connection"] == "close"
-    assert body == b"Invalid HTTP request received."
+    assert headers["content-type"] == "application/json"
+    error = json.loads(body)
+    assert_valid("Error", error)
+    assert error["status"] == "400" and error["code"] == "BAD_REQUEST"
 
 
 def test_a_huge_patch_does_not_stall_other_requests(server: int) -> None:
