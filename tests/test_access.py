@@ -325,3 +325,27 @@ def test_the_account_scope_holds_across_federated_back_ends(
                 assert made.status_code == (201 if allowed else 400), made.text
             listed = fetch_all(client, "customerBillOnDemand")
             assert [r["billingAccount"]["id"] for r in listed] == ["ENT-0003"]
+            # A scoped subscriber hears of its accounts' bills only, whichever back end.
+            movable = [b for b in everything if b["state"] in ("new", "sent", "partiallyPaid")]
+            inside = next(
+                b for b in movable if b["id"].startswith("E-") and b["billingAccount"]["id"] in mine
+            )
+            outside = next(
+                b
+                for b in movable
+                if b["id"].startswith("E-") and b["billingAccount"]["id"] not in mine
+            )
+            with Listener() as listener:
+                hub = client.post(f"{API}/hub", json={"callback": f"{listener.base}/mine"})
+                assert hub.status_code == 201
+                office = bearer(signer, None)
+                for bill in (outside, inside):
+                    changed = client.patch(
+                        f"{API}/customerBill/{bill['id']}", json={"state": "onHold"}, headers=office
+                    )
+                    assert changed.status_code == 200, changed.text
+                (heard,) = listener.wait_for("mine", 1, "CustomerBillStateChangeEvent")
+                assert heard["event"]["customerBill"]["id"] == inside["id"]
+                time.sleep(0.5)  # time enough for a wrong delivery to arrive too
+                heard_of = {e["event"]["customerBill"]["id"] for e in listener.events("mine")}
+                assert outside["id"] not in heard_of
