@@ -23,6 +23,7 @@ from adapters.base import Source
 from gateway import tolerance
 from gateway.cache import ReadCache, query_key
 from gateway.calls import BackendDown, backend_call
+from gateway.errors import ApiError
 from gateway.oas import AttributeTypes
 from gateway.pushdown import ReadPlan, plan_read, reverse_filter
 from gateway.query import Filter, Query
@@ -152,13 +153,19 @@ class ResourceReader:
 
 
 class EmptyReader:
-    """A resource with no back end yet: lists are empty, every id is unknown."""
+    """A resource no back end serves: every read is a 501, not an empty 200."""
+
+    def __init__(self, schema: str) -> None:
+        self.schema = schema
 
     async def list(self, query: Query, base: str) -> tuple[list[Resource], int]:
-        return [], 0
+        raise self._not_configured()
 
     async def get(self, ident: str, base: str) -> Resource | None:
-        return None
+        raise self._not_configured()
+
+    def _not_configured(self) -> ApiError:
+        return ApiError(501, "Not implemented", f"No back end is configured for {self.schema}")
 
     @property
     def routes(self) -> Sequence[BackendRoute]:

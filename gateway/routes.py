@@ -80,7 +80,7 @@ def list_route(
         return JSONResponse(items, headers=headers)
 
     list_resources.__name__ = f"list_{resource.collection}"
-    return list_resources if reader.routes else _not_configured(resource, access, list_resources)
+    return list_resources
 
 
 def get_route(resource: ResourceType, reader: Reader, base: BaseUrl, access: Access) -> Endpoint:
@@ -97,18 +97,7 @@ def get_route(resource: ResourceType, reader: Reader, base: BaseUrl, access: Acc
         return JSONResponse(_projection(fields)(item), headers={"ETag": etag(item, root)})
 
     get_resource.__name__ = f"retrieve_{resource.collection}"
-    return get_resource if reader.routes else _not_configured(resource, access, get_resource)
-
-
-def _not_configured(resource: ResourceType, access: Access, endpoint: Endpoint) -> Endpoint:
-    """A resource no back end serves: 501 (once the caller is known), not an empty 200."""
-
-    async def not_implemented(request: Request) -> Response:
-        await access.caller(request, access.scopes.read)
-        raise ApiError(501, "Not implemented", f"No back end is configured for {resource.schema}")
-
-    not_implemented.__name__ = endpoint.__name__
-    return not_implemented
+    return get_resource
 
 
 def patch_route(

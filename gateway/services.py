@@ -41,6 +41,7 @@ from gateway.resources import (
     CUSTOMER_BILL,
     CUSTOMER_BILL_ON_DEMAND,
     RESOURCE_TYPES,
+    ResourceType,
 )
 from gateway.store import GatewayStore
 from gateway.supervisor import Work, start_supervised
@@ -113,12 +114,14 @@ async def open_services(
         ]
         types = attribute_types(RESOURCE_TYPES[collection].schema)
         readers[collection] = federated(collection, routes, types)
-    empty = EmptyReader()
-    bills = readers.get(CUSTOMER_BILL.collection, empty)
-    cycles = readers.get(BILL_CYCLE.collection, empty)
+
+    def served(resource: ResourceType) -> Reader:
+        return readers.get(resource.collection) or EmptyReader(resource.schema)
+
+    bills, cycles = served(CUSTOMER_BILL), served(BILL_CYCLE)
 
     store = publisher = hubs = on_demand = None
-    requests: Reader = empty
+    requests = served(CUSTOMER_BILL_ON_DEMAND)
     if config.on_demand is not None or config.events is not None:
         store = await _open_store(config, stack)
     if config.events is not None:
@@ -132,7 +135,7 @@ async def open_services(
     return Services(
         authenticator=authenticator,
         customer_bills=bills,
-        applied_rates=readers.get(APPLIED_CUSTOMER_BILLING_RATE.collection, empty),
+        applied_rates=served(APPLIED_CUSTOMER_BILLING_RATE),
         bill_cycles=cycles,
         bill_requests=requests,
         bill_patcher=_bill_patcher(
