@@ -65,8 +65,7 @@ class Readiness:
         assert self.store is not None
         try:
             async with asyncio.timeout(self.store_timeout_seconds):
-                async with self.store.transaction() as conn:
-                    await conn.exec_driver_sql("SELECT 1")
+                await self.store.ping()
         except TimeoutError:
             return f"no answer within {self.store_timeout_seconds:g} s"
         except Exception as exc:  # any failure means not ready; the log has the details

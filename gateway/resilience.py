@@ -232,7 +232,9 @@ class BackendGuard:
                 self.breaker.record(probe, f"no answer within {limit:g} s")
                 raise CallTimedOut(self.backend, limit) from None
             except BackendError as exc:
-                self.breaker.record(probe, exc.reason)
+                # What /ready (no token needed) shows: the class of failure, never the
+                # back end's own text (hosts, paths); that goes to the log with the call.
+                self.breaker.record(probe, _failure_class(exc))
                 raise
             except RecordMappingError:
                 self.breaker.record(probe, None)  # it answered: the data is the trouble
@@ -301,3 +303,9 @@ class Resilience:
     @property
     def guards(self) -> dict[str, BackendGuard]:
         return dict(self._guards)
+
+
+def _failure_class(exc: BackendError) -> str:
+    """A failure as /ready may tell it to anyone: its kind and status, no details."""
+    kind = {503: "unavailable", 504: "no answer in time"}.get(exc.status, "failed")
+    return f"{kind} ({exc.status})"

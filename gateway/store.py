@@ -286,6 +286,11 @@ class GatewayStore:
     async def close(self) -> None:
         await self.adapter.close()
 
+    async def ping(self) -> None:
+        """Reach the store's database (readiness); raises when it cannot be reached."""
+        async with self.transaction() as conn:
+            await conn.execute(select(1))
+
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncConnection]:
         """One store transaction: committed when the block ends, rolled back if it raises."""

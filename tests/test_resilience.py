@@ -560,7 +560,10 @@ def test_health_and_readiness(gateway: Gateway, backend: FaultProxy) -> None:
     down = gw.http.get("/ready")
     assert down.status_code == 503
     enterprise = down.json()["backends"]["enterprise"]
-    assert enterprise["state"] == "open" and "enterprise" in enterprise["lastError"]
+    assert enterprise["state"] == "open"
+    # Readiness needs no token: it tells the kind of failure, not the back end's own text.
+    assert enterprise["lastError"] in ("unavailable (503)", "no answer in time (504)")
+    assert "127.0.0.1" not in down.text
     assert gw.http.get("/health").status_code == 200
 
     backend.heal()
