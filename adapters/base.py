@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import AsyncIterator, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -18,6 +19,13 @@ from pydantic_core import PydanticCustomError
 
 # Comparison operators a predicate may carry, in back-end terms.
 COMPARE_OPS = frozenset({"eq", "ne", "gt", "gte", "lt", "lte"})
+
+# Headers the gateway asks every outgoing back-end HTTP call of the current request to
+# carry (W3C `traceparent`, the request id). The gateway sets it per request; HTTP-based
+# adapters add it to what they send. Adapters never import the gateway, so it lives here.
+OUTGOING_HEADERS: ContextVar[Mapping[str, str] | None] = ContextVar(
+    "outgoing_headers", default=None
+)
 
 
 @dataclass(frozen=True, slots=True)
