@@ -1,4 +1,4 @@
-"""`make demo`: the three bundled back ends behind one gateway.
+"""`make demo`: the three bundled back ends behind one gateway, for all three resources.
 
 Starts the REST (enterprise) and SOAP (consumer) simulators on loopback, makes sure the
 legacy SQLite database exists, and runs the gateway with `config/federated.yaml` on

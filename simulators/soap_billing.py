@@ -1,8 +1,10 @@
 """A SOAP billing platform for consumer accounts, for tests and the demo.
 
 A real SOAP 1.1 document/literal service with a WSDL (`wsdl/consumer_billing.wsdl`):
-invoices with status words (DRAFT, HELD, CHECKED, DISPATCHED, CLEARED, PARTIAL),
-amounts as decimal strings and dates as `yyyyMMdd`. Unknown invoices are SOAP Faults.
+invoices with status words (DRAFT, HELD, CHECKED, DISPATCHED, CLEARED, PARTIAL), their
+charge lines, and the monthly bill cycles; amounts as decimal strings and dates as
+`yyyyMMdd`. Unknown records are SOAP Faults. `FindInvoiceByReference` tells which invoice
+a `BillNow` with that reference made, for a caller whose answer was lost.
 
     python -m simulators.soap_billing --port 8702      # WSDL at /billing.wsdl
 """
@@ -46,18 +48,54 @@ FIELDS = (
     "runKind",
     "lastChanged",
 )
+CHARGE_FIELDS = (
+    "chargeRef",
+    "customerRef",
+    "invoiceRef",
+    "billedFlag",
+    "chargeType",
+    "chargeName",
+    "chargeText",
+    "postedAt",
+    "serviceFrom",
+    "serviceTo",
+    "netAmount",
+    "taxCode",
+    "taxRate",
+    "taxAmount",
+    "grossAmount",
+    "currency",
+    "productRef",
+)
+CYCLE_FIELDS = (
+    "cycleRef",
+    "cycleCode",
+    "cycleText",
+    "periodLabel",
+    "periodStart",
+    "periodEnd",
+    "billDate",
+    "mailDate",
+    "debitDate",
+    "creditCutOff",
+    "dueDate",
+    "scheduleCode",
+)
 
 
 @dataclass
 class ConsumerData:
     customers: set[str] = field(default_factory=set)
     invoices: dict[str, dict[str, str]] = field(default_factory=dict)
+    charges: dict[str, dict[str, str]] = field(default_factory=dict)
+    cycles: dict[str, dict[str, str]] = field(default_factory=dict)
     unbilled: dict[str, Decimal] = field(default_factory=dict)
     references: dict[str, str] = field(default_factory=dict)
 
 
 def seed(invoices: int = 120, customers: int = 20, rng_seed: int = 6781) -> ConsumerData:
     rng = random.Random(rng_seed)
+    lines = random.Random(rng_seed + 1)  # charges: the invoices stay what they were
     data = ConsumerData()
     for n in range(1, customers + 1):
         ref = f"CUST{n:05d}"
@@ -67,10 +105,72 @@ def seed(invoices: int = 120, customers: int = 20, rng_seed: int = 6781) -> Cons
         issued = date(2024, 1, 1) + timedelta(days=rng.randint(0, 360))
         net = Decimal(rng.randint(500, 25_000)) / 100
         status = STATUS_WORDS[n % len(STATUS_WORDS)]
-        data.invoices[f"C-{1000 + n}"] = invoice(
+        record = invoice(
             f"C-{1000 + n}", f"CUST{rng.randint(1, customers):05d}", issued, net, status, "REG"
         )
+        data.invoices[record["invoiceRef"]] = record
+        fee = (net * Decimal(lines.randint(40, 80)) / 100).quantize(Decimal("0.01"))
+        add_charge(data, record["customerRef"], record["invoiceRef"], "REC", issued, fee)
+        add_charge(data, record["customerRef"], record["invoiceRef"], "USG", issued, net - fee)
+    for ref, amount in sorted(data.unbilled.items()):
+        if amount > 0:  # what BillNow will gather
+            add_charge(data, ref, "", "USG", date(2025, 1, 18), amount)
+    for month in range(1, 13):
+        add_cycle(data, date(2024, month, 1))
     return data
+
+
+CHARGE_NAMES = {"REC": "Monthly plan", "USG": "Calls and data", "OTC": "Set-up fee"}
+
+
+def add_charge(
+    data: ConsumerData, customer: str, invoice_ref: str, kind: str, posted: date, net: Decimal
+) -> dict[str, str]:
+    """A charge line; `invoice_ref` "" while it is not billed yet."""
+    ref = f"CHG{len(data.charges) + 1:06d}"
+    tax = (net * Decimal("0.19")).quantize(Decimal("0.01"))
+    record = {
+        "chargeRef": ref,
+        "customerRef": customer,
+        "invoiceRef": invoice_ref,
+        "billedFlag": "Y" if invoice_ref else "N",
+        "chargeType": kind,
+        "chargeName": CHARGE_NAMES.get(kind, kind),
+        "chargeText": f"{CHARGE_NAMES.get(kind, kind)} {posted:%B %Y}",
+        "postedAt": posted.strftime("%Y%m%d") + "053000",
+        "serviceFrom": posted.replace(day=1).strftime("%Y%m%d"),
+        "serviceTo": posted.strftime("%Y%m%d"),
+        "netAmount": f"{net:.2f}",
+        "taxCode": "VAT19",
+        "taxRate": "19.00",
+        "taxAmount": f"{tax:.2f}",
+        "grossAmount": f"{net + tax:.2f}",
+        "currency": "EUR",
+        "productRef": "MOBILE-S" if kind == "REC" else "",
+    }
+    data.charges[ref] = record
+    return record
+
+
+def add_cycle(data: ConsumerData, first: date) -> None:
+    """The monthly bill cycle of the month starting on `first`."""
+    last = (first + timedelta(days=32)).replace(day=1) - timedelta(days=1)
+    billing = last + timedelta(days=1)
+    ref = f"CYC{first:%Y%m}"
+    data.cycles[ref] = {
+        "cycleRef": ref,
+        "cycleCode": f"M{first:%m}-{first:%Y}",
+        "cycleText": f"Consumer monthly cycle, {first:%B %Y}",
+        "periodLabel": first.strftime("%B"),
+        "periodStart": first.strftime("%Y%m%d"),
+        "periodEnd": last.strftime("%Y%m%d"),
+        "billDate": billing.strftime("%Y%m%d"),
+        "mailDate": (billing + timedelta(days=1)).strftime("%Y%m%d"),
+        "debitDate": (billing + timedelta(days=14)).strftime("%Y%m%d"),
+        "creditCutOff": last.strftime("%Y%m%d"),
+        "dueDate": (billing + timedelta(days=21)).strftime("%Y%m%d"),
+        "scheduleCode": "CONSUMER-MONTHLY",
+    }
 
 
 def invoice(
@@ -117,8 +217,8 @@ def _fault(code: str, message: str) -> Response:
     return response
 
 
-def _invoice_xml(tag: str, record: dict[str, str]) -> str:
-    inner = "".join(f"<cb:{f}>{escape(record[f])}</cb:{f}>" for f in FIELDS)
+def _invoice_xml(tag: str, record: dict[str, str], fields: tuple[str, ...] = FIELDS) -> str:
+    inner = "".join(f"<cb:{f}>{escape(record[f])}</cb:{f}>" for f in fields)
     return f"<cb:{tag}>{inner}</cb:{tag}>"
 
 
@@ -172,6 +272,71 @@ def list_invoices(data: ConsumerData, args: dict[str, list[str]]) -> Response:
     return _envelope(
         f'<cb:ListInvoicesResponse xmlns:cb="{NS}"><cb:totalCount>{len(items)}</cb:totalCount>'
         f"{body}</cb:ListInvoicesResponse>"
+    )
+
+
+def _listing(
+    operation: str,
+    tag: str,
+    items: list[dict[str, str]],
+    args: dict[str, list[str]],
+    fields: tuple[str, ...],
+) -> Response:
+    start, count = int(_one(args, "fromIndex") or 0), int(_one(args, "maxRecords") or 50)
+    window = items[start : start + min(count, 500)]
+    body = "".join(_invoice_xml(tag, i, fields) for i in window)
+    return _envelope(
+        f'<cb:{operation}Response xmlns:cb="{NS}"><cb:totalCount>{len(items)}</cb:totalCount>'
+        f"{body}</cb:{operation}Response>"
+    )
+
+
+def list_charges(data: ConsumerData, args: dict[str, list[str]]) -> Response:
+    items = list(data.charges.values())  # in the order they were posted
+    for name in ("customerRef", "invoiceRef", "billedFlag"):
+        if (value := _one(args, name)) is not None:
+            items = [i for i in items if i[name] == value]
+    if kinds := args.get("chargeType"):
+        items = [i for i in items if i["chargeType"] in kinds]
+    return _listing("ListCharges", "charge", items, args, CHARGE_FIELDS)
+
+
+def get_charge(data: ConsumerData, args: dict[str, list[str]]) -> Response:
+    record = data.charges.get(_one(args, "chargeRef") or "")
+    if record is None:
+        return _fault("NotFound", "no such charge")
+    return _envelope(
+        f'<cb:GetChargeResponse xmlns:cb="{NS}">{_invoice_xml("charge", record, CHARGE_FIELDS)}'
+        "</cb:GetChargeResponse>"
+    )
+
+
+def list_cycles(data: ConsumerData, args: dict[str, list[str]]) -> Response:
+    items = list(data.cycles.values())
+    if (code := _one(args, "cycleCode")) is not None:
+        items = [i for i in items if i["cycleCode"] == code]
+    return _listing("ListBillCycles", "billCycle", items, args, CYCLE_FIELDS)
+
+
+def get_cycle(data: ConsumerData, args: dict[str, list[str]]) -> Response:
+    record = data.cycles.get(_one(args, "cycleRef") or "")
+    if record is None:
+        return _fault("NotFound", "no such bill cycle")
+    xml = _invoice_xml("billCycle", record, CYCLE_FIELDS)
+    return _envelope(f'<cb:GetBillCycleResponse xmlns:cb="{NS}">{xml}</cb:GetBillCycleResponse>')
+
+
+def find_by_reference(data: ConsumerData, args: dict[str, list[str]]) -> Response:
+    """FOUND with the invoice a BillNow with this reference made, or NONE."""
+    ref = data.references.get(_one(args, "reference") or "")
+    tail = (
+        f"<cb:result>FOUND</cb:result><cb:invoiceRef>{ref}</cb:invoiceRef>"
+        if ref
+        else ("<cb:result>NONE</cb:result>")
+    )
+    return _envelope(
+        f'<cb:FindInvoiceByReferenceResponse xmlns:cb="{NS}">{tail}'
+        "</cb:FindInvoiceByReferenceResponse>"
     )
 
 
@@ -233,6 +398,9 @@ def bill_now(data: ConsumerData, args: dict[str, list[str]]) -> Response:
     record["lastChanged"] = time.strftime("%Y%m%d%H%M%S", time.gmtime())
     data.invoices[ref] = record
     data.unbilled[customer] = Decimal(0)
+    for charge in data.charges.values():
+        if charge["customerRef"] == customer and not charge["invoiceRef"]:
+            charge["invoiceRef"], charge["billedFlag"] = ref, "Y"
     data.references[reference] = ref
     return reply("OK", ref)
 
@@ -243,6 +411,11 @@ HANDLERS: dict[str, Any] = {
     "ChangeInvoiceStatus": change_status,
     "CheckCustomer": check_customer,
     "BillNow": bill_now,
+    "FindInvoiceByReference": find_by_reference,
+    "ListCharges": list_charges,
+    "GetCharge": get_charge,
+    "ListBillCycles": list_cycles,
+    "GetBillCycle": get_cycle,
 }
 
 

@@ -23,6 +23,7 @@ class Call:
     method: str
     path: str
     body: bytes
+    query: str = ""
 
 
 @dataclass(slots=True)
@@ -61,7 +62,8 @@ class Misbehaving:
             body += message.get("body", b"")
             if not message.get("more_body"):
                 break
-        call = Call(scope["method"], scope["path"], body)
+        query = scope.get("query_string", b"").decode("latin-1")
+        call = Call(scope["method"], scope["path"], body, query)
         self.calls.append(call)
         forward = partial(self._forward, scope, body)
         behaviour = next((b for m, b in list(self.rules) if m(call)), None)
