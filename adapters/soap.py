@@ -33,23 +33,48 @@ spend most of its time there).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, ClassVar, Literal
 
+import httpx
+import structlog
 import zeep
 from lxml import etree
+from pydantic import Field
+from zeep.proxy import AsyncServiceProxy
 from zeep.transports import AsyncTransport
 
 from adapters.backend_http import BackendHttp, HttpOptions
-from adapters.base import ActionResult, BackendError, Page, Plan, Predicate, SourceSpecError
+from adapters.base import (
+    ActionResult,
+    BackendError,
+    BackendReplyError,
+    Page,
+    Plan,
+    Predicate,
+    SourceSpecError,
+    http_failure,
+)
 from adapters.keyed import KeyedSource, Record
+
+log = structlog.get_logger("adapters.soap")
 
 
 class SoapOptions(HttpOptions):
-    """`{kind: soap, wsdl}` plus the HTTP options."""
+    """`{kind: soap, wsdl}` plus the HTTP options.
+
+    `wsdl_file` is a local copy of the WSDL, used when `wsdl` cannot be loaded at start-up;
+    `address` the service's endpoint, instead of the one the WSDL names (a local copy's
+    may not be the live one). Without a usable copy the WSDL is loaded again in the
+    background, every `wsdl_retry_max_seconds` at most, while the back end is not ready.
+    """
 
     kind: Literal["soap"] = "soap"
     wsdl: str
+    wsdl_file: str | None = None
+    address: str | None = Field(None, pattern=r"^https?://")
+    wsdl_retry_max_seconds: float = Field(30.0, gt=0)
 
 
 class SoapAdapter:
@@ -59,28 +84,96 @@ class SoapAdapter:
         self.name = name
         self.http = BackendHttp(name, options)
         self.wsdl = options.wsdl
+        self.wsdl_file = options.wsdl_file
+        self.address = options.address
+        self.retry_max_seconds = options.wsdl_retry_max_seconds
         self.client: zeep.AsyncClient | None = None
+        self._service: Any = None  # the proxy operations are called on, once loaded
+        self._http_client: httpx.AsyncClient | None = None
+        #: Operations the mappings name, checked when the WSDL arrives (place -> name).
+        self._named: dict[str, str] = {}
+        #: Why the back end cannot be used now (None once the WSDL is loaded and fits).
+        self._unready: str | None = "WSDL not loaded"
+        self._loader: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
-        wsdl_client = self.http.sync_client()
-        # zeep's own timeouts go unused: the clients carry the back end's.
-        transport = AsyncTransport(client=self.http.async_client(), wsdl_client=wsdl_client)
-        settings = zeep.Settings(raw_response=True)
+        """Load the WSDL: from `wsdl`, else the local copy, else keep trying in the background.
+
+        An unreachable SOAP service does not stop the gateway: its resources answer 503
+        until the WSDL is loaded, and `/ready` tells it (`not_ready`).
+        """
+        self._http_client = self.http.async_client()
         try:
-            # Loading the WSDL is synchronous in zeep: keep it off the event loop.
-            self.client = await asyncio.to_thread(
-                zeep.AsyncClient, self.wsdl, transport=transport, settings=settings
-            )
+            self._loaded(await self._load(self.wsdl))
+            return
+        except BackendError as exc:
+            log.warning("soap_wsdl_unavailable", backend=self.name, detail=exc.reason)
+        if self.wsdl_file is not None:
+            self._loaded(await self._load(self.wsdl_file))  # a bad local copy stops start-up
+            log.info("soap_wsdl_local_copy", backend=self.name, wsdl_file=self.wsdl_file)
+            return
+        self._loader = asyncio.create_task(self._keep_loading(), name=f"wsdl-{self.name}")
+
+    async def _load(self, where: str) -> zeep.AsyncClient:
+        """A zeep client for the WSDL at `where` (zeep loads synchronously: in a thread)."""
+        assert self._http_client is not None
+        http = self._http_client
+
+        def load() -> zeep.AsyncClient:
+            wsdl_client = self.http.sync_client()
+            try:
+                # zeep's own timeouts go unused: the clients carry the back end's.
+                transport = AsyncTransport(client=http, wsdl_client=wsdl_client)
+                return zeep.AsyncClient(
+                    where, transport=transport, settings=zeep.Settings(raw_response=True)
+                )
+            finally:
+                wsdl_client.close()  # the WSDL and its imports are loaded: only operations remain
+
+        try:
+            return await asyncio.to_thread(load)
         except Exception as exc:  # zeep raises many kinds for an unreachable or bad WSDL
-            await transport.aclose()
             raise BackendError(f"back end {self.name!r}: cannot load WSDL: {exc}") from exc
-        finally:
-            wsdl_client.close()  # the WSDL and its imports are loaded: only operations remain
+
+    def _loaded(self, client: zeep.AsyncClient) -> None:
+        """Use the client if it has every operation the mappings named; else say why not."""
+        missing = {place: op for place, op in self._named.items() if not _has(client, op)}
+        if missing:
+            place, operation = next(iter(missing.items()))
+            self._unready = "WSDL lacks an operation a mapping names"
+            log.error("soap_wsdl_mismatch", backend=self.name, operation=operation, place=place)
+            return
+        self.client = client
+        self._service = _service(client, self.address)
+        self._unready = None
+
+    async def _keep_loading(self) -> None:
+        delay = 0.5
+        while self._service is None and self._unready == "WSDL not loaded":
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.retry_max_seconds)
+            try:
+                client = await self._load(self.wsdl)
+            except BackendError as exc:
+                log.info("soap_wsdl_retry", backend=self.name, detail=exc.reason, delay=delay)
+                continue
+            self._loaded(client)
+            log.info("soap_wsdl_loaded", backend=self.name, ready=self._unready is None)
+
+    def not_ready(self) -> str | None:
+        """Why the back end cannot serve now (for `/ready`: no hosts, no paths), or None."""
+        return self._unready
 
     async def close(self) -> None:
-        if self.client is not None:
-            await self.client.transport.aclose()
-            self.client = None
+        if self._loader is not None:
+            self._loader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loader
+            self._loader = None
+        if self._http_client is not None:
+            await self._http_client.aclose()
+            self._http_client = None
+        self.client = self._service = None
 
     async def bind(self, spec: Mapping[str, Any]) -> SoapSource:
         return SoapSource(self, spec)
@@ -89,41 +182,83 @@ class SoapAdapter:
         return SoapAction(self, spec)
 
     def _operation(self, name: Any, place: str) -> str:
-        assert self.client is not None
-        if not isinstance(name, str) or not hasattr(self.client.service, name):
+        """An operation a mapping names; checked now, or when the WSDL arrives."""
+        if not isinstance(name, str) or (self.client is not None and not _has(self.client, name)):
             raise SourceSpecError(place, f"no operation {name!r} in the WSDL of {self.name!r}")
+        if self.client is None:
+            self._named[place] = name
         return name
 
     async def call(self, operation: str, request: Mapping[str, Any]) -> etree._Element:
         """The reply's SOAP Body; a Fault becomes `SoapFault`, transport trouble BackendError."""
-        assert self.client is not None
+        if self._service is None:
+            raise BackendError(
+                f"back end {self.name!r}: {operation}: {self._unready}, not callable yet",
+                status=503,
+                retry_after=1,
+            )
         try:
             async with self.http.call(operation):
-                reply = await getattr(self.client.service, operation)(**request)
+                reply = await getattr(self._service, operation)(**request)
         except (zeep.exceptions.Error, TypeError, ValueError) as exc:
             raise BackendError(f"back end {self.name!r}: {operation} request: {exc}") from exc
         try:
             envelope = etree.fromstring(reply.content)
         except etree.XMLSyntaxError as exc:
-            raise BackendError(f"back end {self.name!r}: {operation} reply is not XML") from exc
+            if reply.status_code != 200:  # a proxy's or server's page: its status tells
+                raise _status_failure(self.name, operation, reply) from exc
+            raise BackendReplyError(
+                f"back end {self.name!r}: {operation} reply is not XML"
+            ) from exc
         body = _child(envelope, "Body")
         if body is None:
-            raise BackendError(f"back end {self.name!r}: {operation} reply has no SOAP Body")
+            if reply.status_code != 200:
+                raise _status_failure(self.name, operation, reply)
+            raise BackendReplyError(f"back end {self.name!r}: {operation} reply has no SOAP Body")
         fault = _child(body, "Fault")
         if fault is not None:
             raise SoapFault(
+                self.name,
                 _text(_find(fault, "code")) or _text(_child(fault, "faultcode")) or "",
                 _text(_child(fault, "faultstring")) or "",
             )
         if reply.status_code != 200:
-            raise BackendError(f"back end {self.name!r}: {operation} answered {reply.status_code}")
+            raise _status_failure(self.name, operation, reply)
         return body
 
 
+def _has(client: zeep.AsyncClient, operation: str) -> bool:
+    return hasattr(client.service, operation)
+
+
+def _service(client: zeep.AsyncClient, address: str | None) -> Any:
+    """The client's first service, at `address` when one is configured."""
+    if address is None:
+        return client.service
+    service = next(iter(client.wsdl.services.values()))
+    port = next(iter(service.ports.values()))
+    return AsyncServiceProxy(client, port.binding, address=address)
+
+
+def _status_failure(backend: str, operation: str, reply: httpx.Response) -> BackendError:
+    return http_failure(backend, operation, reply.status_code, reply.headers.get("retry-after"))
+
+
+#: How much of a SOAP Fault's text a caller sees (the log has all of it).
+FAULT_SUMMARY_CHARS = 120
+
+
 class SoapFault(BackendError):
-    def __init__(self, code: str, message: str) -> None:
+    """The service answered with a SOAP Fault: a 502 whose TMF Error quotes it, shortened."""
+
+    def __init__(self, backend: str, code: str, message: str) -> None:
         self.code = code
-        super().__init__(f"SOAP fault {code}: {message}")
+        text = " ".join(f"SOAP fault {code}: {message}".split())  # one line
+        if len(text) > FAULT_SUMMARY_CHARS:
+            text = text[: FAULT_SUMMARY_CHARS - 1] + "…"
+        #: What the caller's TMF Error may say of it.
+        self.summary = text
+        super().__init__(f"back end {backend!r}: SOAP fault {code}: {message}")
 
 
 def _local(element: etree._Element) -> str:
@@ -237,7 +372,12 @@ class SoapSource(KeyedSource):
                 return None
             raise
         element = _find(body, self.records_at)
-        return None if element is None else _record(element)
+        if element is None:  # "not found" is the declared Fault; a reply without it is wrong
+            raise BackendReplyError(
+                f"back end {self.adapter.name!r}: {self.get_operation} reply has no"
+                f" {self.records_at!r} element"
+            )
+        return _record(element)
 
     async def _list_stream(self, plan: Plan) -> AsyncIterator[list[Record]]:
         offset = 0
@@ -280,14 +420,26 @@ class SoapAction:
                 adapter._operation(part.get("operation"), place)
 
     async def _call(self, spec: Mapping[str, Any], params: Mapping[str, Any]) -> tuple[str, Any]:
-        body = await self.adapter.call(spec["operation"], _fill(spec.get("request") or {}, params))
-        outcome = _text(_find(body, spec.get("result", "result"))) or ""
+        operation = spec["operation"]
+        body = await self.adapter.call(operation, _fill(spec.get("request") or {}, params))
+        name = self.adapter.name
+        result = spec.get("result", "result")
+        outcome = _text(_find(body, result))
+        if outcome is None:
+            raise BackendReplyError(f"back end {name!r}: {operation} reply has no {result!r}")
         rejected = (spec.get("reject") or {}).get(outcome)
         if rejected is not None:
             return "rejected", str(rejected)
         if "ok" in spec and outcome != spec["ok"]:
-            raise BackendError(f"back end {self.adapter.name!r}: {spec['operation']}: {outcome}")
-        return "done", _text(_find(body, spec["value"])) if spec.get("value") else outcome
+            raise BackendError(f"back end {name!r}: {operation}: {outcome}")
+        if not spec.get("value"):
+            return "done", outcome
+        value = _text(_find(body, spec["value"]))
+        if not value:  # "OK" without the bill it made: not the reply the mapping declares
+            raise BackendReplyError(
+                f"back end {name!r}: {operation} answered {outcome!r} without {spec['value']!r}"
+            )
+        return "done", value
 
     async def check(self, params: Mapping[str, Any]) -> str | None:
         if not self.check_spec:

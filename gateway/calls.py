@@ -93,11 +93,14 @@ def backend_error(backend: str, exc: BackendError, retry_after: int = 1) -> Back
         return timeout_error(backend, exc.seconds)
     log.error("backend_error", backend=backend, detail=exc.reason)
     unavailable = exc.status == 503
+    # An adapter may give a short text meant for callers (a SOAP Fault's, shortened).
+    summary = getattr(exc, "summary", None)
+    said = f": {summary}" if isinstance(summary, str) and summary else ""
     return BackendDown(
         backend,
         exc.status,
         "Back end unavailable" if unavailable else "Back end error",
-        f"The billing back end {backend!r} failed; the gateway log has the details",
+        f"The billing back end {backend!r} failed{said}; the gateway log has the details",
         code="BACKEND_ERROR",
         retry_after=retry_after if unavailable else None,
     )

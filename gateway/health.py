@@ -2,8 +2,10 @@
 
 `/health` says the process is alive and serving (always 200 while it is). `/ready` says
 whether it should get traffic: the gateway store answers (when there is one), and no
-back end serving a configured resource has its breaker open. It lists each back end's
-breaker state (closed, open, half-open) and last error, and is 503 when not ready.
+back end serving a configured resource has its breaker open or cannot be used yet (a
+SOAP back end whose WSDL is still being loaded). It lists each back end's state (the
+breaker's closed, open, half-open; or unavailable) and last error, and is 503 when not
+ready.
 Neither is behind auth: they tell no customer data, and a probe has no token.
 """
 
@@ -39,6 +41,8 @@ class Readiness:
     serving: Mapping[str, Sequence[str]] = field(default_factory=dict)
     store: GatewayStore | None = None
     store_timeout_seconds: float = 2.0
+    #: Back end -> its adapter; one with a `not_ready()` may say it cannot serve yet.
+    adapters: Mapping[str, object] = field(default_factory=dict)
 
     async def report(self) -> tuple[bool, dict[str, Any]]:
         ready = True
@@ -51,15 +55,21 @@ class Readiness:
         for name in sorted(self.serving):
             status = self.resilience.guard(name).breaker.status()
             age = status.last_error_age
+            unready = self._unready(name)
             backends[name] = {
-                "state": status.state,
+                "state": status.state if unready is None else "unavailable",
                 "serves": list(self.serving[name]),
-                "lastError": status.last_error,
-                "lastErrorAgeSeconds": None if age is None else round(age, 1),
+                "lastError": status.last_error if unready is None else unready,
+                "lastErrorAgeSeconds": None if age is None or unready else round(age, 1),
             }
-            ready = ready and status.state != "open"
+            ready = ready and status.state != "open" and unready is None
         body["backends"] = backends
         return ready, {"status": "ready" if ready else "notReady", **body}
+
+    def _unready(self, backend: str) -> str | None:
+        """Why the back end's adapter cannot serve yet (its own short words), or None."""
+        not_ready = getattr(self.adapters.get(backend), "not_ready", None)
+        return not_ready() if callable(not_ready) else None
 
     async def _store_error(self) -> str | None:
         assert self.store is not None

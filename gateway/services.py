@@ -145,7 +145,7 @@ async def open_services(
         hubs=hubs,
         publisher=publisher,
         event_base_url=event_base_url,
-        readiness=Readiness(guards, serving(config), store),
+        readiness=Readiness(guards, serving(config), store, adapters=adapters),
     )
 
 

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import orjson
 import pytest
 from pydantic import ValidationError
 from sqlalchemy import text
@@ -37,7 +36,6 @@ from tests.misbehaving import (
     Forward,
     Misbehaving,
     Reply,
-    answers,
     done_but_answers,
     hung,
     late,
@@ -396,7 +394,11 @@ def rest_gateway(
 
 @contextmanager
 def soap_gateway(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, timeout: float = 5.0
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    timeout: float = 5.0,
+    action: Path | None = None,
 ) -> Iterator[tuple[TestClient, Misbehaving, ConsumerData]]:
     """The SOAP example config (config/soap.yaml) over a misbehaving SOAP simulator."""
     data = soap_seed()
@@ -406,7 +408,12 @@ def soap_gateway(
         monkeypatch.setenv("GATEWAY_STORE", str(tmp_path / "store.sqlite"))
         config = load_config(ROOT / "config" / "soap.yaml")
         backend = config.backends["consumer"].model_copy(update={"timeout_seconds": timeout})
-        config = config.model_copy(update={"backends": {"consumer": backend}})
+        assert config.on_demand is not None
+        actions = {"action": action or config.on_demand.action}
+        on_demand = config.on_demand.model_copy(update=actions)
+        config = config.model_copy(
+            update={"backends": {"consumer": backend}, "on_demand": on_demand}
+        )
         with TestClient(create_app(tuned(config, worker=FAST))) as client:
             yield client, back_end, data
 
@@ -465,27 +472,7 @@ def test_a_bill_made_by_a_late_rest_answer_is_found_by_the_action_find(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Every bill-now answers after the deadline; `find:` looks the bill up by reference."""
-    action = tmp_path / "bill_now_with_find.yaml"
-    action.write_text(
-        (ROOT / "mappings" / "enterprise_rest" / "actions" / "bill_now.yaml").read_text()
-        + "find:\n"
-        + "  run:\n"
-        + '    {method: GET, path: "/api/v1/bill-now-references/{request_id}",\n'
-        + '     result: invoice_id, reject: {"404": no bill for this request}}\n'
-    )
-    with rest_gateway(tmp_path, monkeypatch, timeout=0.5, action=action) as (
-        client,
-        back_end,
-        data,
-    ):
-
-        def by_reference(call: Call) -> Reply:
-            invoice = data.references.get(call.path.rsplit("/", 1)[1])
-            if invoice is None:
-                return Reply(404, b'{"error": "none"}', [(b"content-type", JSON)])
-            return Reply(200, orjson.dumps({"invoice_id": invoice}), [(b"content-type", JSON)])
-
-        back_end.on(lambda call: "/bill-now-references/" in call.path, answers(by_reference))
+    with rest_gateway(tmp_path, monkeypatch, timeout=0.5) as (client, back_end, data):
         back_end.on(bill_now_of(), late(1.5))
         (account,) = rest_accounts(data, 1)
         invoices_before = len(data.invoices)
@@ -494,6 +481,7 @@ def test_a_bill_made_by_a_late_rest_answer_is_found_by_the_action_find(
         assert done["state"] == "done", done
         assert done["customerBill"]["id"] == data.references[ident_of(href)]
         assert len(data.invoices) == invoices_before + 1
+        assert any("/bill-now-references/" in call.path for call in back_end.calls)
         # The back end and the gateway agree: the account has nothing left to bill.
         back_end.heal()
         again = wait_until_finished(client.get, request_bill(client, account), 10)
@@ -504,7 +492,14 @@ def test_a_bill_made_by_a_late_soap_answer_is_the_outcome_of_the_next_attempt(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Without `find:`, running the idempotent action again is the lookup by reference."""
-    with soap_gateway(tmp_path, monkeypatch, timeout=0.5) as (client, back_end, data):
+    bundled = ROOT / "mappings" / "consumer_soap" / "actions" / "bill_now.yaml"
+    action = tmp_path / "bill_now_without_find.yaml"
+    action.write_text(bundled.read_text().split("\nfind:")[0])
+    with soap_gateway(tmp_path, monkeypatch, timeout=0.5, action=action) as (
+        client,
+        back_end,
+        data,
+    ):
         customer = next(c for c, amount in sorted(data.unbilled.items()) if amount > 0)
         slow_once = late(1.5)
         answered: list[Call] = []
