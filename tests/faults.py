@@ -11,6 +11,7 @@ the real server, or does what the test asked instead, per request, at a rate:
     reset_mid   half of the real reply, then a reset
     truncate    half of the real reply, then a clean close
     html        an HTML page of `status` (200 by default) instead of the reply
+    soap_fault  a SOAP 1.1 Fault (HTTP 500, code Server, a long faultstring: SOAP_FAULT_TEXT)
     hang        the real reply's head, then nothing
 
 It counts the requests it received by path, so a test can tell how many back-end calls
@@ -48,9 +49,23 @@ FAULTS = (
     "reset_mid",
     "truncate",
     "html",
+    "soap_fault",
     "hang",
 )
 HTML_PAGE = b"<!DOCTYPE html><html><body><h1>Service Temporarily Unavailable</h1></body></html>"
+#: The faultstring of a `soap_fault`: longer than a caller is shown.
+SOAP_FAULT_TEXT = (
+    "ORA-00060: deadlock detected while waiting for resource; rating engine node 7 of"
+    " cluster BILL-PROD-B rolled back transaction 4711 (see trace file bill_ora_13371.trc"
+    " for the complete statement and bind values)"
+)
+SOAP_FAULT = (
+    '<?xml version="1.0" encoding="UTF-8"?><soapenv:Envelope'
+    ' xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/"><soapenv:Body>'
+    "<soapenv:Fault><faultcode>soapenv:Server</faultcode>"
+    f"<faultstring>{SOAP_FAULT_TEXT}</faultstring><detail><code>Internal</code></detail>"
+    "</soapenv:Fault></soapenv:Body></soapenv:Envelope>"
+).encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,7 +189,7 @@ class FaultProxy:
                 if plan.fault == "reset":
                     _reset(writer)
                     return
-                if plan.fault in ("status", "html"):
+                if plan.fault in ("status", "html", "soap_fault"):
                     writer.write(_synthetic(client, plan))
                     await writer.drain()
                     client.start_next_cycle()
@@ -303,6 +318,8 @@ def _serialize(client: h11.Connection, reply: _Reply) -> bytes:
 def _synthetic(client: h11.Connection, plan: Plan) -> bytes:
     if plan.fault == "html":
         status, body, kind = plan.status or 200, HTML_PAGE, b"text/html; charset=utf-8"
+    elif plan.fault == "soap_fault":
+        status, body, kind = plan.status or 500, SOAP_FAULT, b"text/xml; charset=utf-8"
     else:
         status = plan.status or 503
         body = b'{"error": {"code": "UNAVAILABLE", "message": "try later"}}'
