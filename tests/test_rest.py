@@ -22,8 +22,17 @@ from gateway.config import load_config
 from simulators.rest_billing import create_app as create_simulator
 from simulators.rest_billing import seed
 from tests.conftest import API, ROOT, assert_valid, fetch_all, tuned
+from tests.misbehaving import late
 from tests.raw_http import RawRequest, RawServer, reply
 from tests.servers import ThreadedServer
+from tests.test_on_demand import (
+    bill_now_of,
+    ident_of,
+    request_bill,
+    rest_accounts,
+    wait_until_finished,
+)
+from tests.test_on_demand import rest_gateway as on_demand_gateway
 
 
 @pytest.fixture
@@ -465,3 +474,43 @@ def test_a_record_that_does_not_fit_is_a_502(rest_gateway: TestClient) -> None:
     assert_valid("Error", response.json())
     assert "enterprise" in response.json()["message"]
     assert "amountDue.value" in response.json()["message"]
+
+
+def test_a_bill_now_answered_after_the_timeout_ends_done_with_the_bill_it_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The service takes 6 s (timeout 5 s) but made the bill: the bundled action's `find:`
+    looks it up by the request's reference, so the request is `done` with it, at once."""
+    with on_demand_gateway(tmp_path, monkeypatch, timeout=5.0) as (client, back_end, data):
+        back_end.on(bill_now_of(), late(6.0))
+        (account,) = rest_accounts(data, 1)
+        invoices_before = len(data.invoices)
+        href = request_bill(client, account)
+        done = wait_until_finished(client.get, href, 20)
+        assert done["state"] == "done", done
+        assert done["customerBill"]["id"] == data.references[ident_of(href)]
+        assert len(data.invoices) == invoices_before + 1
+        bill_nows = [c for c in back_end.calls if bill_now_of()(c)]
+        lookups = [c for c in back_end.calls if "/bill-now-references/" in c.path]
+        assert len(bill_nows) == 1 and len(lookups) == 1  # found, not made again
+        bill = client.get(done["customerBill"]["href"])
+        assert bill.status_code == 200 and bill.json()["billingAccount"]["id"] == account
+        assert_valid("CustomerBill", bill.json())
+
+
+def test_the_simulators_reference_lookup() -> None:
+    """What the action's `find:` asks: 404 before the bill is made, its invoice after."""
+    simulator = TestClient(create_simulator(seed()))
+    token = simulator.post(
+        "/oauth/token",
+        data={"grant_type": "client_credentials"},
+        auth=("gateway", "s3cret"),
+    ).json()["access_token"]
+    headers = {"Authorization": f"Bearer {token}"}
+    assert simulator.get("/api/v1/bill-now-references/r-1", headers=headers).status_code == 404
+    made = simulator.post(
+        "/api/v1/accounts/ENT-0001/bill-now", json={"reference": "r-1"}, headers=headers
+    )
+    assert made.status_code == 201
+    found = simulator.get("/api/v1/bill-now-references/r-1", headers=headers)
+    assert found.json()["invoice_id"] == made.json()["invoice_id"]

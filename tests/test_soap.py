@@ -13,14 +13,17 @@ import pytest
 import respx
 from starlette.testclient import TestClient
 
-from adapters.base import BackendError, Compare, Plan
-from adapters.soap import SoapAdapter, SoapOptions, SoapSource
+from adapters.base import ActionResult, BackendError, BackendReplyError, Compare, Plan
+from adapters.soap import FAULT_SUMMARY_CHARS, SoapAdapter, SoapFault, SoapOptions, SoapSource
 from gateway.app import create_app
 from gateway.config import load_config
 from simulators.soap_billing import WSDL, seed
 from simulators.soap_billing import create_app as create_simulator
 from tests.conftest import API, ROOT, assert_valid, fetch_all, tuned
+from tests.misbehaving import late
 from tests.servers import ThreadedServer
+from tests.test_on_demand import ident_of, request_bill, soap_bill_now, wait_until_finished
+from tests.test_on_demand import soap_gateway as on_demand_gateway
 
 HOST = "http://soap.test"
 SOURCE = {
@@ -240,3 +243,133 @@ def test_a_record_that_does_not_fit_is_a_502(soap_gateway: TestClient) -> None:
     assert response.status_code == 502
     assert_valid("Error", response.json())
     assert "consumer" in response.json()["message"] and "'state'" in response.json()["message"]
+
+
+# Replies that do not say what the action declares.
+
+
+def action_reply(soap_mock: respx.MockRouter, body: str, spec: dict[str, Any]) -> Any:
+    soap_mock.post(f"{HOST}/soap").mock(return_value=reply_with(body))
+
+    async def work() -> Any:
+        adapter = SoapAdapter("consumer", SoapOptions(wsdl=f"{HOST}/billing.wsdl"))
+        await adapter.open()
+        try:
+            return await adapter.action({"run": spec}).run({"account_id": "C", "request_id": "r"})
+        finally:
+            await adapter.close()
+
+    return asyncio.run(work())
+
+
+BILL_NOW = {
+    "operation": "BillNow",
+    "request": {"customerRef": "{account_id}", "reference": "{request_id}"},
+    "result": "result",
+    "ok": "OK",
+    "value": "invoiceRef",
+    "reject": {"NOTHING_TO_BILL": "nothing to bill"},
+}
+FIND = {
+    "operation": "FindInvoiceByReference",
+    "request": {"reference": "{request_id}"},
+    "result": "result",
+    "ok": "FOUND",
+    "value": "invoiceRef",
+    "reject": {"NONE": "none made"},
+}
+NS = 'xmlns:cb="urn:example:consumer-billing:v2"'
+
+
+@pytest.mark.parametrize(
+    ("spec", "body", "words"),
+    [
+        (
+            BILL_NOW,
+            f"<cb:BillNowResponse {NS}><cb:result>OK</cb:result></cb:BillNowResponse>",
+            "answered 'OK' without 'invoiceRef'",
+        ),
+        (BILL_NOW, f"<cb:BillNowResponse {NS}/>", "has no 'result'"),
+        (BILL_NOW, f"<cb:Other {NS}><cb:invoiceRef>C-1</cb:invoiceRef></cb:Other>", "no 'result'"),
+        (
+            FIND,
+            f"<cb:FindInvoiceByReferenceResponse {NS}><cb:result>FOUND</cb:result>"
+            "</cb:FindInvoiceByReferenceResponse>",
+            "without 'invoiceRef'",
+        ),
+    ],
+)
+def test_an_action_reply_of_the_wrong_shape_is_a_reply_error(
+    soap_mock: respx.MockRouter, spec: dict[str, Any], body: str, words: str
+) -> None:
+    """Not worth another try (the same call gets the same answer): the on-demand request
+    ends terminatedWithError (tests/test_on_demand.py), never `done` without a bill."""
+    with pytest.raises(BackendReplyError, match=words) as caught:
+        action_reply(soap_mock, body, spec)
+    assert caught.value.status == 502
+
+
+def test_action_replies_as_declared(soap_mock: respx.MockRouter) -> None:
+    found = f"<cb:R {NS}><cb:result>FOUND</cb:result><cb:invoiceRef>C-7</cb:invoiceRef></cb:R>"
+    assert action_reply(soap_mock, found, FIND) == ActionResult("done", "C-7")
+    none = f"<cb:R {NS}><cb:result>NONE</cb:result></cb:R>"
+    assert action_reply(soap_mock, none, FIND) == ActionResult("rejected", None, "none made")
+
+
+def test_a_get_reply_without_its_record_is_a_reply_error_not_no_record(
+    soap_mock: respx.MockRouter,
+) -> None:
+    soap_mock.post(f"{HOST}/soap").mock(return_value=reply_with(f"<cb:GetInvoiceResponse {NS}/>"))
+    with pytest.raises(BackendReplyError, match="has no 'invoice'") as caught:
+        asyncio.run(with_source(lambda s: s.one(Compare("invoiceRef", "eq", "C-9"))))
+    assert caught.value.status == 502
+
+
+def test_a_soap_fault_is_shortened_for_callers() -> None:
+    fault = SoapFault("consumer", "Server", "line one\n  line two " + "x" * 300)
+    assert fault.summary.startswith("SOAP fault Server: line one line two xxx")
+    assert len(fault.summary) == FAULT_SUMMARY_CHARS and fault.summary.endswith("…")
+    assert "x" * 300 in fault.reason  # the log gets it all
+
+
+# Bill now, through the bundled config and the simulator.
+
+
+def test_a_bill_now_answered_after_the_timeout_ends_done_with_the_bill_it_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The platform takes 6 s (timeout 5 s) but made the bill: the bundled action's `find:`
+    (FindInvoiceByReference) looks it up, so the request is `done` with it, at once."""
+    with on_demand_gateway(tmp_path, monkeypatch, timeout=5.0) as (client, back_end, data):
+        customer = next(c for c, amount in sorted(data.unbilled.items()) if amount > 0)
+        back_end.on(soap_bill_now, late(6.0))
+        invoices_before = len(data.invoices)
+        href = request_bill(client, customer)
+        done = wait_until_finished(client.get, href, 20)
+        assert done["state"] == "done", done
+        assert done["customerBill"]["id"] == data.references[ident_of(href)]
+        assert len(data.invoices) == invoices_before + 1
+        assert len([c for c in back_end.calls if soap_bill_now(c)]) == 1  # found, not redone
+        assert any(b"FindInvoiceByReference>" in c.body for c in back_end.calls)
+        bill = client.get(done["customerBill"]["href"])
+        assert bill.status_code == 200 and bill.json()["billingAccount"]["id"] == customer
+        assert_valid("CustomerBill", bill.json())
+
+
+def test_charges_and_bill_cycles_through_soap(soap_gateway: TestClient) -> None:
+    """The SOAP example config serves all three resources; filters agree with the data."""
+    data = soap_gateway.simulator
+    rates = fetch_all(soap_gateway, "appliedCustomerBillingRate")
+    assert [r["id"] for r in rates] == list(data.charges)
+    for rate in rates:
+        assert_valid("AppliedCustomerBillingRate", rate)
+    unbilled = fetch_all(soap_gateway, "appliedCustomerBillingRate", "isBilled=false")
+    expected = [c["chargeRef"] for c in data.charges.values() if c["billedFlag"] == "N"]
+    assert len(expected) > 0 and [r["id"] for r in unbilled] == expected
+    cycles = fetch_all(soap_gateway, "billCycle", "sort=-billingDate")
+    assert [c["id"] for c in cycles] == sorted(data.cycles, reverse=True)
+    for cycle in cycles:
+        assert_valid("BillCycle", cycle)
+    one = soap_gateway.get(f"{API}/billCycle/CYC202403")
+    assert one.status_code == 200 and one.json()["billingPeriod"] == "March"
+    assert soap_gateway.get(f"{API}/billCycle/CYC209901").status_code == 404
