@@ -30,11 +30,20 @@ def _wait_for(port: int, seconds: float = 20) -> None:
     raise SystemExit(f"demo: nothing listens on port {port}")
 
 
+def _ensure_free(port: int) -> None:
+    """Stop at once when something else listens on the port: the gateway would talk to it."""
+    with socket.socket() as sock:
+        if sock.connect_ex(("127.0.0.1", port)) == 0:
+            raise SystemExit(f"demo: port {port} is in use (set REST_PORT / SOAP_PORT)")
+
+
 def main() -> int:
     # A plain `kill` should stop the simulators too, not only Ctrl-C.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     rest_port = int(os.environ.get("REST_PORT", "8701"))
     soap_port = int(os.environ.get("SOAP_PORT", "8702"))
+    _ensure_free(rest_port)
+    _ensure_free(soap_port)
     db = ensure_demo_database(os.environ.get("LEGACY_DB", "var/legacy_billing.sqlite"))
     simulators = [
         subprocess.Popen(
