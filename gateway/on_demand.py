@@ -299,7 +299,7 @@ class OnDemandService:
             return Unknown(f"no answer within {maker.timeout:g} s")
         except BackendReplyError as exc:  # it answered, not as declared: again would not help
             log.error("on_demand_reply_malformed", backend=maker.backend, detail=exc.reason)
-            return Outcome("terminatedWithError", description=MALFORMED_REPLY)
+            return Outcome("terminatedWithError", description=f"{MALFORMED_REPLY} ({exc.reason})")
         except BackendError as exc:
             return Unknown(exc.reason)
         except Exception as exc:  # an adapter's own failure: the outcome is unknown all the same

@@ -20,7 +20,7 @@ from gateway.config import load_config
 from simulators.soap_billing import WSDL, seed
 from simulators.soap_billing import create_app as create_simulator
 from tests.conftest import API, ROOT, assert_valid, fetch_all, tuned
-from tests.misbehaving import late
+from tests.misbehaving import done_but_answers, late
 from tests.servers import ThreadedServer
 from tests.test_on_demand import ident_of, request_bill, soap_bill_now, wait_until_finished
 from tests.test_on_demand import soap_gateway as on_demand_gateway
@@ -373,3 +373,21 @@ def test_charges_and_bill_cycles_through_soap(soap_gateway: TestClient) -> None:
     one = soap_gateway.get(f"{API}/billCycle/CYC202403")
     assert one.status_code == 200 and one.json()["billingPeriod"] == "March"
     assert soap_gateway.get(f"{API}/billCycle/CYC209901").status_code == 404
+
+
+def test_bill_now_ok_without_its_invoice_ends_the_request_with_the_reason(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ok_without_ref = (
+        '<?xml version="1.0"?><s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/">'
+        f"<s:Body><cb:BillNowResponse {NS}><cb:result>OK</cb:result></cb:BillNowResponse>"
+        "</s:Body></s:Envelope>"
+    ).encode()
+    with on_demand_gateway(tmp_path, monkeypatch) as (client, back_end, data):
+        customer = next(c for c, amount in sorted(data.unbilled.items()) if amount > 0)
+        back_end.on(soap_bill_now, done_but_answers(200, ok_without_ref, b"text/xml"))
+        failed = wait_until_finished(client.get, request_bill(client, customer), 10)
+        assert failed["state"] == "terminatedWithError", failed
+        assert "BillNow answered 'OK' without 'invoiceRef'" in failed["description"]
+        assert_valid("CustomerBillOnDemand", failed)
+        assert len([c for c in back_end.calls if soap_bill_now(c)]) == 1  # not retried
