@@ -136,7 +136,11 @@ class SoapAdapter:
             raise BackendError(f"back end {self.name!r}: cannot load WSDL: {exc}") from exc
 
     def _loaded(self, client: zeep.AsyncClient) -> None:
-        """Use the client if it has every operation the mappings named; else say why not."""
+        """Use the client if it has every operation the mappings named; else say why not.
+
+        Raises BackendError for a WSDL without a service to call.
+        """
+        service = _service(self.name, client, self.address)
         missing = {place: op for place, op in self._named.items() if not _has(client, op)}
         if missing:
             place, operation = next(iter(missing.items()))
@@ -144,7 +148,7 @@ class SoapAdapter:
             log.error("soap_wsdl_mismatch", backend=self.name, operation=operation, place=place)
             return
         self.client = client
-        self._service = _service(client, self.address)
+        self._service = service
         self._unready = None
 
     async def _keep_loading(self) -> None:
@@ -153,11 +157,10 @@ class SoapAdapter:
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.retry_max_seconds)
             try:
-                client = await self._load(self.wsdl)
+                self._loaded(await self._load(self.wsdl))
             except BackendError as exc:
                 log.info("soap_wsdl_retry", backend=self.name, detail=exc.reason, delay=delay)
                 continue
-            self._loaded(client)
             log.info("soap_wsdl_loaded", backend=self.name, ready=self._unready is None)
 
     def not_ready(self) -> str | None:
@@ -231,13 +234,15 @@ def _has(client: zeep.AsyncClient, operation: str) -> bool:
     return hasattr(client.service, operation)
 
 
-def _service(client: zeep.AsyncClient, address: str | None) -> Any:
+def _service(backend: str, client: zeep.AsyncClient, address: str | None) -> Any:
     """The client's first service, at `address` when one is configured."""
+    services = list(client.wsdl.services.values())
+    ports = list(services[0].ports.values()) if services else []
+    if not ports:
+        raise BackendError(f"back end {backend!r}: the WSDL defines no service port")
     if address is None:
         return client.service
-    service = next(iter(client.wsdl.services.values()))
-    port = next(iter(service.ports.values()))
-    return AsyncServiceProxy(client, port.binding, address=address)
+    return AsyncServiceProxy(client, ports[0].binding, address=address)
 
 
 def _status_failure(backend: str, operation: str, reply: httpx.Response) -> BackendError:

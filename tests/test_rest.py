@@ -514,3 +514,37 @@ def test_the_simulators_reference_lookup() -> None:
     assert made.status_code == 201
     found = simulator.get("/api/v1/bill-now-references/r-1", headers=headers)
     assert found.json()["invoice_id"] == made.json()["invoice_id"]
+
+
+def test_charges_and_bill_runs_through_the_rest_back_end(rest_gateway: TestClient) -> None:
+    """The REST example config serves all three resources; filters agree with the data."""
+    data = rest_gateway.simulator  # type: ignore[attr-defined]
+    rates = fetch_all(rest_gateway, "appliedCustomerBillingRate")
+    assert [r["id"] for r in rates] == sorted(data.charges)
+    for rate in rates:
+        assert_valid("AppliedCustomerBillingRate", rate)
+    charge = data.charges["CH-000003"]
+    one = rest_gateway.get(f"{API}/appliedCustomerBillingRate/CH-000003").json()
+    assert one["bill"]["id"] == charge["invoice_id"] and one["isBilled"] is True
+    net, tax = charge["net_cents"], charge["tax"]["amount_cents"]
+    assert one["taxIncludedAmount"]["value"] == (net + tax) / 100
+    cases = [
+        ("isBilled=false", lambda c: not c["billed"]),
+        ("billingAccount.id=ENT-0002", lambda c: c["account_id"] == "ENT-0002"),
+        ("bill.id=EI-000007", lambda c: c["invoice_id"] == "EI-000007"),
+    ]
+    for params, oracle in cases:
+        expected = sorted(ident for ident, c in data.charges.items() if oracle(c))
+        assert 0 < len(expected) < len(data.charges), params
+        found = fetch_all(rest_gateway, "appliedCustomerBillingRate", params)
+        assert [r["id"] for r in found] == expected, params
+    by_date = fetch_all(rest_gateway, "appliedCustomerBillingRate", "sort=-date")
+    dates = [r["date"] for r in by_date]
+    assert dates == sorted(dates, reverse=True)
+    cycles = fetch_all(rest_gateway, "billCycle", "sort=-billingDate")
+    assert [c["id"] for c in cycles] == sorted(data.runs, reverse=True)
+    for cycle in cycles:
+        assert_valid("BillCycle", cycle)
+    march = fetch_all(rest_gateway, "billCycle", "name=ENT-2024-03")
+    assert [c["id"] for c in march] == ["BR-202403"]
+    assert rest_gateway.get(f"{API}/billCycle/BR-209901").status_code == 404
