@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import event as sql_event
 from starlette.testclient import TestClient
 
 from gateway.app import create_app
@@ -49,6 +50,15 @@ def federated(
             detection_seconds=0.1,
         )
         with TestClient(create_app(config)) as client:
+            statements: list[str] = []  # what the legacy database is asked
+
+            def remember(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+                statements.append(statement)
+
+            legacy = client.app.state.services.customer_bills.routes[0]  # type: ignore[attr-defined]
+            engine = legacy.reader.source.adapter.engine.sync_engine
+            sql_event.listen(engine, "before_cursor_execute", remember)
+            client.sql = statements  # type: ignore[attr-defined]
             client.store = tmp_path / "store.sqlite"  # type: ignore[attr-defined]
             client.rest = rest.state.data  # type: ignore[attr-defined]
             client.soap = soap.state.data  # type: ignore[attr-defined]
@@ -315,32 +325,69 @@ def soap_bodies(client: TestClient, operation: str) -> list[bytes]:
     return [c.body for c in calls if f":{operation}>".encode() in c.body]
 
 
-# (collection, query, what the REST service must have been asked, what the SOAP service
-# must have been asked; None: that back end must not have been asked at all).
+# (collection, query, what the SQL, REST and SOAP back ends must have been asked: a
+# column in the WHERE clause, a query parameter, a request element; None: that back end
+# must not have been asked at all; "": asked without that filter, which the gateway applies).
 FILTERS = [
-    ("appliedCustomerBillingRate", "isBilled=false", "billed=False", b">N</"),
-    ("appliedCustomerBillingRate", "billingAccount.id=ENT-0003", "account_id=ENT-0003", None),
-    ("appliedCustomerBillingRate", "billingAccount.id=CUST00004", None, b">CUST00004</"),
-    ("appliedCustomerBillingRate", "bill.id=C-1007", "invoice_id=C-1007", b">C-1007</"),
+    ("appliedCustomerBillingRate", "isBilled=false", "BILLED_FLG", "billed=False", b">N</"),
+    (
+        "appliedCustomerBillingRate",
+        "billingAccount.id=ENT-0003",
+        None,
+        "account_id=ENT-0003",
+        None,
+    ),
+    (
+        "appliedCustomerBillingRate",
+        "billingAccount.id=CUST00004",
+        None,
+        None,
+        b">CUST00004</",
+    ),
+    (
+        "appliedCustomerBillingRate",
+        "billingAccount.id=BA-000003",
+        "ACCT_NO",
+        None,
+        None,
+    ),
+    # (Not a number: the legacy database is asked for nothing, in its own terms.)
+    ("appliedCustomerBillingRate", "bill.id=C-1007", "0 = 1", "invoice_id=C-1007", b">C-1007</"),
+    ("appliedCustomerBillingRate", "bill.id=12", "INV_ID", "invoice_id=12", b">12</"),
     (
         "appliedCustomerBillingRate",
         "appliedBillingRateType=appliedBillingCharge",
+        "CHG_TYP",
         "type=RECURRING,USAGE,ONE_TIME",
         b">REC</",
     ),
-    ("billCycle", "name=ENT-2024-03", "code=ENT-2024-03", b">ENT-2024-03</"),
-    ("billCycle", "name=M05-2024", "code=M05-2024", b">M05-2024</"),
-    ("billCycle", "billingPeriod=March", "", b""),  # gateway-filtered where not pushable
-    ("customerBill", "state=new", "status=OPEN", b">DRAFT</"),
-    ("customerBill", "billingAccount.id=CUST00002", None, b">CUST00002</"),
+    ("billCycle", "name=ENT-2024-03", "RUN_CD", "code=ENT-2024-03", b">ENT-2024-03</"),
+    ("billCycle", "name=M05-2024", "RUN_CD", "code=M05-2024", b">M05-2024</"),
+    ("billCycle", "billingPeriod=March", "PRD_LBL", "", b""),
+    ("customerBill", "state=new", "STAT_CD", "status=OPEN", b">DRAFT</"),
+    ("customerBill", "billingAccount.id=CUST00002", None, None, b">CUST00002</"),
 ]
+TABLES = {"appliedCustomerBillingRate": "CHG_LINE", "billCycle": "BILL_RUN"}
 
 
-@pytest.mark.parametrize(("collection", "query", "rest_asked", "soap_asked"), FILTERS)
+def sql_where(client: TestClient, collection: str) -> list[str]:
+    """The WHERE clauses of the statements on the collection's table (none for bills: the
+    change detector reads those meanwhile)."""
+    statements: list[str] = client.sql  # type: ignore[attr-defined]
+    table = TABLES.get(collection)
+    return [
+        s.partition("WHERE")[2]
+        for s in list(statements)
+        if table is not None and table in s.partition("WHERE")[0]
+    ]
+
+
+@pytest.mark.parametrize(("collection", "query", "sql_asked", "rest_asked", "soap_asked"), FILTERS)
 def test_filters_agree_with_the_whole_list_and_go_down_to_each_back_end(
     federated: TestClient,
     collection: str,
     query: str,
+    sql_asked: str | None,
     rest_asked: str | None,
     soap_asked: bytes | None,
 ) -> None:
@@ -357,10 +404,17 @@ def test_filters_agree_with_the_whole_list_and_go_down_to_each_back_end(
     truth = [i["id"] for i in everything if str(value(i)).lower() == wanted.lower()]
     federated.rest_calls.calls.clear()  # type: ignore[attr-defined]
     federated.soap_calls.calls.clear()  # type: ignore[attr-defined]
+    federated.sql.clear()  # type: ignore[attr-defined]
     found = fetch_all(federated, collection, query)
     for item in found:
         assert_valid(served.schema, item)
     assert [i["id"] for i in found] == truth
+    if collection in TABLES:
+        wheres = sql_where(federated, collection)
+        if sql_asked is None:
+            assert not wheres, wheres
+        else:
+            assert wheres and all(sql_asked in w for w in wheres), wheres
     rest_path = {
         "customerBill": "/api/v1/invoices",
         "appliedCustomerBillingRate": "/api/v1/charges",
@@ -371,18 +425,16 @@ def test_filters_agree_with_the_whole_list_and_go_down_to_each_back_end(
         "appliedCustomerBillingRate": "ListCharges",
         "billCycle": "ListBillCycles",
     }[collection]
+    queries = rest_queries(federated, rest_path)
     if rest_asked is None:
-        assert not rest_queries(federated, rest_path)
+        assert not queries
     else:
-        assert rest_queries(federated, rest_path)
-        assert all(rest_asked in q for q in rest_queries(federated, rest_path)), rest_queries(
-            federated, rest_path
-        )
+        assert queries and all(rest_asked in q for q in queries), queries
+    bodies = soap_bodies(federated, operation)
     if soap_asked is None:
-        assert not soap_bodies(federated, operation)
+        assert not bodies
     else:
-        assert soap_bodies(federated, operation)
-        assert all(soap_asked in b for b in soap_bodies(federated, operation))
+        assert bodies and all(soap_asked in b for b in bodies)
 
 
 @pytest.mark.parametrize("collection", ["appliedCustomerBillingRate", "billCycle"])
