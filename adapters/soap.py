@@ -90,8 +90,8 @@ class SoapAdapter:
         self.client: zeep.AsyncClient | None = None
         self._service: Any = None  # the proxy operations are called on, once loaded
         self._http_client: httpx.AsyncClient | None = None
-        #: Operations the mappings name, checked when the WSDL arrives (place -> name).
-        self._named: dict[str, str] = {}
+        #: Operations the mappings name, checked when the WSDL arrives: (place, name).
+        self._named: set[tuple[str, str]] = set()
         #: Why the back end cannot be used now (None once the WSDL is loaded and fits).
         self._unready: str | None = "WSDL not loaded"
         self._loader: asyncio.Task[None] | None = None
@@ -109,7 +109,11 @@ class SoapAdapter:
         except BackendError as exc:
             log.warning("soap_wsdl_unavailable", backend=self.name, detail=exc.reason)
         if self.wsdl_file is not None:
-            self._loaded(await self._load(self.wsdl_file))  # a bad local copy stops start-up
+            try:
+                self._loaded(await self._load(self.wsdl_file))
+            except BackendError:  # a bad local copy stops start-up
+                await self.close()
+                raise
             log.info("soap_wsdl_local_copy", backend=self.name, wsdl_file=self.wsdl_file)
             return
         self._loader = asyncio.create_task(self._keep_loading(), name=f"wsdl-{self.name}")
@@ -141,9 +145,9 @@ class SoapAdapter:
         Raises BackendError for a WSDL without a service to call.
         """
         service = _service(self.name, client, self.address)
-        missing = {place: op for place, op in self._named.items() if not _has(client, op)}
+        missing = sorted((place, op) for place, op in self._named if not _has(client, op))
         if missing:
-            place, operation = next(iter(missing.items()))
+            place, operation = missing[0]
             self._unready = "WSDL lacks an operation a mapping names"
             log.error("soap_wsdl_mismatch", backend=self.name, operation=operation, place=place)
             return
@@ -189,7 +193,7 @@ class SoapAdapter:
         if not isinstance(name, str) or (self.client is not None and not _has(self.client, name)):
             raise SourceSpecError(place, f"no operation {name!r} in the WSDL of {self.name!r}")
         if self.client is None:
-            self._named[place] = name
+            self._named.add((place, name))
         return name
 
     async def call(self, operation: str, request: Mapping[str, Any]) -> etree._Element:

@@ -325,3 +325,46 @@ def test_a_local_wsdl_copy_without_a_named_operation_stops_start_up(
     app = create_app(soap_config(config, "http://127.0.0.1:9/billing.wsdl", 1.0))
     with pytest.raises(StartupError, match="no operation 'ListBillCycles'"), TestClient(app):
         pass
+
+
+def test_a_late_wsdl_without_a_named_operation_keeps_the_back_end_unavailable(
+    gateway: Start,
+    soap_back_end: tuple[FaultProxy, Misbehaving, ConsumerData],
+    demo_db: Path,
+    tmp_path: Path,
+) -> None:
+    """The mappings could not be checked at start-up; they are when the WSDL arrives."""
+    proxy, simulator, _ = soap_back_end
+    text = (ROOT / "simulators" / "wsdl" / "consumer_billing.wsdl").read_text()
+    renamed = text.replace(
+        '<wsdl:operation name="ListBillCycles">', '<wsdl:operation name="ListCycles">'
+    ).replace("http://127.0.0.1:8702/soap", f"{proxy.base}/soap")
+    simulator.on(
+        lambda call: call.path == "/billing.wsdl",
+        answers(lambda call: Reply(200, renamed.encode(), [(b"content-type", b"text/xml")])),
+    )
+    proxy.inject("refuse")
+    wsdl = f"{proxy.base}/billing.wsdl"
+    gw = gateway(wsdl, config=federated_config(tmp_path, demo_db, wsdl))
+    proxy.heal()
+
+    def wsdl_asked() -> int:
+        return len([c for c in simulator.calls if c.path == "/billing.wsdl"])
+
+    def consumer() -> dict[str, Any]:
+        backends: dict[str, Any] = gw.http.get("/ready").json()["backends"]
+        return dict(backends["consumer"])
+
+    wait_for(lambda: consumer()["lastError"] != "WSDL not loaded")
+    assert consumer() == {
+        "state": "unavailable",
+        "serves": ["customerBill", "billCycle"],
+        "lastError": "WSDL lacks an operation a mapping names",
+        "lastErrorAgeSeconds": None,
+    }
+    assert gw.http.get("/ready").status_code == 503
+    error(gw.http.get(f"{BILL}/S-C-1001"), 503)
+    assert gw.http.get(f"{BILL}/L-1").status_code == 200
+    asked = wsdl_asked()
+    time.sleep(0.5)  # it was checked once: not loaded again and again
+    assert wsdl_asked() == asked == 1
