@@ -199,11 +199,7 @@ class SoapAdapter:
     async def call(self, operation: str, request: Mapping[str, Any]) -> etree._Element:
         """The reply's SOAP Body; a Fault becomes `SoapFault`, transport trouble BackendError."""
         if self._service is None:
-            raise BackendError(
-                f"back end {self.name!r}: {operation}: {self._unready}, not callable yet",
-                status=503,
-                retry_after=1,
-            )
+            raise SoapNotReady(self.name, operation, self._unready or "WSDL not loaded")
         try:
             async with self.http.call(operation):
                 reply = await getattr(self._service, operation)(**request)
@@ -251,6 +247,15 @@ def _service(backend: str, client: zeep.AsyncClient, address: str | None) -> Any
 
 def _status_failure(backend: str, operation: str, reply: httpx.Response) -> BackendError:
     return http_failure(backend, operation, reply.status_code, reply.headers.get("retry-after"))
+
+
+class SoapNotReady(BackendError):
+    """The WSDL is not loaded (yet): 503, and the caller is told why in a few words."""
+
+    def __init__(self, backend: str, operation: str, why: str) -> None:
+        #: What the caller's TMF Error may say of it (no hosts, no paths).
+        self.summary = why
+        super().__init__(f"back end {backend!r}: {operation}: {why}, not callable yet", status=503)
 
 
 #: How much of a SOAP Fault's text a caller sees (the log has all of it).
