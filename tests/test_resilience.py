@@ -554,7 +554,11 @@ def test_health_and_readiness(gateway: Gateway, backend: FaultProxy) -> None:
     body = ready.json()
     assert body["status"] == "ready" and body["store"]["status"] == "up"
     assert body["backends"]["enterprise"]["state"] == "closed"
-    assert body["backends"]["enterprise"]["serves"] == ["customerBill"]
+    assert body["backends"]["enterprise"]["serves"] == [
+        "customerBill",
+        "appliedCustomerBillingRate",
+        "billCycle",
+    ]
 
     break_it(gw, backend)
     down = gw.http.get("/ready")
