@@ -7,6 +7,9 @@ the accounts it holds as a pattern) and otherwise to all of them; the gateway as
 route for its first `offset + limit` matches in the requested order, merges them on the
 same sort keys (ties keep route order, then each back end's own order), and adds the
 routes' totals, so `X-Total-Count`, `offset` and `limit` mean what they mean for one.
+References to another federated resource (a rate's `bill`, a bill's `billCycle`) carry
+the prefix of the referred resource's route on the same back end, so their `href`s
+resolve; filters on their ids are told apart by that prefix as ids are.
 """
 
 from __future__ import annotations
@@ -31,11 +34,17 @@ Resource = dict[str, Any]
 
 class FederatedReader:
     def __init__(
-        self, collection: str, routes: Sequence[BackendRoute], attributes: AttributeTypes
+        self,
+        collection: str,
+        routes: Sequence[BackendRoute],
+        attributes: AttributeTypes,
+        references: Mapping[str, Mapping[str, tuple[str, str]]] | None = None,
     ) -> None:
         self.collection = collection
         self._routes = tuple(routes)
         self.attributes = attributes
+        #: back end -> referring attribute -> (referred collection, its route's id prefix)
+        self._references = {backend: dict(refs) for backend, refs in (references or {}).items()}
 
     @property
     def routes(self) -> Sequence[BackendRoute]:
@@ -49,7 +58,14 @@ class FederatedReader:
 
     def tag(self, route: BackendRoute, item: Resource, base: str) -> Resource:
         """The back end's resource with the federated id (and the href that goes with it)."""
-        return with_prefixed_id(item, route.prefix, base, self.collection)
+        tagged = with_prefixed_id(item, route.prefix, base, self.collection)
+        for attribute, (collection, prefix) in self._references.get(route.backend, {}).items():
+            ref = tagged.get(attribute)
+            if isinstance(ref, dict) and "id" in ref and prefix:
+                if tagged is item:  # never change the back end's (possibly cached) record
+                    tagged = dict(item)
+                tagged[attribute] = with_prefixed_id(ref, prefix, base, collection)
+        return tagged
 
     async def get(self, ident: str, base: str) -> Resource | None:
         found = self.route_of(ident)
@@ -85,15 +101,17 @@ class FederatedReader:
     def _for_route(self, route: BackendRoute, query: Query) -> Query | None:
         """The query as this route must see it, or None when it cannot match there."""
         filters = []
+        references = self._references.get(route.backend, {})
         for flt in query.filters:
-            if flt.path == "id":
+            prefix = route.prefix if flt.path == "id" else None
+            if flt.path.endswith(".id") and flt.path[:-3] in references:
+                prefix = references[flt.path[:-3]][1]
+            if prefix is not None:
                 if flt.op not in ("eq", "ne"):
                     raise bad_request(
                         "Invalid filter", f"{flt.param!r}: ids take eq or ne across back ends"
                     )
-                local = tuple(
-                    v[len(route.prefix) :] for v in flt.values if v.startswith(route.prefix)
-                )
+                local = tuple(v[len(prefix) :] for v in flt.values if v.startswith(prefix))
                 if flt.op == "eq" and not local:
                     return None  # none of the wanted ids lives here
                 if local:

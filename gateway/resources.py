@@ -35,6 +35,14 @@ def with_prefixed_id(
     return {**resource, "id": ident, "href": f"{base}/{collection}/{ident}"}
 
 
+#: Attributes that refer to a resource this gateway serves: collection -> attribute ->
+#: the referred collection. Federated, such a reference carries the referred route's id
+#: prefix too, so that its `href` resolves here.
+REFERENCES: dict[str, dict[str, str]] = {
+    "customerBill": {"billCycle": "billCycle"},
+    "appliedCustomerBillingRate": {"bill": "customerBill"},
+}
+
 RESOURCE_TYPES: dict[str, ResourceType] = {
     r.collection: r
     for r in (CUSTOMER_BILL, CUSTOMER_BILL_ON_DEMAND, APPLIED_CUSTOMER_BILLING_RATE, BILL_CYCLE)

@@ -40,6 +40,7 @@ from gateway.resources import (
     BILL_CYCLE,
     CUSTOMER_BILL,
     CUSTOMER_BILL_ON_DEMAND,
+    REFERENCES,
     RESOURCE_TYPES,
     ResourceType,
 )
@@ -113,7 +114,9 @@ async def open_services(
             for b in bindings
         ]
         types = attribute_types(RESOURCE_TYPES[collection].schema)
-        readers[collection] = federated(collection, routes, types)
+        readers[collection] = federated(
+            collection, routes, types, _federated_references(config, collection)
+        )
 
     def served(resource: ResourceType) -> Reader:
         return readers.get(resource.collection) or EmptyReader(resource.schema)
@@ -149,6 +152,24 @@ async def open_services(
     )
 
 
+def _federated_references(
+    config: GatewayConfig, collection: str
+) -> dict[str, dict[str, tuple[str, str]]]:
+    """Per back end, the references of `collection` to federated resources it also serves."""
+    prefixes = {
+        (referred, binding.backend): binding.id_prefix
+        for referred, bindings in config.federated().items()
+        for binding in bindings
+    }
+    references: dict[str, dict[str, tuple[str, str]]] = {}
+    for binding in config.federated()[collection]:
+        for attribute, referred in REFERENCES.get(collection, {}).items():
+            prefix = prefixes.get((referred, binding.backend))
+            if prefix:
+                references.setdefault(binding.backend, {})[attribute] = (referred, prefix)
+    return references
+
+
 async def _open_adapter(name: str, options: BackendOptions, stack: AsyncExitStack) -> Adapter:
     try:
         adapter = build_adapter(name, options)
@@ -168,8 +189,10 @@ def _bill_patcher(
 ) -> Patcher | None:
     """PATCH of bills: on the one back end, or by id prefix on each federated one."""
     references: dict[str, Reader] = {}
-    if len(cycles.routes) == 1 and not cycles.routes[0].prefix:
+    if cycles.routes:
         references["billCycle.id"] = cycles
+    # A federated bill's billCycle is named by the federated id of its back end's cycle.
+    cycle_prefixes = {route.backend: route.prefix for route in cycles.routes if route.prefix}
     patchers = {
         route.backend: ResourcePatcher(
             reader=route.reader,
@@ -178,6 +201,11 @@ def _bill_patcher(
             references=references,
             publisher=publisher,
             id_prefix=route.prefix,
+            reference_prefixes=(
+                {"billCycle.id": cycle_prefixes[route.backend]}
+                if federated and route.backend in cycle_prefixes
+                else {}
+            ),
         )
         for route in bills.routes
         if route.reader.mapping.writable

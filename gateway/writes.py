@@ -100,6 +100,9 @@ class ResourcePatcher:
     publisher: EventPublisher | None = None
     #: A federated route's id prefix: events and the change log use the federated ids.
     id_prefix: str = ""
+    #: Federated references (`billCycle.id` -> `L-`): callers write the federated id, the
+    #: back end gets its own.
+    reference_prefixes: dict[str, str] = field(default_factory=dict)
 
     async def patch(self, request: PatchRequest) -> tuple[Resource, str]:
         ident, if_match, base = request.ident, request.if_match, request.base
@@ -222,14 +225,24 @@ class ResourcePatcher:
             path, value = _written_leaf(key, updated[key])
             if path == "state" and self.lifecycle is not None:
                 self.lifecycle.check(current.get("state"), value)
+            target = self.references.get(path)
+            shown = value  # the id as the caller names it (federated: with its prefix)
+            prefix = self.reference_prefixes.get(path)
+            if prefix is not None and value != _written_leaf(key, current.get(key))[1]:
+                if not (isinstance(value, str) and value.startswith(prefix)):
+                    raise invalid(
+                        "Unknown reference",
+                        f"{key} {value!r} is not held by this bill's back end "
+                        f"(its ids start with {prefix!r})",
+                    )
+                value = value[len(prefix) :]
             if value == _written_leaf(key, current.get(key))[1]:
                 continue  # e.g. only a reference's href or name differs: nothing to write
             ref = self.reader.mapping.writable.get(path)
             if ref is None:
                 raise invalid("Attribute not writable", f"{key} cannot be changed on this back end")
-            target = self.references.get(path)
-            if target is not None and await target.get(str(value), base) is None:
-                raise invalid("Unknown reference", f"{key} {value!r} does not exist")
+            if target is not None and await target.get(str(shown), base) is None:
+                raise invalid("Unknown reference", f"{key} {shown!r} does not exist")
             try:
                 changes.append((ref, ref.transform.to_raw(value)))
             except (ValueError, TypeError) as exc:

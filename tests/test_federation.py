@@ -351,9 +351,10 @@ FILTERS = [
         None,
         None,
     ),
-    # (Not a number: the legacy database is asked for nothing, in its own terms.)
-    ("appliedCustomerBillingRate", "bill.id=C-1007", "0 = 1", "invoice_id=C-1007", b">C-1007</"),
-    ("appliedCustomerBillingRate", "bill.id=12", "INV_ID", "invoice_id=12", b">12</"),
+    # A bill reference names the federated bill: only the back end holding it is asked.
+    ("appliedCustomerBillingRate", "bill.id=S-C-1007", None, None, b">C-1007</"),
+    ("appliedCustomerBillingRate", "bill.id=E-EI-000001", None, "invoice_id=EI-000001", None),
+    ("appliedCustomerBillingRate", "bill.id=L-12", "INV_ID", None, None),
     (
         "appliedCustomerBillingRate",
         "appliedBillingRateType=appliedBillingCharge",
@@ -442,3 +443,69 @@ def test_bad_queries_are_400_on_every_collection(federated: TestClient, collecti
     error(federated.get(f"{API}/{collection}?sort=noSuchAttribute"), 400)
     error(federated.get(f"{API}/{collection}?limit=-1"), 400)
     error(federated.get(f"{API}/{collection}?id.gt=L-5"), 400)
+
+
+# References to another federated collection carry the referred route's prefix.
+# (The REST and SOAP bills name no bill cycle: only the SQL back end's bills refer.)
+REFERRING = [
+    ("appliedCustomerBillingRate", "bill", ("L-", "E-", "S-")),
+    ("customerBill", "billCycle", ("L-",)),
+]
+
+
+@pytest.mark.parametrize(("collection", "attribute", "referring"), REFERRING)
+def test_references_name_the_federated_resource_and_resolve(
+    federated: TestClient, collection: str, attribute: str, referring: tuple[str, ...]
+) -> None:
+    items = fetch_all(federated, collection)
+    refs = [(i["id"][:2], i[attribute]) for i in items if attribute in i]
+    assert {prefix for prefix, _ in refs} == set(referring)
+    for prefix, ref in refs:
+        assert ref["id"].startswith(prefix), (prefix, ref)  # same back end, same prefix
+    for prefix in referring:  # one per back end: its href leads to it
+        ref = next(r for p, r in refs if p == prefix)
+        assert ref["href"].endswith(f"/{ref['id']}")
+        target = federated.get(ref["href"])
+        assert target.status_code == 200, (ref, target.text)
+        assert target.json()["id"] == ref["id"]
+
+
+@pytest.mark.parametrize(("collection", "attribute", "referring"), REFERRING)
+def test_filters_on_reference_ids_take_the_federated_id(
+    federated: TestClient, collection: str, attribute: str, referring: tuple[str, ...]
+) -> None:
+    items = fetch_all(federated, collection)
+    for prefix in referring:
+        wanted = next(
+            i[attribute]["id"] for i in items if i["id"].startswith(prefix) and attribute in i
+        )
+        expected = sorted(i["id"] for i in items if i.get(attribute, {}).get("id") == wanted)
+        found = fetch_all(federated, collection, f"{attribute}.id={wanted}")
+        assert sorted(i["id"] for i in found) == expected and expected
+        others = fetch_all(federated, collection, f"{attribute}.id.ne={wanted}")
+        assert sorted(i["id"] for i in others) == sorted(
+            i["id"] for i in items if i.get(attribute, {}).get("id") != wanted
+        )
+    error(federated.get(f"{API}/{collection}?{attribute}.id.gt=L-1"), 400)
+
+
+def test_patch_of_a_federated_bills_cycle_takes_the_federated_cycle_id(
+    federated: TestClient,
+) -> None:
+    bill = federated.get(f"{API}/customerBill/L-278").json()
+    cycles = [c["id"] for c in fetch_all(federated, "billCycle") if c["id"].startswith("L-")]
+    other = next(c for c in cycles if c != bill.get("billCycle", {}).get("id"))
+    patch = {"Content-Type": "application/merge-patch+json"}
+    moved = federated.patch(
+        f"{API}/customerBill/L-278", json={"billCycle": {"id": other}}, headers=patch
+    )
+    assert moved.status_code == 200, moved.text
+    assert moved.json()["billCycle"]["id"] == other
+    assert federated.get(f"{API}/customerBill/L-278").json()["billCycle"]["id"] == other
+    local = int(other[2:])
+    with sqlite3.connect(federated.db) as conn:  # type: ignore[attr-defined]
+        assert conn.execute("SELECT RUN_ID FROM INV_HDR WHERE INV_ID = 278").fetchone()[0] == local
+    elsewhere = federated.patch(
+        f"{API}/customerBill/L-278", json={"billCycle": {"id": "E-BR-1"}}, headers=patch
+    )
+    assert error(elsewhere, 400)["reason"] == "Unknown reference"
