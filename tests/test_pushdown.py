@@ -168,14 +168,16 @@ def test_plan_reverses_values_through_transforms(bill_mapping) -> None:
 def test_plan_leaves_what_it_cannot_reverse_to_the_gateway(bill_mapping) -> None:
     query = Query(
         filters=(
-            Filter("taxItem.taxCategory", "eq", ("VAT7",), "p"),
+            Filter("billCycle.href", "eq", ("https://x/billCycle/1",), "p"),
             Filter("billingAccount.id", "eq", ("BA-1",), "p"),
         ),
         sort=(SortTerm("state", False),),
         limit=4,
     )
     plan = plan_read(query, bill_mapping, AllColumns())
-    assert [f.path for f in plan.residual] == ["taxItem.taxCategory"]
+    # The href's template holds the request's base URL, which no column has.
+    assert [f.path for f in plan.residual] == ["billCycle.href"]
+    assert plan.unpushed == plan.residual
     assert plan.sort_in_gateway
     assert plan.backend.where == Compare("ACCT_NO", "eq", "BA-1")
     assert plan.backend.limit is None and plan.backend.offset == 0
