@@ -50,12 +50,15 @@ class RegexFacts:
     `prefix`: text every matching subject starts with ('' when none is known);
     `fragments`: literals every match contains, in this order, after the prefix;
     `shared_syntax`: the pattern means at most as much in PostgreSQL/MariaDB as in RE2's
-    superset sense: their regex operators may narrow candidates with it.
+    superset sense: their regex operators may narrow candidates with it;
+    `literal_only`: the pattern is nothing but its prefix or its one fragment (`^INV24`,
+    `Roaming`), so a range or a substring test is its whole meaning.
     """
 
     prefix: str = ""
     fragments: tuple[str, ...] = ()
     shared_syntax: bool = False
+    literal_only: bool = False
 
 
 _NOTHING_KNOWN = RegexFacts()
@@ -90,11 +93,14 @@ class _Reader:
             self.shared = False
         runs: list[str] = []
         current: list[str] = []
+        literal_only = True
         while self.pos < len(text):
             if text[self.pos] == "|":
                 raise _GiveUp  # top-level alternation: no literal is required
             literal = self._atom()
             required, repeats = self._quantifier()
+            if literal is None or not required or repeats:
+                literal_only = False
             if literal is not None and required:
                 current.append(literal)
                 if not repeats:
@@ -108,7 +114,8 @@ class _Reader:
         if current:
             runs.append("".join(current))
         prefix = runs.pop(0) if prefix_possible and runs else ""
-        return RegexFacts(prefix, tuple(runs), self.shared)
+        literal_only = literal_only and len(runs) + bool(prefix) == 1
+        return RegexFacts(prefix, tuple(runs), self.shared, literal_only)
 
     def _atom(self) -> str | None:
         """Consume one atom; its character when it is a plain literal, else None."""
@@ -279,7 +286,8 @@ def like_pattern(prefix: str, fragments: tuple[str, ...]) -> str | None:
 
 def _like_escape(text: str) -> str:
     return (
-        text.replace(LIKE_ESCAPE, LIKE_ESCAPE * 2).replace("%", LIKE_ESCAPE + "%")
+        text.replace(LIKE_ESCAPE, LIKE_ESCAPE * 2)
+        .replace("%", LIKE_ESCAPE + "%")
         # `_` last: the escapes added above contain none
         .replace("_", LIKE_ESCAPE + "_")
     )
@@ -303,6 +311,13 @@ def re2_search(pattern: Any, value: Any) -> int:
     """
     if not isinstance(value, str) or not isinstance(pattern, str):
         return 0
+    return _search(pattern, value)
+
+
+@functools.lru_cache(maxsize=8192)
+def _search(pattern: str, value: str) -> int:
+    """Remembered: codes and names repeat (two tax codes over a million rows), and one
+    call into RE2 costs some microseconds."""
     try:
         compiled = _compiled(pattern)
     except re2.error:
@@ -331,6 +346,13 @@ def regex_condition(
         upper = prefix_successor(facts.prefix)
         if upper is not None:
             terms.append(element < upper)
+    if dialect == "sqlite" and facts.literal_only:
+        # The whole meaning, in SQLite's own code: a range (BINARY: code points) for a
+        # prefix, a case-sensitive substring test for one literal.
+        if facts.fragments:
+            return func.instr(element, facts.fragments[0]) > 0
+        if ordered_by_code_point:
+            return and_(true(), *terms)
     like = like_pattern(facts.prefix, facts.fragments)
     if like is not None:
         terms.append(element.like(like, escape=LIKE_ESCAPE))

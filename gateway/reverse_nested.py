@@ -163,4 +163,3 @@ def all_of(terms: list[Predicate]) -> Predicate:
         if term != MATCH_ALL and term not in kept:
             kept.append(term)
     return kept[0] if len(kept) == 1 else AllOf(tuple(kept))
-

@@ -298,10 +298,13 @@ def oracle_readers(demo_db: Path) -> Iterator[tuple[TestClient, dict[str, Any]]]
     app = create_app(gateway_config(demo_db))
     with TestClient(app) as client:
         services = app.state.services
-        yield client, {
-            "customerBill": services.customer_bills,
-            "appliedCustomerBillingRate": services.applied_rates,
-        }
+        yield (
+            client,
+            {
+                "customerBill": services.customer_bills,
+                "appliedCustomerBillingRate": services.applied_rates,
+            },
+        )
 
 
 def _every_value(resources: list[dict[str, Any]], path: str) -> list[Any]:
