@@ -32,14 +32,27 @@ async def check_before_scan(
         raise too_broad(plan, mapping, budget, total)
 
 
+def _narrowing(mapping: CompiledMapping) -> list[str]:
+    """Attributes the back end filters on, the most selective kinds first: ids, dates."""
+
+    def rank(path: str) -> tuple[int, str]:
+        if path == "id" or path.endswith(".id"):
+            return 0, path
+        if mapping.fields[path].transform.name == "date":
+            return 1, path
+        return 2, path
+
+    usable = [p for p in mapping.fields if not p.endswith(("@type", "href", "unit"))]
+    return sorted(usable, key=rank)
+
+
 def too_broad(
     plan: ReadPlan, mapping: CompiledMapping, budget: int, total: int | None = None
 ) -> ApiError:
     """The 400 for a scan past the budget: what could not go down, and what would help."""
     culprits = plan.unpushed or plan.residual
     named = ", ".join(repr(clip(f.param, 80)) for f in culprits) or "the sort"
-    narrowing = [path for path in sorted(mapping.fields) if not path.endswith(("@type", "href"))]
-    hint = ", ".join(narrowing[:_SUGGESTED])
+    hint = ", ".join(_narrowing(mapping)[:_SUGGESTED])
     size = f"{total} records" if total is not None else f"more than {budget} records"
     return ApiError(
         400,

@@ -416,3 +416,77 @@ def test_the_oracle_selects_some_and_not_all(oracle_readers) -> None:
     ):
         assert 0 < total(term) < everything, term
     assert total("billDocument.name=INV24-000001.pdf") in (0, 1)
+
+
+def test_a_scan_past_the_budget_is_a_400_naming_the_filter(demo_db: Path) -> None:
+    from gateway.config import PagingSettings
+    from tests.conftest import assert_valid
+
+    app = create_app(gateway_config(demo_db, paging=PagingSettings(scan_budget_rows=50)))
+    with TestClient(app) as client:
+        # A range on a template cannot go down: every bill would be read (300 > 50).
+        response = client.get(f"{API}/customerBill?billDocument.name.gt=INV24&limit=5")
+        assert response.status_code == 400
+        body = response.json()
+        assert_valid("Error", body)
+        assert body["code"] == "INVALID_QUERY"
+        assert "'billDocument.name.gt=INV24'" in body["message"]
+        assert "300 records" in body["message"] and "billingAccount.id" in body["message"]
+        # Narrowed by a filter that goes down, the same term is answered.
+        narrowed = client.get(
+            f"{API}/customerBill?billingAccount.id=BA-000010&billDocument.name.gt=INV24"
+        )
+        assert narrowed.status_code == 200 and narrowed.json()
+        # A sort the back end cannot do over every bill is refused the same way.
+        sorted_ = client.get(f"{API}/customerBill?sort=state&limit=5")
+        assert sorted_.status_code == 400 and "the sort" in sorted_.json()["message"]
+        # What goes down whole reads no more than the page, whatever the budget.
+        assert client.get(f"{API}/customerBill?taxItem.taxCategory=VAT7").status_code == 200
+
+
+def test_a_source_that_cannot_count_is_stopped_while_streaming(demo_db: Path) -> None:
+    import dataclasses
+
+    from gateway.query import parse_query
+
+    app = create_app(gateway_config(demo_db))
+    with TestClient(app) as client:
+        reader = app.state.services.customer_bills
+        streamed = dataclasses.replace(
+            reader, source=NothingPushed(reader.source), cache=None, guard=None, scan_budget=120
+        )
+        query = parse_query(
+            "billDocument.name.gt=INV24", attribute_types("CustomerBill"),
+            default_limit=20, max_limit=100,
+        )  # fmt: skip
+        with pytest.raises(ApiError) as info:
+            client.portal.call(streamed.list, query, "h")
+        assert info.value.status == 400 and "more than 120 records" in (info.value.message or "")
+
+
+def test_regex_array_and_template_filters_go_down_in_one_statement(
+    app_client, sql: Statements
+) -> None:
+    client, _ = app_client
+    cases = {
+        # An anchored literal is an index range, nothing else.
+        "billNo=~^INV24-00001": ['"INV_HDR"."INV_NO" >= ?', '"INV_HDR"."INV_NO" < ?'],
+        # Anything else: a LIKE pre-filter, then RE2 itself, in the database.
+        "billNo=~^INV2.-0+1$": ['"INV_HDR"."INV_NO" LIKE ? ESCAPE', "re2_search(?,"],
+        # Child rows: a semi-join.
+        "taxItem.taxCategory=VAT7": ['"INV_HDR"."INV_ID" IN (SELECT', '"TAX_CD" = ?'],
+        "taxItem.taxCategory.ne=VAT7": ['"INV_HDR"."INV_ID" NOT IN (SELECT'],
+        # A template read backwards.
+        "billDocument.name=INV24-000007.pdf": ['"INV_HDR"."INV_NO" = ?'],
+    }
+    for term, fragments in cases.items():
+        sql.seen.clear()
+        response = client.get(f"{API}/customerBill?{term}&limit=2")
+        assert response.status_code == 200, term
+        statement, _ = sql.main()
+        assert "LIMIT" in statement, f"{term}: the back end did not answer the page"
+        for fragment in fragments:
+            assert fragment in statement, (term, statement)
+    sql.seen.clear()
+    found = client.get(f"{API}/customerBill?billDocument.name=INV24-000007.pdf").json()
+    assert [b["billNo"] for b in found] == ["INV24-000007"]
