@@ -421,9 +421,7 @@ class SqlSource:
         if isinstance(predicate, Compare):
             op = predicate.op
             if op in CHILD_OPS:
-                return self._child_rows(
-                    predicate.column, predicate.value, op == EXISTS, correlated
-                )
+                return self._child_rows(predicate.column, predicate.value, op == EXISTS, correlated)
             target = element(predicate.column)
             if op == NOT_NULL:
                 return target.is_not(None)

@@ -260,6 +260,11 @@ class _Reader:
         return required, repeats
 
 
+def anchored_literal(text: str) -> str:
+    """The RE2 pattern of "starts with `text`" (ASCII punctuation escaped, as RE2 allows)."""
+    return "^" + "".join("\\" + c if c in _META or c in _PUNCTUATION else c for c in text)
+
+
 def prefix_successor(prefix: str) -> str | None:
     """The least string greater than every string starting with `prefix` (code-point order).
 

@@ -151,8 +151,8 @@ def main() -> int:
             reader.cache = None
             reader.source = counters[name]
         print(
-            f"{'kind':18} {'op':10} {'sort':5} {'p50 ms':>8} {'p95 ms':>8} {'status':>6}"
-            f" {'rows read':>10} {'where':8} query"
+            f"{'kind':18} {'op':10} {'sort':5} {'p50 ms':>8} {'p95 ms':>8} {'cpu ms':>8}"
+            f" {'status':>6} {'rows read':>10} {'where':8} query"
         )
         worst: dict[str, float] = {}
         runs = [

@@ -36,6 +36,7 @@ from adapters.base import (
     Source,
 )
 from adapters.predicates import REGEX, REGEX_CANDIDATES
+from adapters.sql_regex import anchored_literal
 from gateway.errors import bad_request, clip
 from gateway.query import Filter, Query
 from gateway.reverse_nested import reverse_occurrences
@@ -179,8 +180,14 @@ def _reverse_nested(
             return MATCH_NONE if op == "eq" else None
         return None if predicate is None else within_int64(predicate)
 
+    def starts_with(column: str, text: str) -> Predicate:
+        return Compare(column, REGEX_CANDIDATES, anchored_literal(text))
+
     type_ = _type_of(flt.values[0]) if flt.values else "string"
-    combined = reverse_occurrences(flt, found, type_, kinds, child_kinds, column_condition)
+    candidates = starts_with if regex_op == REGEX_CANDIDATES else None
+    combined = reverse_occurrences(
+        flt, found, type_, kinds, child_kinds, column_condition, candidates
+    )
     if combined is None:
         return None
     combined = within_int64(combined)

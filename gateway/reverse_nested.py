@@ -16,11 +16,17 @@ from typing import Any
 from adapters.base import MATCH_ALL, MATCH_NONE, AllOf, AnyOf, Compare, IsNull, Predicate
 from adapters.kinds import Kind
 from adapters.predicates import EXISTS, NOT_EXISTS, NOT_NULL, ChildMatch
+from adapters.sql_regex import analyse
 from gateway.query import Filter
 from gateway.residual import comparable
 from mappings.nodes import ColumnNode, ConstNode, TemplateNode
 from mappings.reverse_paths import Occurrence
-from mappings.reverse_template import template_differs, template_equals
+from mappings.reverse_template import (
+    StartsWith,
+    template_differs,
+    template_equals,
+    template_prefix_candidates,
+)
 from mappings.transforms import Transform
 
 #: The predicate of one value on one column, or None when it cannot be reversed.
@@ -34,8 +40,14 @@ def reverse_occurrences(
     kinds: Mapping[str, Kind] | None,
     child_kinds: Mapping[str, Mapping[str, Kind]] | None,
     column_condition: ColumnCondition,
+    starts_with: StartsWith | None = None,
 ) -> Predicate | None:
-    """The filter over every place its attribute comes from; None when one cannot be."""
+    """The filter over every place its attribute comes from; None when one cannot be.
+
+    `starts_with`: given, a regex on a template goes down as a superset of its matches
+    (the records whose template may start with the pattern's literal prefix), for the
+    gateway to re-check.
+    """
     negative = flt.op == "ne"
     op = "eq" if negative else flt.op
     terms: list[Predicate] = []
@@ -43,7 +55,7 @@ def reverse_occurrences(
         scope = kinds if occurrence.child is None else _child(child_kinds, occurrence.child)
         matches: list[Predicate] = []
         for value in flt.values:
-            matched = _holds(occurrence, op, value, type_, scope, column_condition)
+            matched = _holds(occurrence, op, value, type_, scope, column_condition, starts_with)
             if matched is None:
                 return None
             matches.append(matched)
@@ -75,6 +87,7 @@ def _holds(
     type_: str,
     kinds: Mapping[str, Kind] | None,
     column_condition: ColumnCondition,
+    starts_with: StartsWith | None,
 ) -> Predicate | None:
     """Where this occurrence gives a value that meets `op value` (never `ne`)."""
     present = all_of([Compare(g, NOT_NULL, None) for g in occurrence.guards])
@@ -83,6 +96,10 @@ def _holds(
         held = _const_holds(leaf.value, op, value, type_)
         return present if held else MATCH_NONE
     if isinstance(leaf, TemplateNode):
+        if op == "regex" and starts_with is not None:
+            prefix = analyse(value.pattern).prefix
+            maybe = template_prefix_candidates(leaf.pieces, prefix, kinds, starts_with)
+            return None if maybe is None else all_of([present, maybe])
         if op != "eq" or not isinstance(value, str):
             return None
         equal = template_equals(leaf.pieces, value, kinds)

@@ -11,7 +11,7 @@ reversed here and the gateway compares the built value itself.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 from adapters.base import MATCH_ALL, MATCH_NONE, AllOf, AnyOf, Compare, IsNull, Predicate
 from adapters.kinds import Kind
@@ -24,6 +24,8 @@ MAX_STEPS = 10_000
 _INTEGER_KINDS = frozenset({"integer"})
 
 Pieces = tuple[tuple[str, str | None], ...]
+#: The back end's test that a column starts with a text: `(column, text) -> predicate`.
+StartsWith = Callable[[str, str], Predicate]
 
 
 def template_equals(
@@ -127,3 +129,27 @@ def _raw(text: str, kind: Kind | None) -> object | None:
             return None
         return int(text)
     return None
+
+
+def template_prefix_candidates(
+    pieces: Pieces, prefix: str, kinds: Mapping[str, Kind] | None, starts_with: StartsWith
+) -> Predicate | None:
+    """Records whose template value may start with `prefix` (a superset; None: all may).
+
+    The value is `literal + first column + the rest`: it starts with the prefix when the
+    first column does (after the literal), or when that column is a shorter start of it
+    and the rest completes it, which only the gateway can tell: those few values are
+    asked for by equality. `starts_with(column, text)` is the back end's prefix test.
+    """
+    if not prefix or not pieces or kinds is None:
+        return None
+    literal, column = pieces[0]
+    if len(prefix) <= len(literal):
+        return MATCH_NONE if not literal.startswith(prefix) else None
+    if column is None or kinds.get(column) != "text":
+        return None
+    if not prefix.startswith(literal):
+        return MATCH_NONE
+    rest = prefix[len(literal) :]
+    shorter = [Compare(column, "eq", rest[:k]) for k in range(len(rest))]
+    return AnyOf((starts_with(column, rest), *shorter))

@@ -75,3 +75,28 @@ def test_a_constant_template_and_negation() -> None:
     pdf = pieces(("", "A"), (".pdf", None))
     assert template_differs(pdf, "a.pdf", TEXT) == AnyOf((Compare("A", "ne", "a"), IsNull("A")))
     assert negate(MATCH_NONE) == MATCH_ALL and negate(MATCH_ALL) == MATCH_NONE
+
+
+def test_a_prefix_narrows_a_templates_first_column() -> None:
+    from mappings.reverse_template import template_prefix_candidates
+
+    def starts(column: str, text: str) -> Compare:
+        return Compare(column, "starts", text)
+
+    pdf = pieces(("", "A"), (".pdf", None))
+    assert template_prefix_candidates(pdf, "INV", TEXT, starts) == AnyOf(
+        (
+            Compare("A", "starts", "INV"),
+            Compare("A", "eq", ""),
+            Compare("A", "eq", "I"),
+            Compare("A", "eq", "IN"),
+        )
+    )
+    url = pieces(("https://dms/", "A"),)
+    assert template_prefix_candidates(url, "https://", TEXT, starts) is None  # all may
+    assert template_prefix_candidates(url, "ftp://", TEXT, starts) == MATCH_NONE
+    assert template_prefix_candidates(url, "https://dms/k", TEXT, starts) == AnyOf(
+        (Compare("A", "starts", "k"), Compare("A", "eq", ""))
+    )
+    assert template_prefix_candidates(pieces(("", "N"),), "4", TEXT, starts) is None
+    assert template_prefix_candidates(pdf, "", TEXT, starts) is None
