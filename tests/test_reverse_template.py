@@ -92,11 +92,11 @@ def test_a_prefix_narrows_a_templates_first_column() -> None:
             Compare("A", "eq", "IN"),
         )
     )
-    url = pieces(("https://dms/", "A"),)
+    url = pieces(("https://dms/", "A"))
     assert template_prefix_candidates(url, "https://", TEXT, starts) is None  # all may
     assert template_prefix_candidates(url, "ftp://", TEXT, starts) == MATCH_NONE
     assert template_prefix_candidates(url, "https://dms/k", TEXT, starts) == AnyOf(
         (Compare("A", "starts", "k"), Compare("A", "eq", ""))
     )
-    assert template_prefix_candidates(pieces(("", "N"),), "4", TEXT, starts) is None
+    assert template_prefix_candidates(pieces(("", "N")), "4", TEXT, starts) is None
     assert template_prefix_candidates(pdf, "", TEXT, starts) is None
