@@ -352,10 +352,10 @@ class SqlSource:
             return column in self.children
         known = column in self.table.c or column in self._computed
         if op in (REGEX, REGEX_CANDIDATES):
-            return column in self.table.c and self._regex_ok(self.columns_kind(column), op)
+            return column in self.table.c and self._regex_ok(self._column_kind(column), op)
         return known and (op in COMPARE_OPS or op == NOT_NULL)
 
-    def columns_kind(self, column: str) -> Kind | None:
+    def _column_kind(self, column: str) -> Kind | None:
         columns = self.columns
         assert isinstance(columns, TypedColumns)
         return columns.kinds.get(column)
