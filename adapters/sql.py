@@ -3,6 +3,9 @@
 The database URL is configuration: the same adapter serves the bundled SQLite demo and
 a PostgreSQL billing database. Tables are reflected once at start-up; per request the
 adapter only builds a statement from the plan, with every value a bound parameter.
+Beyond comparisons it runs the terms of adapters/predicates.py: regexes (an index range,
+a LIKE, and on SQLite RE2 itself: adapters/sql_regex.py) and matches on child rows (a
+semi-join, or an EXISTS probe when a sort's index should drive the page).
 
 A mapping's `source:` block for this adapter:
 
