@@ -56,6 +56,7 @@ bench-db: install
 bench: install
 	@test -f var/bench_billing.sqlite || $(MAKE) bench-db
 	$(PY) bench/read_latency.py --db var/bench_billing.sqlite
+	$(PY) bench/query_shapes.py --db var/bench_billing.sqlite
 	$(PY) bench/event_delivery.py --events 2000
 	$(PY) bench/adapter_throughput.py --requests 4000
 	$(PY) bench/auth_overhead.py --requests 3000

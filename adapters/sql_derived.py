@@ -92,6 +92,12 @@ class SqlExpressions:
         """The expression as SQL over the record's table; raises NotInSql."""
         return self._expr(expr, self.table, self.kinds)
 
+    def condition(
+        self, cond: Condition, table: FromClause, kinds: Mapping[str, Kind]
+    ) -> ColumnElement[bool]:
+        """A condition on the rows of `table` (a child table's alias); raises NotInSql."""
+        return self._condition(cond, table, kinds)
+
     def _expr(self, expr: Expr, table: FromClause, kinds: Mapping[str, Kind]) -> ColumnElement[Any]:
         if isinstance(expr, Col):
             return table.c[expr.name]

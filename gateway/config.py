@@ -88,6 +88,9 @@ class PagingSettings(StrictModel):
     max_limit: PositiveInt = 1000
     #: Rows per batch when the gateway must filter or sort itself.
     scan_batch_size: PositiveInt = 500
+    #: Back-end records the gateway may read to answer one request when it must filter
+    #: or sort itself; a request that needs more is a 400 naming the filter (not a 504).
+    scan_budget_rows: PositiveInt = 100_000
 
     @model_validator(mode="after")
     def _default_within_max(self) -> PagingSettings:

@@ -8,11 +8,20 @@ derived status) goes down the same way when the back end can compute the value
 cannot reverse, or the adapter cannot run, stays residual: the gateway applies it to
 mapped resources. Sort goes down only whole; paging goes down only when nothing is
 residual.
+
+Attributes inside arrays, guarded objects and templates go down through
+gateway/reverse_nested.py (a semi-join on child rows, a template read backwards). A
+regex goes down exactly where the back end runs RE2 (`regex`); elsewhere a superset of
+its matches goes down (`regex_candidates`: an index range, a LIKE) and the gateway
+re-checks those candidates, so the answer is always RE2's.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
 
 from adapters.base import (
     MATCH_ALL,
@@ -26,16 +35,25 @@ from adapters.base import (
     SortKey,
     Source,
 )
+from adapters.predicates import REGEX, REGEX_CANDIDATES
+from adapters.sql_regex import anchored_literal
 from gateway.errors import bad_request, clip
 from gateway.query import Filter, Query
+from gateway.reverse_nested import reverse_occurrences
 from mappings.compiler import CompiledMapping, FieldRef
+from mappings.reverse_paths import occurrences
+from mappings.transforms import Transform
 
 
 @dataclass(frozen=True, slots=True)
 class ReadPlan:
     backend: Plan
+    #: Terms the gateway applies to what the back end returns.
     residual: tuple[Filter, ...]
     sort_in_gateway: bool
+    #: Residual terms of which nothing at all went down (the back end returns every
+    #: record for them): what a refused unbounded scan names.
+    unpushed: tuple[Filter, ...] = ()
 
     @property
     def windowed_by_backend(self) -> bool:
@@ -53,12 +71,19 @@ def plan_read(query: Query, mapping: CompiledMapping, source: Source) -> ReadPla
             )
     pushed: list[Predicate] = []
     residual: list[Filter] = []
+    unpushed: list[Filter] = []
     for flt in query.filters:
         predicate = reverse_filter(flt, mapping, source)
+        exact = True
+        if predicate is None and flt.op == "regex":
+            predicate, exact = _reverse(flt, mapping, source, REGEX_CANDIDATES), False
         if predicate is not None and _runnable(_all([*pushed, predicate]), source):
             pushed.append(predicate)
+            if not exact:
+                residual.append(flt)
         else:
             residual.append(flt)
+            unpushed.append(flt)
     order = _reverse_sort(query, mapping, source)
     sort_in_gateway = order is None
     where = _all(pushed)
@@ -66,7 +91,7 @@ def plan_read(query: Query, mapping: CompiledMapping, source: Source) -> ReadPla
         backend = Plan(where, order or (), query.offset, query.limit)
     else:
         backend = Plan(where, order or ())
-    return ReadPlan(backend, tuple(residual), sort_in_gateway)
+    return ReadPlan(backend, tuple(residual), sort_in_gateway, tuple(unpushed))
 
 
 def _reference(path: str, mapping: CompiledMapping, source: Source) -> FieldRef | None:
@@ -87,11 +112,24 @@ def _reference(path: str, mapping: CompiledMapping, source: Source) -> FieldRef 
 
 def reverse_filter(flt: Filter, mapping: CompiledMapping, source: Source) -> Predicate | None:
     """The filter in back-end terms, or None when it must be applied by the gateway."""
-    if flt.op == "regex":
-        return None
+    return _reverse(flt, mapping, source, REGEX)
+
+
+def _reverse(
+    flt: Filter, mapping: CompiledMapping, source: Source, regex_op: str
+) -> Predicate | None:
+    """The filter in back-end terms, a regex as `regex_op` (exact, or its candidates)."""
     ref = _reference(flt.path, mapping, source)
     if ref is None:
-        return None
+        return _reverse_nested(flt, mapping, source, regex_op)
+    if flt.op == "regex":
+        if flt.path not in mapping.fields or not _text_as_is(ref.transform):
+            return None
+        searches: list[Predicate] = [
+            Compare(ref.column, regex_op, pattern.pattern) for pattern in flt.values
+        ]
+        found = searches[0] if len(searches) == 1 else AnyOf(tuple(searches))
+        return found if _runnable(found, source) else None
     terms: list[Predicate] = []
     for value in flt.values:
         try:
@@ -115,6 +153,56 @@ def reverse_filter(flt: Filter, mapping: CompiledMapping, source: Source) -> Pre
         combined = AllOf(tuple(terms)) if flt.op == "ne" else AnyOf(tuple(terms))
     combined = within_int64(combined)
     return combined if _runnable(combined, source) else None
+
+
+def _text_as_is(transform: Transform) -> bool:
+    """Whether the TMF value is the column's text itself (so a regex applies to it)."""
+    return transform.name == "identity" and transform.json_type == "string"
+
+
+def _reverse_nested(
+    flt: Filter, mapping: CompiledMapping, source: Source, regex_op: str
+) -> Predicate | None:
+    """A filter on an attribute inside arrays, guarded objects or templates."""
+    found = occurrences(mapping.fast_path.slow).get(flt.path)
+    if not found:
+        return None
+    columns = source.columns
+    kinds = getattr(columns, "kinds", None)
+    child_kinds = getattr(columns, "child_kinds", None)
+
+    def column_condition(column: str, transform: Transform, op: str, value: Any) -> Any:
+        if op == "regex":
+            return Compare(column, regex_op, value.pattern) if _text_as_is(transform) else None
+        try:
+            predicate = transform.condition(column, op, value)
+        except (ValueError, ArithmeticError):
+            return MATCH_NONE if op == "eq" else None
+        return None if predicate is None else within_int64(predicate)
+
+    def starts_with(column: str, text: str) -> Predicate:
+        return Compare(column, REGEX_CANDIDATES, anchored_literal(text))
+
+    type_ = _type_of(flt.values[0]) if flt.values else "string"
+    candidates = starts_with if regex_op == REGEX_CANDIDATES else None
+    combined = reverse_occurrences(
+        flt, found, type_, kinds, child_kinds, column_condition, candidates
+    )
+    if combined is None:
+        return None
+    combined = within_int64(combined)
+    return combined if _runnable(combined, source) else None
+
+
+def _type_of(value: Any) -> str:
+    """The OAS type a typed filter value stands for (gateway/query.py typed it so)."""
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, Decimal):
+        return "number"
+    if isinstance(value, datetime):
+        return "date-time"
+    return "string"
 
 
 INT64_MIN = -(2**63)

@@ -30,6 +30,7 @@ from gateway.query import Filter, Query
 from gateway.request_scope import current_request
 from gateway.residual import compile_filters, sort_key
 from gateway.resilience import BackendGuard
+from gateway.scan_budget import check_before_scan, too_broad
 from mappings.compiler import CompiledMapping
 
 Resource = dict[str, Any]
@@ -72,6 +73,8 @@ class ResourceReader:
     guard: BackendGuard | None = None
     #: Where GET answers are kept (None: not cached).
     cache: ReadCache | None = None
+    #: Back-end records one request may make the gateway read (gateway/scan_budget.py).
+    scan_budget: int | None = None
 
     @property
     def routes(self) -> Sequence[BackendRoute]:
@@ -140,7 +143,14 @@ class ResourceReader:
         total = 0
         window: builtins.list[Resource] = []  # (`list` is also a method here)
         key = sort_key(query.sort, self.attributes.types) if plan.sort_in_gateway else None
+        budget = self.scan_budget
+        if budget is not None:
+            await check_before_scan(self.source, plan, self.mapping, budget)
+        read = 0
         async for records in self.source.stream(plan.backend, self.batch_size):
+            read += len(records)
+            if budget is not None and read > budget:
+                raise too_broad(plan, self.mapping, budget)
             batch = [r for r in (to_tmf(record, base) for record in records) if matches(r)]
             if key is not None:
                 # nsmallest is stable: earlier (back-end key order) wins ties.

@@ -293,6 +293,7 @@ async def _reader(
     )
     reader.guard = guards.guard(binding.backend)
     reader.cache = cache
+    reader.scan_budget = config.paging.scan_budget_rows
     return reader
 
 

@@ -215,6 +215,16 @@ Index("IX_CHG_LINE_INV_ID", chg_line.c.INV_ID)
 Index("IX_CHG_LINE_ACCT_POST", chg_line.c.ACCT_NO, chg_line.c.POST_TS)
 Index("IX_CHG_LINE_BILLED_FLG", chg_line.c.BILLED_FLG)
 
+# Filter push-down (issue 15): the documented query shapes a real biller indexes for.
+# Bills by tax category (a semi-join on INV_TAX); charges by name (regex prefix), by
+# posting time (`sort=-date`) and by net amount (range filters and their counts); bills
+# by net amount.
+Index("IX_INV_TAX_TAX_CD", inv_tax.c.TAX_CD, inv_tax.c.INV_ID)
+Index("IX_CHG_LINE_CHG_NM", chg_line.c.CHG_NM)
+Index("IX_CHG_LINE_POST_TS", chg_line.c.POST_TS)
+Index("IX_CHG_LINE_NET_AMT", chg_line.c.NET_AMT)
+Index("IX_INV_HDR_NET_AMT", inv_hdr.c.NET_AMT)
+
 _ALL_TABLES = (acct_master, bill_run, inv_hdr, inv_tax, chg_line)
 
 # --------------------------------------------------------------------------------------

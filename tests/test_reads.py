@@ -54,6 +54,9 @@ class NoPushdown:
     def can_sort(self, column: str) -> bool:
         return False
 
+    def accepts(self, predicate: Any) -> bool:
+        return False
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 

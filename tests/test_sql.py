@@ -295,3 +295,36 @@ def test_query_sources_refuse_what_cannot_work(
         run(demo_db, lambda source: asyncio.sleep(0), spec)
     assert info.value.place == place
     assert reason in info.value.reason
+
+
+def test_child_row_matches_agree_as_semi_join_and_as_probe(demo_db: Path) -> None:
+    from adapters.predicates import ChildMatch
+
+    vat7 = Compare("taxes", "exists", ChildMatch(None, Compare("TAX_CD", "eq", "VAT7")))
+    not_vat7 = Compare("taxes", "not_exists", ChildMatch(None, Compare("TAX_CD", "eq", "VAT7")))
+    order = (SortKey("INV_DT", descending=True),)
+    statements: list[str] = []
+
+    async def work(source: SqlSource) -> list[tuple[list[int], int]]:
+        event.listen(
+            source.adapter.engine.sync_engine,
+            "before_cursor_execute",
+            lambda *args: statements.append(args[2]),
+        )
+        out = []
+        for where in (vat7, not_vat7):
+            # The whole list (a semi-join), and a short page (probes along the sort).
+            every = await source.page(Plan(where, order))
+            page = await source.page(Plan(where, order, offset=1, limit=3))
+            ids = [r["INV_ID"] for r in every.records]
+            assert [r["INV_ID"] for r in page.records] == ids[1:4]
+            assert page.total == every.total == len(ids)
+            out.append((ids, every.total))
+        return out
+
+    (with_vat7, total7), (without, total_other) = run(demo_db, work)
+    expected = {r[0] for r in legacy(demo_db, "SELECT INV_ID FROM INV_TAX WHERE TAX_CD = 'VAT7'")}
+    assert set(with_vat7) == expected and 0 < total7 < 300
+    assert total7 + total_other == 300 and not set(without) & expected
+    assert any(" IN (SELECT" in s for s in statements)
+    assert any("EXISTS (SELECT" in s for s in statements)
