@@ -361,11 +361,18 @@ class SqlSource:
             # Missing values last in both directions, as the gateway's own sorting does.
             plain = column if isinstance(column, Column) else None
             if plain is None or (plain.nullable and not plain.primary_key):
-                clause = clause.nulls_last()
-            order.append(clause)
+                order.extend(self._nulls_last(column, clause, key.descending))
+            else:
+                order.append(clause)
         if not any(k.column == self.key_column for k in plan.order_by):
             order.append(self.key.asc())
         return self._filtered(self._select, plan.where).order_by(*order)
+
+    def _nulls_last(self, column: Any, clause: Any, descending: bool) -> list[Any]:
+        """`NULLS LAST`; MySQL/MariaDB lack it, but sort NULLs last when descending anyway."""
+        if self.adapter.engine.dialect.name not in ("mysql", "mariadb"):
+            return [clause.nulls_last()]
+        return [clause] if descending else [column.is_(None), clause]
 
     def _filtered(self, statement: Select[Any], predicate: Predicate) -> Select[Any]:
         # No WHERE at all for "everything": SQLite counts a whole table far faster so.
