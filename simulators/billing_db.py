@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import os
 import random
 import sys
@@ -913,7 +914,8 @@ def _seed(
         raise ValueError("unbilled must be >= 0")
 
     gen = _Seed(bills=bills, accounts=accounts, seed=seed, unbilled=unbilled)
-    metadata.create_all(conn)
+    with _quiet_driver_warnings():
+        metadata.create_all(conn)
     conn.commit()
     dialect = conn.dialect.name
     # SQLite commits each batch (a file seeded aside, then moved into place, so nothing
@@ -941,6 +943,19 @@ def _seed(
     if dialect == "sqlite":
         conn.exec_driver_sql("PRAGMA synchronous=FULL")
         conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
+@contextlib.contextmanager
+def _quiet_driver_warnings() -> Iterator[None]:
+    """MySQL/MariaDB warn that a primary key's name is ignored (they have one name for all
+    primary keys); asyncmy logs each warning. Expected here, so not shown."""
+    driver_log = logging.getLogger("asyncmy")
+    level = driver_log.level
+    driver_log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        driver_log.setLevel(level)
 
 
 def _no_commit() -> None:
