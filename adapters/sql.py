@@ -191,7 +191,7 @@ class SqlAdapter:
         # Declared types replace reflected ones, in a table of this source's own.
         metadata = MetaData() if types else self._metadata
         try:
-            return await conn.run_sync(
+            table = await conn.run_sync(
                 lambda sync_conn: Table(
                     name,
                     metadata,
@@ -201,6 +201,13 @@ class SqlAdapter:
             )
         except NoSuchTableError:
             raise SourceSpecError(place, f"no table {name!r} in back end {self.name!r}") from None
+        if conn.dialect.name in ("mysql", "mariadb"):
+            # MySQL/MariaDB keep BOOLEAN as TINYINT(1), and say so when reflected.
+            for col in table.c:
+                tiny = isinstance(col.type, sqltypes.Integer) and col.name not in types
+                if tiny and getattr(col.type, "display_width", None) == 1:
+                    col.type = Boolean()
+        return table
 
 
 #: What a `types:` entry may say, and the column type each stands for.
@@ -308,6 +315,8 @@ class SqlSource:
             },
             columns.exact_decimals,
         )
+        #: Text columns MySQL/MariaDB would compare ignoring case: compared exactly instead.
+        self._exact_text = _exact_text_columns(table, adapter.engine.dialect)
         #: Derived values the mapping asked for, by the name predicates use for them.
         self._computed: dict[str, ColumnElement[Any]] = {}
         self._computed_names: dict[Expr, str | None] = {}
@@ -330,7 +339,9 @@ class SqlSource:
 
     def _element(self, column: str) -> ColumnElement[Any]:
         found = self._computed.get(column)
-        return self.table.c[column] if found is None else found
+        if found is not None:
+            return found
+        return self._exact_text.get(column, self.table.c[column])
 
     def can_push(self, column: str, op: str) -> bool:
         return (column in self.table.c or column in self._computed) and op in COMPARE_OPS
@@ -453,6 +464,31 @@ class SqlSource:
                 grouped[row[child.key.name]].append(dict(row))
             for record in records:
                 record[name] = grouped[record[self.key_column]]
+
+
+def _exact_text_columns(table: FromClause, dialect: Any) -> dict[str, ColumnElement[Any]]:
+    """MySQL/MariaDB text columns of a case-insensitive collation, with a binary one.
+
+    Their default collations ignore case (and trailing spaces); the gateway compares and
+    sorts text by code point, as SQLite and PostgreSQL's "C" collation do. A column that
+    is binary already keeps its indexes; these give up theirs for the right answer.
+    """
+    if dialect.name not in ("mysql", "mariadb") or not isinstance(table, Table):
+        return {}
+    default = table.dialect_options["mysql"].get("collate") or ""
+    exact = {}
+    for col in table.c:
+        if not isinstance(col.type, sqltypes.String):
+            continue
+        collation = col.type.collation or default
+        if not collation or collation.endswith("_bin") or collation == "binary":
+            continue
+        charset = collation.split("_", 1)[0]
+        binary = (
+            f"{charset}_nopad_bin" if getattr(dialect, "is_mariadb", False) else f"{charset}_bin"
+        )
+        exact[col.name] = col.collate(binary)
+    return exact
 
 
 def _total_from_window(offset: int, limit: int | None, fetched: int) -> int | None:
