@@ -9,6 +9,12 @@ so two runs with the same arguments give identical rows. Rows are generated and 
 batches, so memory stays bounded apart from a few small per-account arrays, which lets the
 same code build 300 bills for a demo or a million for a benchmark.
 
+Any SQLAlchemy URL, sync or async: a SQLite file (seeded aside, then moved into place),
+PostgreSQL (rows loaded by COPY through asyncpg) or MariaDB/MySQL (one transaction; a
+crash leaves the tables empty). `seed_if_empty` is what `make run` does with
+`LEGACY_DB_URL`: a database that holds data is left as it is. The same rows land on every
+engine; text columns compare by code point everywhere ("C" / binary collations).
+
 Story of the data: twelve monthly bill runs for January to December 2024 (each billed on the
 1st of the following month), some on-demand bills between them (interim bills, final bills
 of closed accounts, ad-hoc bills, credit notes), and the charges posted since the last run
