@@ -370,13 +370,13 @@ class SqlSource:
             column = self._element(key.column)
             clause = column.desc() if key.descending else column.asc()
             # Missing values last in both directions, as the gateway's own sorting does.
-            plain = column if isinstance(column, Column) else None
-            if plain is None or (plain.nullable and not plain.primary_key):
+            plain = None if key.column in self._computed else self.table.c[key.column]
+            if not isinstance(plain, Column) or (plain.nullable and not plain.primary_key):
                 order.extend(self._nulls_last(column, clause, key.descending))
             else:
                 order.append(clause)
         if not any(k.column == self.key_column for k in plan.order_by):
-            order.append(self.key.asc())
+            order.append(self._element(self.key_column).asc())
         return self._filtered(self._select, plan.where).order_by(*order)
 
     def _nulls_last(self, column: Any, clause: Any, descending: bool) -> list[Any]:
