@@ -62,6 +62,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.schema import AddConstraint, CreateIndex, CreateTable
 from sqlalchemy.types import TypeEngine
 from sqlalchemy.util import await_only as await_
 
@@ -920,10 +921,19 @@ def _seed(
         raise ValueError("unbilled must be >= 0")
 
     gen = _Seed(bills=bills, accounts=accounts, seed=seed, unbilled=unbilled)
-    with _quiet_driver_warnings():
-        metadata.create_all(conn)
-    conn.commit()
     dialect = conn.dialect.name
+    # PostgreSQL, new tables: indexes and foreign keys come after the rows, built and
+    # checked once each instead of row by row; all in the seed's one transaction.
+    deferred = dialect == "postgresql" and not set(inspect(conn).get_table_names()) & {
+        t.name for t in _ALL_TABLES
+    }
+    if deferred:
+        for table in metadata.sorted_tables:
+            conn.execute(CreateTable(table, include_foreign_key_constraints=[]))
+    else:
+        with _quiet_driver_warnings():
+            metadata.create_all(conn)
+        conn.commit()
     # SQLite commits each batch (a file seeded aside, then moved into place, so nothing
     # half-done is ever seen); a server database gets all rows in one transaction, so a
     # crash leaves it empty and the next `make run` seeds it again.
@@ -941,6 +951,13 @@ def _seed(
     commit()
     _insert_bills(conn, gen, commit)
     _insert_batches(conn, chg_line, gen.unbilled_rows(), commit)
+    if deferred:
+        for table in metadata.sorted_tables:
+            for index in sorted(table.indexes, key=lambda ix: str(ix.name)):
+                conn.execute(CreateIndex(index))
+            for constraint in table.foreign_key_constraints:
+                # Not isolated: the shared `metadata` must create it inline next time.
+                conn.execute(AddConstraint(constraint, isolate_from_table=False))
     if dialect == "postgresql":
         _reset_sequences(conn)
     elif dialect in ("mysql", "mariadb"):

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import inspect, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from simulators import billing_db
@@ -396,3 +396,38 @@ def test_cli_seeds_a_url_once_and_replaces_with_force(
     assert len(_rows_at(server_url, "INV_HDR")) == 24
     assert billing_db.main(["--url", server_url, "--bills", "36", "--force"]) == 0
     assert len(_rows_at(server_url, "INV_HDR")) == 36
+
+
+async def _schema(url: str) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+    """Index names and foreign keys ("column->table") per table, as the database has them."""
+    engine = create_async_engine(url)
+    try:
+        async with engine.connect() as conn:
+
+            def read(sync_conn: Any) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+                inspector = inspect(sync_conn)
+                indexes = {t: {i["name"] for i in inspector.get_indexes(t)} for t in TABLES}
+                keys = {
+                    t: {
+                        f"{fk['constrained_columns'][0]}->{fk['referred_table']}"
+                        for fk in inspector.get_foreign_keys(t)
+                    }
+                    for t in TABLES
+                }
+                return indexes, keys
+
+            return await conn.run_sync(read)
+    finally:
+        await engine.dispose()
+
+
+def test_a_server_database_gets_the_indexes_and_foreign_keys(server_url: str) -> None:
+    """PostgreSQL builds them after the rows; they must be there all the same."""
+    assert seed_if_empty(server_url, bills=30)
+    indexes, keys = asyncio.run(_schema(server_url))
+    for name in ("IX_INV_HDR_ACCT_STAT_DT", "IX_INV_HDR_INV_DT", "IX_INV_HDR_GRS_AMT"):
+        assert name in indexes["INV_HDR"]
+    assert {"IX_CHG_LINE_INV_ID", "IX_CHG_LINE_ACCT_POST"} <= indexes["CHG_LINE"]
+    assert keys["INV_HDR"] == {"ACCT_NO->ACCT_MASTER", "RUN_ID->BILL_RUN"}
+    assert keys["CHG_LINE"] == {"ACCT_NO->ACCT_MASTER", "INV_ID->INV_HDR"}
+    assert keys["INV_TAX"] == {"INV_ID->INV_HDR"}
