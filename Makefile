@@ -21,11 +21,24 @@ install: $(VENV)/.installed
 $(DEMO_DB): | $(VENV)/.installed
 	$(PY) -c "from simulators.billing_db import ensure_demo_database; ensure_demo_database('$(DEMO_DB)')"
 
+# LEGACY_DB_URL (an async SQLAlchemy URL: postgresql+asyncpg://..., mysql+asyncmy://...)
+# moves the demo back end to that database: `make run` seeds the demo schema there unless
+# it holds data already. Without it, the SQLite file $(DEMO_DB).
+ifdef LEGACY_DB_URL
+DEMO_DATA := legacy-db-url
+else
+DEMO_DATA := $(DEMO_DB)
+endif
+
+.PHONY: legacy-db-url
+legacy-db-url: | $(VENV)/.installed
+	@$(PY) -m simulators.billing_db --url "$$LEGACY_DB_URL"
+
 GATEWAY_CONFIG ?= config/default.yaml
 
 # With config/secure.yaml and no key source given, trust a development key made under var/
 # (`$(VENV)/bin/tmf678-gateway token --scope ...` prints tokens signed with it).
-run: install $(DEMO_DB)
+run: install $(DEMO_DATA)
 	@if [ "$(notdir $(GATEWAY_CONFIG))" = secure.yaml ] && [ -z "$$AUTH_JWKS_FILE$$AUTH_JWKS_URL" ]; then \
 	  $(PY) -m gateway token --dir var > /dev/null || exit 1; \
 	  echo "make run: trusting the development key of var/dev-jwks.json"; \

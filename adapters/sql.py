@@ -207,7 +207,7 @@ class SqlAdapter:
         # Declared types replace reflected ones, in a table of this source's own.
         metadata = MetaData() if types else self._metadata
         try:
-            return await conn.run_sync(
+            table = await conn.run_sync(
                 lambda sync_conn: Table(
                     name,
                     metadata,
@@ -217,6 +217,13 @@ class SqlAdapter:
             )
         except NoSuchTableError:
             raise SourceSpecError(place, f"no table {name!r} in back end {self.name!r}") from None
+        if conn.dialect.name in ("mysql", "mariadb"):
+            # MySQL/MariaDB keep BOOLEAN as TINYINT(1), and say so when reflected.
+            for col in table.c:
+                tiny = isinstance(col.type, sqltypes.Integer) and col.name not in types
+                if tiny and getattr(col.type, "display_width", None) == 1:
+                    col.type = Boolean()
+        return table
 
 
 #: What a `types:` entry may say, and the column type each stands for.
@@ -326,6 +333,8 @@ class SqlSource:
             },
             columns.exact_decimals,
         )
+        #: Text columns MySQL/MariaDB would compare ignoring case: compared exactly instead.
+        self._exact_text = _exact_text_columns(table, adapter.engine.dialect)
         #: Derived values the mapping asked for, by the name predicates use for them.
         self._computed: dict[str, ColumnElement[Any]] = {}
         self._computed_names: dict[Expr, str | None] = {}
@@ -348,7 +357,9 @@ class SqlSource:
 
     def _element(self, column: str) -> ColumnElement[Any]:
         found = self._computed.get(column)
-        return self.table.c[column] if found is None else found
+        if found is not None:
+            return found
+        return self._exact_text.get(column, self.table.c[column])
 
     def can_push(self, column: str, op: str) -> bool:
         if op in CHILD_OPS:
@@ -478,13 +489,20 @@ class SqlSource:
             column = self._element(key.column)
             clause = column.desc() if key.descending else column.asc()
             # Missing values last in both directions, as the gateway's own sorting does.
-            plain = column if isinstance(column, Column) else None
-            if plain is None or (plain.nullable and not plain.primary_key):
-                clause = clause.nulls_last()
-            order.append(clause)
+            plain = None if key.column in self._computed else self.table.c[key.column]
+            if not isinstance(plain, Column) or (plain.nullable and not plain.primary_key):
+                order.extend(self._nulls_last(column, clause, key.descending))
+            else:
+                order.append(clause)
         if not any(k.column == self.key_column for k in plan.order_by):
-            order.append(self.key.asc())
+            order.append(self._element(self.key_column).asc())
         return self._filtered(self._select, plan.where, correlated).order_by(*order)
+
+    def _nulls_last(self, column: Any, clause: Any, descending: bool) -> list[Any]:
+        """`NULLS LAST`; MySQL/MariaDB lack it, but sort NULLs last when descending anyway."""
+        if self.adapter.engine.dialect.name not in ("mysql", "mariadb"):
+            return [clause.nulls_last()]
+        return [clause] if descending else [column.is_(None), clause]
 
     def _filtered(
         self, statement: Select[Any], predicate: Predicate, correlated: bool = False
@@ -617,6 +635,31 @@ def _code_point_order(element: ColumnElement[Any], dialect: str) -> bool:
     if dialect == "postgresql":
         return collation in ("C", "POSIX")
     return False
+
+
+def _exact_text_columns(table: FromClause, dialect: Any) -> dict[str, ColumnElement[Any]]:
+    """MySQL/MariaDB text columns of a case-insensitive collation, with a binary one.
+
+    Their default collations ignore case (and trailing spaces); the gateway compares and
+    sorts text by code point, as SQLite and PostgreSQL's "C" collation do. A column that
+    is binary already keeps its indexes; these give up theirs for the right answer.
+    """
+    if dialect.name not in ("mysql", "mariadb") or not isinstance(table, Table):
+        return {}
+    default = table.dialect_options["mysql"].get("collate") or ""
+    exact = {}
+    for col in table.c:
+        if not isinstance(col.type, sqltypes.String):
+            continue
+        collation = col.type.collation or default
+        if not collation or collation.endswith("_bin") or collation == "binary":
+            continue
+        charset = collation.split("_", 1)[0]
+        binary = (
+            f"{charset}_nopad_bin" if getattr(dialect, "is_mariadb", False) else f"{charset}_bin"
+        )
+        exact[col.name] = col.collate(binary)
+    return exact
 
 
 def _total_from_window(offset: int, limit: int | None, fetched: int) -> int | None:

@@ -5,7 +5,16 @@ bound parameters and what each one decides:
 
 - `finish_if_row: true`: a row means the work was already done; commit and return it;
 - `reject_if_empty: reason`: no row means the request cannot be served (nothing written);
-- `bind_row: true`: the row's columns become parameters of the following statements.
+- `bind_row: true`: the row's columns become parameters of the following statements;
+- `lock: true`: the SELECT locks the rows it reads until the action ends, so two
+  actions on the same rows take turns (`FOR UPDATE` is added on PostgreSQL and
+  MySQL/MariaDB; SQLite, one writer at a time, has nothing to add).
+
+The SQL is the back end's, written once for every engine: standard SQL with double-quoted
+names and `||`. On MySQL/MariaDB the action's session runs with `ANSI_QUOTES` and
+`PIPES_AS_CONCAT` for that, and every action runs at READ COMMITTED, so a statement after
+a lock sees what the previous holder committed (InnoDB's default, REPEATABLE READ, would
+show a snapshot older than the lock).
 
 `check` statements run when a request is accepted, so a bad request is refused at once;
 `steps` run later, all in one transaction. The action's `result` names the parameter
@@ -26,7 +35,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from adapters.base import ActionResult, BackendError, SourceSpecError
 
-_STEP_KEYS = frozenset({"sql", "finish_if_row", "reject_if_empty", "bind_row"})
+_STEP_KEYS = frozenset({"sql", "finish_if_row", "reject_if_empty", "bind_row", "lock"})
+_MYSQL = frozenset({"mysql", "mariadb"})
+#: Standard SQL on MySQL/MariaDB: "quoted" names, || concatenates (set on each use; it
+#: stays on the pooled connection, where SQLAlchemy's own `backquoted` SQL still works).
+_ANSI_MODE = "SET SESSION sql_mode = CONCAT(@@SESSION.sql_mode, ',ANSI_QUOTES,PIPES_AS_CONCAT')"
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,8 +75,13 @@ class SqlAction:
             name: _now_param(f"params.{name}", definition)
             for name, definition in (spec.get("params") or {}).items()
         }
-        self.checks = [_step(f"check[{i}]", s) for i, s in enumerate(spec.get("check") or [])]
-        self.steps = [_step(f"steps[{i}]", s) for i, s in enumerate(spec.get("steps") or [])]
+        self.dialect = engine.dialect.name
+        self.checks = [
+            _step(f"check[{i}]", s, self.dialect) for i, s in enumerate(spec.get("check") or [])
+        ]
+        self.steps = [
+            _step(f"steps[{i}]", s, self.dialect) for i, s in enumerate(spec.get("steps") or [])
+        ]
         if not self.steps:
             raise SourceSpecError("steps", "an action needs at least one step")
         result = spec.get("result")
@@ -80,6 +98,7 @@ class SqlAction:
         bindings = self._bindings(params)
         try:
             async with self.engine.connect() as conn:
+                await self._standard_sql(conn)
                 for step in self.checks:
                     verdict = await self._run_step(conn, step, bindings)
                     if verdict is not None:
@@ -93,6 +112,9 @@ class SqlAction:
         bindings = self._bindings(params)
         try:
             async with self.engine.connect() as conn:
+                if self.dialect != "sqlite":
+                    await conn.execution_options(isolation_level="READ COMMITTED")
+                await self._standard_sql(conn)
                 transaction = await conn.begin()
                 for step in self.steps:
                     verdict = await self._run_step(conn, step, bindings)
@@ -108,6 +130,11 @@ class SqlAction:
         if self.result not in bindings:
             raise BackendError(f"{self.backend}: {self.name} produced no {self.result!r}")
         return ActionResult("done", bindings[self.result])
+
+    async def _standard_sql(self, conn: AsyncConnection) -> None:
+        if self.dialect in _MYSQL:
+            await conn.exec_driver_sql(_ANSI_MODE)
+            await conn.commit()
 
     async def _run_step(
         self, conn: AsyncConnection, step: _Step, bindings: dict[str, Any]
@@ -125,13 +152,19 @@ class SqlAction:
         return None
 
 
-def _step(place: str, spec: Any) -> _Step:
+def _step(place: str, spec: Any, dialect: str) -> _Step:
     if not isinstance(spec, Mapping) or "sql" not in spec or set(spec) - _STEP_KEYS:
         raise SourceSpecError(
             place, f"a step is {{sql, and one of {sorted(_STEP_KEYS - {'sql'})}}}"
         )
+    sql = str(spec["sql"]).strip()
+    if spec.get("lock"):
+        if not sql[:6].upper() == "SELECT":
+            raise SourceSpecError(f"{place}.lock", "only a SELECT locks the rows it reads")
+        if dialect != "sqlite":  # SQLite locks the whole database for its one writer
+            sql = f"{sql.rstrip(';')} FOR UPDATE"
     return _Step(
-        statement=text(str(spec["sql"])),
+        statement=text(sql),
         finish_if_row=bool(spec.get("finish_if_row")),
         reject_if_empty=spec.get("reject_if_empty"),
         bind_row=bool(spec.get("bind_row")),

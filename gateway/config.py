@@ -42,7 +42,8 @@ from mappings.errors import MappingSpecError, SpecError
 from mappings.loader import SpecMap, load_yaml
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "default.yaml"
-_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+#: `${NAME}` or `${NAME:-default}`; a default may hold `${OTHER...}` one level deep.
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-((?:\$\{[^{}]*\}|[^{}])*))?\}")
 
 
 class ConfigError(SpecError):
@@ -509,9 +510,16 @@ def _check_references(config: GatewayConfig, data: SpecMap, file: str) -> None:
                 )
 
 
+def _substitute(text: str) -> str:
+    """Environment values into `text`; a default used is substituted in turn."""
+    return _ENV.sub(
+        lambda m: os.environ[m[1]] if m[1] in os.environ else _substitute(m[2] or ""), text
+    )
+
+
 def _expand(value: Any) -> Any:
     if isinstance(value, str):
-        return _ENV.sub(lambda m: os.environ.get(m[1], m[2] if m[2] is not None else ""), value)
+        return _substitute(value)
     if isinstance(value, dict):
         return {k: _expand(v) for k, v in value.items()}
     if isinstance(value, list):

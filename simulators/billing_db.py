@@ -9,6 +9,12 @@ so two runs with the same arguments give identical rows. Rows are generated and 
 batches, so memory stays bounded apart from a few small per-account arrays, which lets the
 same code build 300 bills for a demo or a million for a benchmark.
 
+Any SQLAlchemy URL, sync or async: a SQLite file (seeded aside, then moved into place),
+PostgreSQL (rows loaded by COPY through asyncpg) or MariaDB/MySQL (one transaction; a
+crash leaves the tables empty). `seed_if_empty` is what `make run` does with
+`LEGACY_DB_URL`: a database that holds data is left as it is. The same rows land on every
+engine; text columns compare by code point everywhere ("C" / binary collations).
+
 Story of the data: twelve monthly bill runs for January to December 2024 (each billed on the
 1st of the following month), some on-demand bills between them (interim bills, final bills
 of closed accounts, ad-hoc bills, credit notes), and the charges posted since the last run
@@ -20,17 +26,19 @@ paid.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
+import logging
 import os
 import random
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date
 from math import gcd
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     CheckConstraint,
@@ -42,12 +50,21 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    and_,
+    column,
     create_engine,
     func,
+    inspect,
+    literal,
+    or_,
     select,
     text,
 )
-from sqlalchemy.engine import URL
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.schema import AddConstraint, CreateIndex, CreateTable
+from sqlalchemy.types import TypeEngine
+from sqlalchemy.util import await_only as await_
 
 __all__ = [
     "DEFAULT_SEED",
@@ -57,11 +74,14 @@ __all__ = [
     "bill_run",
     "chg_line",
     "create_and_seed",
+    "drop_schema",
     "ensure_demo_database",
     "inv_hdr",
     "inv_tax",
+    "holds_data",
     "main",
     "metadata",
+    "seed_if_empty",
     "sqlite_url",
     "table_counts",
 ]
@@ -73,6 +93,8 @@ LARGE_SEED_BILLS = 100_000
 # The demo's "today": no timestamp in the seed lies after it.
 DEMO_TODAY = date(2025, 1, 20)
 BATCH_ROWS = 5_000
+
+_T = TypeVar("_T")
 
 # --------------------------------------------------------------------------------------
 # Schema
@@ -88,42 +110,64 @@ metadata = MetaData(
 )
 
 
-def _code_check(column: str, codes: Sequence[str]) -> CheckConstraint:
-    """Keep a one-letter/short code column inside its domain, like the old DBA did."""
-    listed = ",".join(f"'{code}'" for code in codes)
-    return CheckConstraint(f'"{column}" IN ({listed})', name=column)
+def _code_check(name: str, codes: Sequence[str]) -> CheckConstraint:
+    """Keep a one-letter/short code column inside its domain, like the old DBA did.
+
+    Built as an expression, not text, so each dialect quotes the column its own way
+    (MySQL/MariaDB would read a double-quoted name as a string).
+    """
+    return CheckConstraint(column(name).in_(codes), name=name)
 
 
-def _date() -> String:
+def _text(length: int) -> TypeEngine[str]:
+    """Text compared and sorted by code point, case-sensitively, on every engine.
+
+    SQLite compares bytes already; PostgreSQL gets the "C" collation and MySQL/MariaDB a
+    binary one (their defaults ignore case), so the database orders and matches text as
+    the gateway does when it filters and sorts itself.
+    """
+    return (
+        String(length)
+        .with_variant(String(length, collation="C"), "postgresql")
+        .with_variant(String(length, collation="utf8mb4_bin"), "mysql", "mariadb")
+    )
+
+
+def _date() -> TypeEngine[str]:
     """'YYYYMMDD', local calendar date (Europe/Berlin)."""
-    return String(8)
+    return _text(8)
 
 
-def _stamp() -> String:
+def _stamp() -> TypeEngine[str]:
     """'YYYYMMDDHHMMSS', local wall-clock time (Europe/Berlin)."""
-    return String(14)
+    return _text(14)
+
+
+#: MySQL/MariaDB table options: InnoDB (transactions, foreign keys) and full Unicode.
+_MYSQL_TABLE = {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4"}
 
 
 acct_master = Table(
     "ACCT_MASTER",
     metadata,
-    Column("ACCT_NO", String(12), primary_key=True),
-    Column("ACCT_NM", String(80), nullable=False),
-    Column("RATE_TYP", String(1), nullable=False),  # O postpaid, P prepaid
-    Column("CURR_CD", String(3), nullable=False),
+    Column("ACCT_NO", _text(12), primary_key=True),
+    Column("ACCT_NM", _text(80), nullable=False),
+    Column("RATE_TYP", _text(1), nullable=False),  # O postpaid, P prepaid
+    Column("CURR_CD", _text(3), nullable=False),
     Column("OPEN_DT", _date(), nullable=False),
-    Column("STAT_CD", String(1), nullable=False),  # A active, C closed
+    Column("STAT_CD", _text(1), nullable=False),  # A active, C closed
     _code_check("RATE_TYP", ("O", "P")),
     _code_check("STAT_CD", ("A", "C")),
+    **_MYSQL_TABLE,
 )
 
 bill_run = Table(
     "BILL_RUN",
     metadata,
     Column("RUN_ID", Integer, primary_key=True),
-    Column("RUN_CD", String(8), nullable=False, unique=True),
-    Column("RUN_DESC", String(80), nullable=False),
-    Column("PRD_LBL", String(30), nullable=False),
+    Column("RUN_CD", _text(8), nullable=False, unique=True),
+    Column("RUN_DESC", _text(80), nullable=False),
+    Column("PRD_LBL", _text(30), nullable=False),
     Column("PRD_FROM_DT", _date(), nullable=False),
     Column("PRD_TO_DT", _date(), nullable=False),
     Column("BILL_DT", _date(), nullable=False),
@@ -131,37 +175,39 @@ bill_run = Table(
     Column("CHRG_DT", _date(), nullable=False),
     Column("CRDT_DT", _date(), nullable=False),
     Column("DUE_DT", _date(), nullable=False),
-    Column("SPEC_CD", String(10), nullable=False),
+    Column("SPEC_CD", _text(10), nullable=False),
+    **_MYSQL_TABLE,
 )
 
 inv_hdr = Table(
     "INV_HDR",
     metadata,
     Column("INV_ID", Integer, primary_key=True),
-    Column("INV_NO", String(16), nullable=False, unique=True),
-    Column("ACCT_NO", String(12), ForeignKey("ACCT_MASTER.ACCT_NO"), nullable=False),
+    Column("INV_NO", _text(16), nullable=False, unique=True),
+    Column("ACCT_NO", _text(12), ForeignKey("ACCT_MASTER.ACCT_NO"), nullable=False),
     Column("RUN_ID", Integer, ForeignKey("BILL_RUN.RUN_ID"), nullable=True),
     Column("INV_DT", _date(), nullable=False),
     Column("PRD_FROM_DT", _date(), nullable=False),
     Column("PRD_TO_DT", _date(), nullable=False),
     Column("DUE_DT", _date(), nullable=False),
     Column("NXT_INV_DT", _date(), nullable=True),
-    Column("STAT_CD", String(1), nullable=False),
-    Column("RUN_TYP", String(1), nullable=False),  # C on cycle, D on demand
-    Column("CAT_CD", String(3), nullable=False),
+    Column("STAT_CD", _text(1), nullable=False),
+    Column("RUN_TYP", _text(1), nullable=False),  # C on cycle, D on demand
+    Column("CAT_CD", _text(3), nullable=False),
     Column("NET_AMT", Integer, nullable=False),
     Column("TAX_AMT", Integer, nullable=False),
     Column("GRS_AMT", Integer, nullable=False),
     Column("OPEN_AMT", Integer, nullable=False),
-    Column("CURR_CD", String(3), nullable=False),
-    Column("ARCH_KEY", String(60), nullable=False),
+    Column("CURR_CD", _text(3), nullable=False),
+    Column("ARCH_KEY", _text(60), nullable=False),
     Column("UPD_TS", _stamp(), nullable=False),
     # External order reference: who asked for an off-cycle bill (the gateway's on-demand
     # request id). Unique, so one request can never produce two bills.
-    Column("EXT_REF", String(40), nullable=True, unique=True),
+    Column("EXT_REF", _text(40), nullable=True, unique=True),
     _code_check("STAT_CD", ("N", "H", "V", "S", "C", "P")),
     _code_check("RUN_TYP", ("C", "D")),
     _code_check("CAT_CD", ("NRM", "DUP", "INT", "CRN")),
+    **_MYSQL_TABLE,
 )
 
 inv_tax = Table(
@@ -169,36 +215,40 @@ inv_tax = Table(
     metadata,
     Column("INV_ID", Integer, ForeignKey("INV_HDR.INV_ID"), primary_key=True, autoincrement=False),
     Column("SEQ_NO", Integer, primary_key=True, autoincrement=False),
-    Column("TAX_CD", String(8), nullable=False),
-    Column("TAX_RT", String(6), nullable=False),
+    Column("TAX_CD", _text(8), nullable=False),
+    Column("TAX_RT", _text(6), nullable=False),
     Column("TAX_AMT", Integer, nullable=False),
+    **_MYSQL_TABLE,
 )
 
 chg_line = Table(
     "CHG_LINE",
     metadata,
     Column("CHG_ID", Integer, primary_key=True),
-    Column("ACCT_NO", String(12), ForeignKey("ACCT_MASTER.ACCT_NO"), nullable=False),
+    Column("ACCT_NO", _text(12), ForeignKey("ACCT_MASTER.ACCT_NO"), nullable=False),
     Column("INV_ID", Integer, ForeignKey("INV_HDR.INV_ID"), nullable=True),
-    Column("CHG_TYP", String(3), nullable=False),
-    Column("CHG_NM", String(40), nullable=False),
-    Column("CHG_TXT", String(120), nullable=False),
+    Column("CHG_TYP", _text(3), nullable=False),
+    Column("CHG_NM", _text(40), nullable=False),
+    Column("CHG_TXT", _text(120), nullable=False),
     Column("POST_TS", _stamp(), nullable=False),
     Column("SVC_FROM_DT", _date(), nullable=False),
     Column("SVC_TO_DT", _date(), nullable=False),
     Column("NET_AMT", Integer, nullable=False),
     Column("TAX_AMT", Integer, nullable=False),
-    Column("TAX_RT", String(6), nullable=False),
-    Column("TAX_CD", String(8), nullable=False),
-    Column("PROD_ID", String(12), nullable=False),
-    Column("CURR_CD", String(3), nullable=False),
-    Column("BILLED_FLG", String(1), nullable=False),
+    Column("TAX_RT", _text(6), nullable=False),
+    Column("TAX_CD", _text(8), nullable=False),
+    Column("PROD_ID", _text(12), nullable=False),
+    Column("CURR_CD", _text(3), nullable=False),
+    Column("BILLED_FLG", _text(1), nullable=False),
     _code_check("CHG_TYP", ("REC", "OTC", "USG", "CRD", "PEN")),
     CheckConstraint(
-        """("INV_ID" IS NULL AND "BILLED_FLG" = 'N')"""
-        """ OR ("INV_ID" IS NOT NULL AND "BILLED_FLG" = 'Y')""",
+        or_(
+            and_(column("INV_ID").is_(None), column("BILLED_FLG") == "N"),
+            and_(column("INV_ID").is_not(None), column("BILLED_FLG") == "Y"),
+        ),
         name="BILLED_FLG",
     ),
+    **_MYSQL_TABLE,
 )
 
 # The gateway's access paths: bills of an account by state, newest first; bills by date, by
@@ -769,20 +819,34 @@ class _Seed:
 # --------------------------------------------------------------------------------------
 
 
-def _insert_batches(conn: Connection, table: Table, rows: Iterator[dict[str, Any]]) -> None:
+def _insert(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
+    """Many rows at once: PostgreSQL's COPY through asyncpg, else an executemany INSERT."""
+    if conn.dialect.driver == "asyncpg":
+        names = [c.name for c in table.c]
+        records = [tuple(row.get(name) for name in names) for row in rows]
+        driver = conn.connection.driver_connection
+        assert driver is not None
+        await_(driver.copy_records_to_table(table.name, records=records, columns=names))
+    else:
+        conn.execute(table.insert(), rows)
+
+
+def _insert_batches(
+    conn: Connection, table: Table, rows: Iterator[dict[str, Any]], commit: Callable[[], None]
+) -> None:
     batch: list[dict[str, Any]] = []
     for row in rows:
         batch.append(row)
         if len(batch) >= BATCH_ROWS:
-            conn.execute(table.insert(), batch)
-            conn.commit()
+            _insert(conn, table, batch)
+            commit()
             batch = []
     if batch:
-        conn.execute(table.insert(), batch)
-        conn.commit()
+        _insert(conn, table, batch)
+        commit()
 
 
-def _insert_bills(conn: Connection, gen: _Seed) -> None:
+def _insert_bills(conn: Connection, gen: _Seed, commit: Callable[[], None]) -> None:
     """Headers before their children in every flush, so foreign keys hold on any engine."""
     headers: list[dict[str, Any]] = []
     taxes: list[dict[str, Any]] = []
@@ -791,9 +855,9 @@ def _insert_bills(conn: Connection, gen: _Seed) -> None:
     def flush() -> None:
         for table, rows in ((inv_hdr, headers), (inv_tax, taxes), (chg_line, charges)):
             if rows:
-                conn.execute(table.insert(), rows)
+                _insert(conn, table, rows)
                 rows.clear()
-        conn.commit()
+        commit()
 
     for header, tax_rows, charge_rows in gen.bills_with_children():
         headers.append(header)
@@ -805,33 +869,58 @@ def _insert_bills(conn: Connection, gen: _Seed) -> None:
 
 
 def _reset_sequences(conn: Connection) -> None:
-    """PostgreSQL: move SERIAL sequences past the seeded ids so later inserts don't collide."""
-    for table, column in (("BILL_RUN", "RUN_ID"), ("INV_HDR", "INV_ID"), ("CHG_LINE", "CHG_ID")):
+    """PostgreSQL: move SERIAL sequences past the seeded ids so later inserts don't collide.
+
+    (MySQL/MariaDB move AUTO_INCREMENT past inserted ids by themselves; SQLite takes max+1.)
+    """
+    for table, column_name in (
+        ("BILL_RUN", "RUN_ID"),
+        ("INV_HDR", "INV_ID"),
+        ("CHG_LINE", "CHG_ID"),
+    ):
         conn.execute(
             text(
-                f"SELECT setval(pg_get_serial_sequence('\"{table}\"', '{column}'), "
-                f'COALESCE((SELECT MAX("{column}") FROM "{table}"), 0) + 1, false)'
+                f"SELECT setval(pg_get_serial_sequence('\"{table}\"', '{column_name}'), "
+                f'COALESCE((SELECT MAX("{column_name}") FROM "{table}"), 0) + 1, false)'
             )
         )
-    conn.commit()
 
 
-def create_and_seed(
-    url: str,
+def _on_connection(url: str, work: Callable[[Connection], _T]) -> _T:
+    """Run `work` on one connection to `url`, a sync or an async SQLAlchemy URL.
+
+    With an async driver (asyncpg, asyncmy, aiosqlite: the gateway's own URLs) the same
+    synchronous code runs through `AsyncConnection.run_sync`, so one URL serves both the
+    gateway and its seed, and no second driver is needed.
+    """
+    parsed = make_url(url)
+    if parsed.get_dialect().is_async:
+
+        async def run_async() -> _T:
+            engine = create_async_engine(parsed)
+            try:
+                async with engine.connect() as conn:
+                    return await conn.run_sync(work)
+            finally:
+                await engine.dispose()
+
+        return asyncio.run(run_async())
+    engine = create_engine(parsed)
+    try:
+        with engine.connect() as conn:
+            return work(conn)
+    finally:
+        engine.dispose()
+
+
+def _seed(
+    conn: Connection,
     *,
     bills: int = DEFAULT_BILLS,
     accounts: int | None = None,
     seed: int = DEFAULT_SEED,
     unbilled: int | None = None,
 ) -> None:
-    """Create the schema at a sync SQLAlchemy URL and fill it; the tables must be empty.
-
-    Defaults: `accounts = max(60, bills // 6)`, `unbilled = max(250, bills // 10)`.
-    Each bill gets 8-12 charges, or 2-4 above `LARGE_SEED_BILLS` bills to keep big seeds
-    fast (about 3 million charges for a million bills). Accounts are picked per run with a
-    stride, so a run bills distinct accounts as long as it is not bigger than the pool of
-    active postpaid accounts (true for the default account count).
-    """
     if bills < 0:
         raise ValueError("bills must be >= 0")
     accounts = max(60, bills // 6) if accounts is None else accounts
@@ -842,26 +931,130 @@ def create_and_seed(
         raise ValueError("unbilled must be >= 0")
 
     gen = _Seed(bills=bills, accounts=accounts, seed=seed, unbilled=unbilled)
-    engine = create_engine(url)
+    dialect = conn.dialect.name
+    # PostgreSQL, new tables: indexes and foreign keys come after the rows, built and
+    # checked once each instead of row by row; all in the seed's one transaction.
+    deferred = dialect == "postgresql" and not set(inspect(conn).get_table_names()) & {
+        t.name for t in _ALL_TABLES
+    }
+    if deferred:
+        for table in metadata.sorted_tables:
+            conn.execute(CreateTable(table, include_foreign_key_constraints=[]))
+    else:
+        with _quiet_driver_warnings():
+            metadata.create_all(conn)
+        conn.commit()
+    # SQLite commits each batch (a file seeded aside, then moved into place, so nothing
+    # half-done is ever seen); a server database gets all rows in one transaction, so a
+    # crash leaves it empty and the next `make run` seeds it again.
+    commit = conn.commit if dialect == "sqlite" else _no_commit
+    if dialect == "sqlite":
+        conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+        conn.exec_driver_sql("PRAGMA synchronous=OFF")  # this connection only
+    elif dialect in ("mysql", "mariadb"):
+        # Fresh tables and rows consistent by construction: InnoDB may skip its per-row
+        # foreign key and unique look-ups (this session only), several times faster.
+        conn.exec_driver_sql("SET SESSION foreign_key_checks = 0, unique_checks = 0")
+    conn.execute(select(literal(1)))  # the transaction the rows go in has begun
+    _insert_batches(conn, acct_master, gen.account_rows(), commit)
+    conn.execute(bill_run.insert(), _bill_run_rows())
+    commit()
+    _insert_bills(conn, gen, commit)
+    _insert_batches(conn, chg_line, gen.unbilled_rows(), commit)
+    if deferred:
+        for table in metadata.sorted_tables:
+            for index in sorted(table.indexes, key=lambda ix: str(ix.name)):
+                conn.execute(CreateIndex(index))
+            for constraint in table.foreign_key_constraints:
+                # Not isolated: the shared `metadata` must create it inline next time.
+                conn.execute(AddConstraint(constraint, isolate_from_table=False))
+    if dialect == "postgresql":
+        _reset_sequences(conn)
+    elif dialect in ("mysql", "mariadb"):
+        conn.exec_driver_sql("SET SESSION foreign_key_checks = 1, unique_checks = 1")
+    conn.commit()
+    if dialect == "sqlite":
+        conn.exec_driver_sql("PRAGMA synchronous=FULL")
+        conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
+@contextlib.contextmanager
+def _quiet_driver_warnings() -> Iterator[None]:
+    """MySQL/MariaDB warn that a primary key's name is ignored (they have one name for all
+    primary keys); asyncmy logs each warning. Expected here, so not shown."""
+    driver_log = logging.getLogger("asyncmy")
+    level = driver_log.level
+    driver_log.setLevel(logging.ERROR)
     try:
-        metadata.create_all(engine)
-        with engine.connect() as conn:
-            sqlite = conn.dialect.name == "sqlite"
-            if sqlite:
-                conn.exec_driver_sql("PRAGMA journal_mode=WAL")
-                conn.exec_driver_sql("PRAGMA synchronous=OFF")  # this connection only
-            _insert_batches(conn, acct_master, gen.account_rows())
-            conn.execute(bill_run.insert(), _bill_run_rows())
-            conn.commit()
-            _insert_bills(conn, gen)
-            _insert_batches(conn, chg_line, gen.unbilled_rows())
-            if sqlite:
-                conn.exec_driver_sql("PRAGMA synchronous=FULL")
-                conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
-            elif conn.dialect.name == "postgresql":
-                _reset_sequences(conn)
+        yield
     finally:
-        engine.dispose()
+        driver_log.setLevel(level)
+
+
+def _no_commit() -> None:
+    """Batches of a server database stay in the seed's one transaction."""
+
+
+def create_and_seed(
+    url: str,
+    *,
+    bills: int = DEFAULT_BILLS,
+    accounts: int | None = None,
+    seed: int = DEFAULT_SEED,
+    unbilled: int | None = None,
+) -> None:
+    """Create the schema at a SQLAlchemy URL (sync or async) and fill it; tables must be empty.
+
+    Any engine SQLAlchemy knows: SQLite, PostgreSQL, MySQL/MariaDB. Defaults: `accounts =
+    max(60, bills // 6)`, `unbilled = max(250, bills // 10)`. Each bill gets 8-12 charges,
+    or 2-4 above `LARGE_SEED_BILLS` bills to keep big seeds fast (about 3 million charges
+    for a million bills). Accounts are picked per run with a stride, so a run bills
+    distinct accounts as long as it is not bigger than the pool of active postpaid
+    accounts (true for the default account count).
+    """
+    options = {"bills": bills, "accounts": accounts, "seed": seed, "unbilled": unbilled}
+    _on_connection(url, lambda conn: _seed(conn, **options))
+
+
+def _holds_data(conn: Connection) -> bool:
+    present = set(inspect(conn).get_table_names())
+    return any(
+        conn.execute(select(literal(1)).select_from(table).limit(1)).first() is not None
+        for table in _ALL_TABLES
+        if table.name in present
+    )
+
+
+def holds_data(url: str) -> bool:
+    """Whether any of the demo tables exists at `url` with rows in it."""
+    return _on_connection(url, _holds_data)
+
+
+def seed_if_empty(url: str, **options: Any) -> bool:
+    """Create and seed the demo schema at `url` unless it holds data already; seeded?
+
+    What `make run` does for `LEGACY_DB_URL`: a database someone filled (or changed) is
+    never touched. Options as for `create_and_seed`.
+    """
+
+    def work(conn: Connection) -> bool:
+        if _holds_data(conn):
+            return False
+        conn.rollback()
+        _seed(conn, **options)
+        return True
+
+    return _on_connection(url, work)
+
+
+def drop_schema(url: str) -> None:
+    """Drop the demo tables at `url` (for `--force`); other tables stay."""
+
+    def work(conn: Connection) -> None:
+        metadata.drop_all(conn)
+        conn.commit()
+
+    _on_connection(url, work)
 
 
 def sqlite_url(path: str | Path) -> str:
@@ -871,15 +1064,14 @@ def sqlite_url(path: str | Path) -> str:
 
 def table_counts(url: str) -> dict[str, int]:
     """Row count per table, for the CLI's summary and quick checks."""
-    engine = create_engine(url)
-    try:
-        with engine.connect() as conn:
-            return {
-                t.name: conn.execute(select(func.count()).select_from(t)).scalar_one()
-                for t in _ALL_TABLES
-            }
-    finally:
-        engine.dispose()
+
+    def work(conn: Connection) -> dict[str, int]:
+        return {
+            t.name: conn.execute(select(func.count()).select_from(t)).scalar_one()
+            for t in _ALL_TABLES
+        }
+
+    return _on_connection(url, work)
 
 
 def _remove_sqlite_files(path: Path) -> None:
@@ -934,35 +1126,50 @@ def ensure_demo_database(path: str | Path) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m simulators.billing_db --path var/legacy_billing.sqlite [--bills N] ...`"""
+    """`python -m simulators.billing_db [--path FILE | --url URL] [--bills N] ...`"""
     parser = argparse.ArgumentParser(
         prog="python -m simulators.billing_db",
-        description="Create and seed the legacy billing demo database (SQLite).",
+        description="Create and seed the legacy billing demo database: a SQLite file, or"
+        " any database SQLAlchemy reaches (PostgreSQL, MariaDB/MySQL).",
     )
-    parser.add_argument("--path", type=Path, default=Path("var/legacy_billing.sqlite"))
+    target = parser.add_mutually_exclusive_group()
+    target.add_argument("--path", type=Path, default=Path("var/legacy_billing.sqlite"))
+    target.add_argument(
+        "--url",
+        help="a SQLAlchemy URL, sync or async (postgresql+asyncpg://..., mysql+asyncmy://...);"
+        " a database that holds the demo's data already is left as it is",
+    )
     parser.add_argument("--bills", type=int, default=DEFAULT_BILLS)
     parser.add_argument("--accounts", type=int, default=None)
     parser.add_argument("--unbilled", type=int, default=None)
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
-    parser.add_argument("--force", action="store_true", help="replace an existing file")
+    parser.add_argument("--force", action="store_true", help="replace existing data")
     args = parser.parse_args(argv)
+    options = {
+        "bills": args.bills,
+        "accounts": args.accounts,
+        "seed": args.seed,
+        "unbilled": args.unbilled,
+    }
 
-    if args.path.exists() and not args.force:
-        print(f"{args.path} exists; use --force to replace it", file=sys.stderr)
-        return 1
     started = time.perf_counter()
-    _seed_file(
-        args.path,
-        overwrite=True,
-        bills=args.bills,
-        accounts=args.accounts,
-        seed=args.seed,
-        unbilled=args.unbilled,
-    )
+    if args.url is not None:
+        url, shown = args.url, make_url(args.url).render_as_string(hide_password=True)
+        if args.force:
+            drop_schema(url)
+        if not seed_if_empty(url, **options):
+            print(f"{shown} holds data already; not seeded (--force replaces it)")
+            return 0
+    else:
+        if args.path.exists() and not args.force:
+            print(f"{args.path} exists; use --force to replace it", file=sys.stderr)
+            return 1
+        _seed_file(args.path, overwrite=True, **options)
+        url, shown = sqlite_url(args.path), str(args.path)
     elapsed = time.perf_counter() - started
-    for name, count in table_counts(sqlite_url(args.path)).items():
+    for name, count in table_counts(url).items():
         print(f"{name:12} {count:>10,}")
-    print(f"seeded {args.path} in {elapsed:.1f} s")
+    print(f"seeded {shown} in {elapsed:.1f} s")
     return 0
 
 

@@ -1,7 +1,12 @@
-"""The legacy billing demo database: shape, internal consistency, determinism, tooling."""
+"""The legacy billing demo database: shape, internal consistency, determinism, tooling.
+
+The seed also fills PostgreSQL and MariaDB databases (tests/databases.py): the same rows.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import re
 import sqlite3
 from collections import Counter
@@ -9,11 +14,22 @@ from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
+from sqlalchemy import inspect, text
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from simulators import billing_db
-from simulators.billing_db import DEMO_TODAY, create_and_seed, ensure_demo_database, sqlite_url
+from simulators.billing_db import (
+    DEMO_TODAY,
+    create_and_seed,
+    ensure_demo_database,
+    holds_data,
+    seed_if_empty,
+    sqlite_url,
+)
+from tests.databases import SERVERS, fresh_database
 
 TABLES = ("ACCT_MASTER", "BILL_RUN", "INV_HDR", "INV_TAX", "CHG_LINE")
 DATE_RE = re.compile(r"^\d{8}$")
@@ -309,3 +325,109 @@ def test_cli_refuses_to_overwrite(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert billing_db.main(["--path", str(path), "--bills", "36", "--force"]) == 0
     with _connect(path) as conn:
         assert _scalar(conn, "SELECT COUNT(*) FROM INV_HDR") == 36
+
+
+# ------------------------------------------------------- PostgreSQL and MariaDB (any URL)
+
+
+async def _server_rows(url: str, table: str) -> list[tuple]:
+    engine = create_async_engine(url)
+    try:
+        async with engine.connect() as conn:
+            quoted = conn.dialect.identifier_preparer.quote(table)
+            result = await conn.execute(text(f"SELECT * FROM {quoted} ORDER BY 1, 2"))
+            return [tuple(row) for row in result]
+    finally:
+        await engine.dispose()
+
+
+def _rows_at(url: str, table: str) -> list[tuple]:
+    return asyncio.run(_server_rows(url, table))
+
+
+@pytest.fixture(params=SERVERS)
+def server_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """An empty database of this test's own on PostgreSQL, then on MariaDB."""
+    with fresh_database(request.param, "tmf678_seed") as url:
+        yield url
+
+
+def test_a_server_database_gets_the_same_rows_as_sqlite(server_url: str, demo_db: Path) -> None:
+    assert seed_if_empty(server_url)
+    for table in TABLES:
+        assert _rows_at(server_url, table) == _dump(demo_db, table), table
+
+
+def test_a_server_database_that_holds_data_is_left_alone(server_url: str) -> None:
+    assert not holds_data(server_url)
+    assert seed_if_empty(server_url, bills=12)
+    assert holds_data(server_url)
+    assert not seed_if_empty(server_url, bills=36)
+    assert len(_rows_at(server_url, "INV_HDR")) == 12
+
+
+def test_a_failed_server_seed_leaves_no_rows(
+    server_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One transaction: a crash leaves the database empty, so the next run seeds it."""
+
+    def crash_after_some_bills(conn: Any, gen: Any, commit: Any) -> None:
+        headers = [header for header, _, _ in itertools.islice(gen.bills_with_children(), 3)]
+        conn.execute(billing_db.inv_hdr.insert(), headers)
+        commit()
+        raise RuntimeError("crash during seed")
+
+    monkeypatch.setattr(billing_db, "_insert_bills", crash_after_some_bills)
+    with pytest.raises(RuntimeError):
+        seed_if_empty(server_url, bills=12)
+    assert not holds_data(server_url)
+    monkeypatch.undo()
+    assert seed_if_empty(server_url, bills=12)
+    assert len(_rows_at(server_url, "INV_HDR")) == 12
+
+
+def test_cli_seeds_a_url_once_and_replaces_with_force(
+    server_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert billing_db.main(["--url", server_url, "--bills", "24"]) == 0
+    assert "seeded" in capsys.readouterr().out
+    assert billing_db.main(["--url", server_url, "--bills", "36"]) == 0
+    assert "holds data already" in capsys.readouterr().out
+    assert len(_rows_at(server_url, "INV_HDR")) == 24
+    assert billing_db.main(["--url", server_url, "--bills", "36", "--force"]) == 0
+    assert len(_rows_at(server_url, "INV_HDR")) == 36
+
+
+async def _schema(url: str) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+    """Index names and foreign keys ("column->table") per table, as the database has them."""
+    engine = create_async_engine(url)
+    try:
+        async with engine.connect() as conn:
+
+            def read(sync_conn: Any) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+                inspector = inspect(sync_conn)
+                indexes = {t: {i["name"] for i in inspector.get_indexes(t)} for t in TABLES}
+                keys = {
+                    t: {
+                        f"{fk['constrained_columns'][0]}->{fk['referred_table']}"
+                        for fk in inspector.get_foreign_keys(t)
+                    }
+                    for t in TABLES
+                }
+                return indexes, keys
+
+            return await conn.run_sync(read)
+    finally:
+        await engine.dispose()
+
+
+def test_a_server_database_gets_the_indexes_and_foreign_keys(server_url: str) -> None:
+    """PostgreSQL builds them after the rows; they must be there all the same."""
+    assert seed_if_empty(server_url, bills=30)
+    indexes, keys = asyncio.run(_schema(server_url))
+    for name in ("IX_INV_HDR_ACCT_STAT_DT", "IX_INV_HDR_INV_DT", "IX_INV_HDR_GRS_AMT"):
+        assert name in indexes["INV_HDR"]
+    assert {"IX_CHG_LINE_INV_ID", "IX_CHG_LINE_ACCT_POST"} <= indexes["CHG_LINE"]
+    assert keys["INV_HDR"] == {"ACCT_NO->ACCT_MASTER", "RUN_ID->BILL_RUN"}
+    assert keys["CHG_LINE"] == {"ACCT_NO->ACCT_MASTER", "INV_ID->INV_HDR"}
+    assert keys["INV_TAX"] == {"INV_ID->INV_HDR"}

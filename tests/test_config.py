@@ -44,6 +44,35 @@ def test_environment_values_and_defaults(tmp_path: Path, monkeypatch: pytest.Mon
 
 
 @pytest.mark.parametrize(
+    ("env", "url"),
+    [
+        ({}, "sqlite+aiosqlite:///var/legacy.sqlite"),
+        ({"LEGACY_DB": "/tmp/x.sqlite"}, "sqlite+aiosqlite:////tmp/x.sqlite"),
+        (
+            {"LEGACY_DB": "/tmp/x.sqlite", "LEGACY_DB_URL": "postgresql+asyncpg://h/db"},
+            "postgresql+asyncpg://h/db",
+        ),
+    ],
+)
+def test_a_default_may_name_another_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, env: dict[str, str], url: str
+) -> None:
+    for name in ("LEGACY_DB", "LEGACY_DB_URL"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    config = load_config(
+        write(
+            tmp_path,
+            "backends:\n  b: {kind: sql, url: "
+            "'${LEGACY_DB_URL:-sqlite+aiosqlite:///${LEGACY_DB:-var/legacy.sqlite}}'}\n"
+            "resources:\n  billCycle: {backend: b, mapping: m.yaml}\n",
+        )
+    )
+    assert config.backends["b"].url == url  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
     ("text", "line", "message"),
     [
         ("bogus: 1\n", 1, "bogus: unknown key 'bogus' (known: api, paging, backends"),

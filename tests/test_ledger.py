@@ -5,17 +5,19 @@ totals and no status column, item lines of several kinds (recurring, usage, tax,
 adjustments, credits), payments; UUID ids; native DATE, DATETIME and DECIMAL columns.
 `mappings/ledger_sql/*.yaml` serve it. Every case states its expected answer as SQL
 written here, run on the same database: the gateway must give the same ids in the same
-order, with the same total, with push-down on and off, on SQLite and on PostgreSQL.
+order, with the same total, with push-down on and off, on SQLite, PostgreSQL and MariaDB.
 
-PostgreSQL runs at 127.0.0.1:5432 as user `postgres` (trust) when available; the tests
-on it are skipped otherwise (and fail under CI=true, where it must be there).
+PostgreSQL and MariaDB are the local servers of tests/databases.py; the tests on them are
+skipped without them (and fail under CI=true, where they must be there). MariaDB keeps
+UUIDs as text, instants as wall-clock DATETIMEs and booleans as TINYINT(1), as SQLite
+does in its own way; its text compares ignoring case unless the adapter says otherwise.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import random
+import re
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -51,17 +53,17 @@ from gateway.config import load_config
 from gateway.pushdown import plan_read
 from gateway.query import parse_query
 from tests.conftest import API, ROOT, assert_valid, fetch_all
+from tests.databases import fresh_database
 from tests.test_reads import NoPushdown
 
 BERLIN = ZoneInfo("Europe/Berlin")
 MAPPINGS = ROOT / "mappings" / "ledger_sql"
-PG_ADMIN = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
 
 # ---------------------------------------------------------------------------- the schema
 
 metadata = MetaData()
-#: UUIDs: native on PostgreSQL, canonical text on SQLite (which has no UUID type).
-UUID = Uuid(as_uuid=True).with_variant(CHAR(36), "sqlite")
+#: UUIDs: native on PostgreSQL, canonical text on SQLite and MariaDB.
+UUID = Uuid(as_uuid=True).with_variant(CHAR(36), "sqlite", "mysql", "mariadb")
 MONEY = Numeric(15, 4)
 
 accounts = Table(
@@ -248,8 +250,8 @@ def _payments(invoices: list[dict[str, Any]], items: list[dict[str, Any]]) -> li
 
 
 def _for_dialect(row: dict[str, Any], dialect: str) -> dict[str, Any]:
-    """A row as the dialect stores it: SQLite keeps UUIDs as text and wall-clock times."""
-    if dialect != "sqlite":
+    """A row as the dialect stores it: SQLite and MariaDB keep UUIDs as text and wall clocks."""
+    if dialect == "postgresql":
         return {k: v.replace(tzinfo=None) if k == "updated_date" else v for k, v in row.items()}
     out = {}
     for key, value in row.items():
@@ -296,35 +298,19 @@ class Ledger:
     dialect: str
 
     def truth(self, sql: str) -> list[str]:
+        if self.dialect == "mariadb":
+            sql = _in_mariadb_terms(sql)
         return asyncio.run(_query(self.url, sql))
 
 
-async def _admin(statement: str) -> None:
-    engine = create_async_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    try:
-        async with engine.connect() as conn:
-            await conn.execute(text(statement))
-    finally:
-        await engine.dispose()
+def _in_mariadb_terms(sql: str) -> str:
+    """MariaDB has no NULLS LAST (DESC puts NULLs last anyway) and casts to CHAR."""
+    sql = sql.replace(" DESC NULLS LAST", " DESC")
+    sql = re.sub(r"([\w.]+) NULLS LAST", r"\1 IS NULL, \1", sql)
+    return re.sub(r"AS VARCHAR\((\d+)\)", r"AS CHAR(\1)", sql)
 
 
-def _create_pg_database(name: str) -> str:
-    """A fresh PostgreSQL database for this module; skips (fails under CI) without a server."""
-    try:
-        asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
-    except Exception as exc:
-        if os.environ.get("CI") == "true":
-            raise
-        pytest.skip(
-            f"PostgreSQL not reachable at 127.0.0.1:5432 as postgres ({type(exc).__name__});"
-            " start one (e.g. `docker run -p 127.0.0.1:5432:5432 -e"
-            " POSTGRES_HOST_AUTH_METHOD=trust postgres:15`) to run these tests"
-        )
-    return f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
-
-
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+@pytest.fixture(scope="module", params=["sqlite", "postgresql", "mariadb"])
 def ledger(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Ledger]:
@@ -334,11 +320,9 @@ def ledger(
         asyncio.run(_seed(url))
         yield Ledger(url, "sqlite")
         return
-    name = f"tmf678_ledger_{os.getpid()}"
-    url = _create_pg_database(name)
-    asyncio.run(_seed(url))
-    yield Ledger(url, "postgresql")
-    asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with fresh_database(request.param, "tmf678_ledger") as url:
+        asyncio.run(_seed(url))
+        yield Ledger(url, request.param)
 
 
 def ledger_config(url: str, tmp_path: Path, resources: dict[str, str] | None = None) -> Any:
@@ -378,9 +362,9 @@ Where = Callable[[str], str]  # dialect -> SQL condition
 
 
 def stamp(dialect: str, instant: str) -> str:
-    """An instant as the ledger's `created_date` holds it (Berlin wall clock on SQLite)."""
+    """An instant as `created_date` holds it (Berlin wall clock on SQLite and MariaDB)."""
     value = datetime.fromisoformat(instant)
-    if dialect == "sqlite":
+    if dialect != "postgresql":
         return f"'{value.astimezone(BERLIN).strftime('%Y-%m-%d %H:%M:%S.%f')}'"
     return f"'{value.astimezone(UTC).isoformat()}'"
 
@@ -397,13 +381,13 @@ def fixed(sql: str) -> Where:
 
 
 def amount(dialect: str) -> str:
-    """Amounts exactly: PostgreSQL's NUMERIC is; SQLite's REAL is not, so whole 1/10000s."""
-    return "amount" if dialect == "postgresql" else "CAST(ROUND(amount * 10000) AS INTEGER)"
+    """Amounts exactly: NUMERIC/DECIMAL is; SQLite's REAL is not, so whole 1/10000s."""
+    return "amount" if dialect != "sqlite" else "CAST(ROUND(amount * 10000) AS INTEGER)"
 
 
 def money(dialect: str, value: str) -> str:
     """A decimal literal in the unit `amount` gives."""
-    return value if dialect == "postgresql" else str(int(Decimal(value) * 10000))
+    return value if dialect != "sqlite" else str(int(Decimal(value) * 10000))
 
 
 UNTAXED = " AND t.type <> 'TAX'"
@@ -766,7 +750,8 @@ def test_a_resource_no_back_end_serves_is_501(ledger: Ledger, tmp_path: Path) ->
 def test_derived_attributes_go_down_where_the_database_computes_them_exactly(
     api: TestClient, ledger: Ledger
 ) -> None:
-    """PostgreSQL computes every derived value in SQL; SQLite all but sums of decimals."""
+    """PostgreSQL and MariaDB compute every derived value in SQL; SQLite all but sums of
+    decimals."""
     reader = api.app.state.services.customer_bills.routes[0].reader  # type: ignore[attr-defined]
     if isinstance(reader.source, NoPushdown):
         pytest.skip("push-down is off")
@@ -779,7 +764,7 @@ def test_derived_attributes_go_down_where_the_database_computes_them_exactly(
     )
     plan = plan_read(query, reader.mapping, reader.source)
     residual = [flt.path for flt in plan.residual]
-    if ledger.dialect == "postgresql":
+    if ledger.dialect != "sqlite":
         assert residual == [] and plan.windowed_by_backend
     else:
         assert residual == ["state", "amountDue.value", "category"]
