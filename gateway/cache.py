@@ -15,7 +15,10 @@ it as a task, the others await the same task; a caller that goes away does not c
 it for the rest.
 
 Cached values are shared: callers must not change what a read returns (the routes
-project into new objects).
+project into new objects). An entry also keeps what the routes rendered of it (body bytes
+and ETag per `fields` projection, a few at most), so a hit is not mapped or serialised
+again: the read records its entry on the request (`RequestScope.entry`) and the route
+asks `rendered` for the bytes, which checks the value it holds is that entry's.
 """
 
 from __future__ import annotations
@@ -41,11 +44,52 @@ Key = tuple[str, str, str, Hashable, str]
 _OVERHEAD = 256
 
 
+#: Renderings kept per entry (distinct `fields` projections); more are rendered each time.
+MAX_RENDERS = 4
+
+
+class Rendered(NamedTuple):
+    """A response body as sent, and its entity tag."""
+
+    body: bytes
+    etag: str
+
+
 class Entry(NamedTuple):
     value: Any
     #: `time.monotonic()` when it was read from the back end.
     stored: float
     size: int
+    #: Bodies rendered from `value`, by projection (see `rendered`).
+    renders: dict[Hashable, Rendered]
+
+
+class CacheStats(NamedTuple):
+    """Counters since start and the current fill, for metrics."""
+
+    hits: int
+    misses: int
+    stale_served: int
+    entries: int
+    bytes: int
+
+
+def rendered(
+    entry: Entry | None, content: object, projection: Hashable, render: Callable[[], Rendered]
+) -> Rendered:
+    """`render()`, kept on `entry` when `content` is that entry's cached value.
+
+    Other content (a federated answer built from several entries, an uncached read) is
+    rendered every time.
+    """
+    if entry is None or entry.value is not content:
+        return render()
+    done = entry.renders.get(projection)
+    if done is None:
+        done = render()
+        if len(entry.renders) < MAX_RENDERS:
+            entry.renders[projection] = done
+    return done
 
 
 class _Entries(TLRUCache[Key, Entry]):
@@ -92,6 +136,9 @@ class ReadCache:
         self._generation: dict[tuple[str, str], int] = {}
         self.hits = self.misses = self.stale = 0
 
+    def stats(self) -> CacheStats:
+        return CacheStats(self.hits, self.misses, self.stale, len(self._entries), self.bytes)
+
     def ttl(self, collection: str) -> float:
         return self._ttl.get(collection, self.settings.default_ttl_seconds)
 
@@ -116,9 +163,10 @@ class ReadCache:
         entry = self._entries.get(key)
         if entry is not None:
             age = self._clock() - entry.stored
-            if age <= self.ttl(key[1]):
+            ttl = self.ttl(key[1])
+            if age <= ttl:
                 self.hits += 1
-                scope.served("hit", age)
+                scope.served("hit", age, ttl, entry)
                 return entry.value
         try:
             value = await self._flight(key, load)
@@ -133,10 +181,11 @@ class ReadCache:
             log.info(
                 "served_stale", backend=key[0], collection=key[1], age_seconds=round(stale_age)
             )
-            scope.served("stale", stale_age)
+            scope.served("stale", stale_age, self.ttl(key[1]), fallback)
             return fallback.value
         self.misses += 1
-        scope.served("miss")
+        stored = self._entries.get(key)
+        scope.served("miss", None, self.ttl(key[1]), stored)
         return value
 
     @property
@@ -171,7 +220,7 @@ class ReadCache:
             return  # not JSON: not a TMF answer, not cached
         if size > self.settings.max_bytes:
             return
-        self._entries[key] = Entry(value, self._clock(), size)
+        self._entries[key] = Entry(value, self._clock(), size, {})
 
     def invalidate(self, backend: str, collection: str, ident: str | None = None) -> int:
         """Drop the lists of a collection, and its resource `ident` (all when None)."""

@@ -18,11 +18,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.errors import ApiError, error_response
 from gateway.resources import API_PREFIX
+
+if TYPE_CHECKING:
+    from gateway.cache import Entry
 
 #: Methods whose reads may be answered from the cache (a PATCH reads the back end).
 CACHEABLE_METHODS = frozenset({"GET", "HEAD"})
@@ -37,6 +41,10 @@ class RequestScope:
     cache: str | None = None
     #: Seconds since the oldest cached part of the answer was read from its back end.
     age: float | None = None
+    #: The shortest freshness lifetime (TTL) of the cached parts of the answer.
+    ttl: float | None = None
+    #: The cache entry (gateway/cache.py `Entry`) the last cached read answered from.
+    entry: Entry | None = None
     #: Back ends a federated list left out (`federation: partial`).
     left_out: list[str] = field(default_factory=list)
 
@@ -48,13 +56,18 @@ class RequestScope:
         """Seconds left before the deadline (None: no deadline)."""
         return None if self.deadline is None else self.deadline - time.monotonic()
 
-    def served(self, outcome: str, age: float | None = None) -> None:
-        """Record how a read was served; the stalest, oldest part wins."""
+    def served(
+        self, outcome: str, age: float | None = None, ttl: float | None = None, entry: Entry | None = None
+    ) -> None:
+        """Record how a read was served; the stalest, oldest, shortest-lived part wins."""
         order = ("miss", "hit", "stale")
         if self.cache is None or order.index(outcome) > order.index(self.cache):
             self.cache = outcome
         if age is not None:
             self.age = age if self.age is None else max(self.age, age)
+        if ttl is not None:
+            self.ttl = ttl if self.ttl is None else min(self.ttl, ttl)
+        self.entry = entry
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         out = []

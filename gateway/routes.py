@@ -3,11 +3,19 @@
 A list route parses the TMF630 query, asks its reader, projects `fields` and
 serialises; the other routes do the same for one resource, a PATCH, a bill request or a
 hub. Methods the OAS does not define on a path answer 405, as a TMF `Error`.
+
+Reads (GET by id, list pages) carry a strong `ETag` of the body they send (the `fields`
+projection included) and answer `If-None-Match` with `304`. When the read cache served
+them they may be kept by the caller: `Cache-Control: private, max-age=<TTL>` beside the
+`Age` the read layer adds (gateway/request_scope.py); otherwise, as every other answer,
+`no-store` (gateway/guards.py). What was rendered of a cache entry is kept with it
+(gateway/cache.py `rendered`), so a hit is neither projected nor serialised again.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import re
+from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +25,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway.access import Access, scoped_query, visible
+from gateway.cache import Entry, Rendered, rendered
 from gateway.config import PagingSettings
 from gateway.errors import ApiError, not_found
 from gateway.events import HubService
@@ -25,6 +34,7 @@ from gateway.oas import attribute_types
 from gateway.on_demand import OnDemandService
 from gateway.query import parse_fields, parse_query
 from gateway.reads import Reader
+from gateway.request_scope import current_request
 from gateway.resources import API_PREFIX, CUSTOMER_BILL_ON_DEMAND, ResourceType
 from gateway.writes import Patcher, PatchRequest, etag
 
@@ -47,6 +57,11 @@ class BaseUrl:
     def __call__(self, request: Request) -> str:
         if self.public_base_url:
             return self.public_base_url + API_PREFIX
+        scope = request.scope
+        for name, value in scope["headers"]:
+            if name == b"host":  # what `request.url` would use, without building it
+                host = value.decode("latin-1")
+                return f"{scope['scheme']}://{host}{scope.get('root_path', '')}{API_PREFIX}"
         url = request.url
         return f"{url.scheme}://{url.netloc}{request.scope.get('root_path', '')}{API_PREFIX}"
 
@@ -57,6 +72,45 @@ def _projection(fields: tuple[str, ...] | None) -> Callable[[dict[str, Any]], di
         return lambda item: item
     tree = compile_fields(fields)
     return lambda item: project(item, tree)
+
+
+#: An entity tag in an `If-None-Match` list (RFC 9110 section 8.8.3), or `*`.
+_ENTITY_TAG = re.compile(r'\*|(?:W/)?"[^"]*"')
+
+
+def none_match(header: str, tag: str) -> bool:
+    """Whether `If-None-Match: header` names `tag`: the weak comparison of RFC 9110."""
+    opaque = tag.removeprefix("W/")
+    return any(
+        candidate == "*" or candidate.removeprefix("W/") == opaque
+        for candidate in _ENTITY_TAG.findall(header)
+    )
+
+
+def read_response(
+    request: Request, body: Rendered, headers: dict[str, str] | None = None
+) -> Response:
+    """A read's answer: the body with its validators, or `304` when the caller has it."""
+    out = {"ETag": body.etag, **(headers or {})}
+    state = current_request()
+    if state is not None and state.cache is not None and state.ttl is not None:
+        # Answers depend on the caller's token (its account scope): private caches only.
+        out["Cache-Control"] = f"private, max-age={int(state.ttl)}"
+    condition = request.headers.get("if-none-match")
+    if condition is not None and none_match(condition, body.etag):
+        return Response(status_code=304, headers=out)
+    return Response(body.body, headers=out, media_type="application/json")
+
+
+def _entry() -> Entry | None:
+    state = current_request()
+    return None if state is None else state.entry
+
+
+def _fields(request: Request, attributes: Any) -> tuple[str, ...] | None:
+    if not request.scope["query_string"]:
+        return None
+    return parse_fields(request.query_params.get("fields"), attributes)
 
 
 def list_route(
@@ -73,11 +127,18 @@ def list_route(
             max_limit=paging.max_limit,
         )
         mine = scoped_query(query, resource, caller)
-        items, total = await reader.list(mine, base(request)) if mine else ([], 0)
-        if query.fields is not None:
-            items = list(map(_projection(query.fields), items))
+        root = base(request)
+        page = await reader.list(mine, root) if mine else ([], 0)
+        items, total = page
+
+        def render() -> Rendered:
+            shown = items if query.fields is None else list(map(_projection(query.fields), items))
+            # The page's validator covers its total too, which a change elsewhere moves.
+            return Rendered(orjson.dumps(shown), etag({"items": shown, "total": total}, root))
+
+        body = rendered(_entry(), page, query.fields, render)
         headers = {"X-Total-Count": str(total), "X-Result-Count": str(len(items))}
-        return JSONResponse(items, headers=headers)
+        return read_response(request, body, headers)
 
     list_resources.__name__ = f"list_{resource.collection}"
     return list_resources
@@ -89,12 +150,19 @@ def get_route(resource: ResourceType, reader: Reader, base: BaseUrl, access: Acc
     async def get_resource(request: Request) -> Response:
         caller = await access.caller(request, access.scopes.read)
         ident = request.path_params["id"]
-        fields = parse_fields(request.query_params.get("fields"), attributes)
+        fields = _fields(request, attributes)
         root = base(request)
         item = await reader.get(ident, root)
         if item is None or not visible(item, resource, caller):
-            raise not_found(resource.collection, ident)
-        return JSONResponse(_projection(fields)(item), headers={"ETag": etag(item, root)})
+            raise not_found(resource.collection, ident)  # before any 304: scope first
+
+        def render() -> Rendered:
+            # Without `fields`, the tag is the one PATCH takes in `If-Match`.
+            shown = _projection(fields)(item)
+            return Rendered(orjson.dumps(shown), etag(shown, root))
+
+        projection: Hashable = fields
+        return read_response(request, rendered(_entry(), item, projection, render))
 
     get_resource.__name__ = f"retrieve_{resource.collection}"
     return get_resource
