@@ -117,17 +117,20 @@ class Load:
         return statistics.quantiles(self.latencies, n=100)[98]
 
 
-async def drive(port: int, paths: Callable[[int], str], total: int, connections: int) -> Load:
+async def drive(
+    port: int, paths: Callable[[int], str], total: int, connections: int, token: str = ""
+) -> Load:
     """`total` GETs over `connections` keep-alive connections, each waiting for its reply."""
     load = Load()
     per = total // connections
+    auth = f"Authorization: Bearer {token}\r\n" if token else ""
 
     async def worker(number: int) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         try:
             for i in range(per):
                 path = paths(number * per + i)
-                request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
+                request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{auth}\r\n".encode()
                 reply = _Reply()
                 parser = httptools.HttpResponseParser(reply)
                 started = time.perf_counter()

@@ -49,10 +49,21 @@ MAX_RENDERS = 4
 
 
 class Rendered(NamedTuple):
-    """A response body as sent, and its entity tag."""
+    """A response body as sent, and its entity tag (`rendering` makes one)."""
 
     body: bytes
     etag: str
+    #: The `ETag` and `Content-Length` headers, encoded once.
+    etag_header: tuple[bytes, bytes]
+    length_header: tuple[bytes, bytes]
+
+
+def rendering(body: bytes, etag: str) -> Rendered:
+    return Rendered(body, etag, (b"etag", etag.encode()), (b"content-length", b"%d" % len(body)))
+
+
+#: What `ReadCache.fresh` answers when it has nothing fresh.
+MISSING: Any = object()
 
 
 class Entry(NamedTuple):
@@ -158,16 +169,28 @@ class ReadCache:
         entry = self._entries.get(key)
         return None if entry is None else self._clock() - entry.stored
 
+    def fresh(self, key: Key, scope: RequestScope) -> Any:
+        """The cached answer while it is fresh (recorded on `scope` as a hit); else MISSING.
+
+        Synchronous, for the readers' fast path: a hit needs no task, no load function.
+        """
+        try:
+            entry = self._entries[key]
+        except KeyError:
+            return MISSING
+        age = self._clock() - entry.stored
+        ttl = self._ttl.get(key[1], self.settings.default_ttl_seconds)
+        if age > ttl:
+            return MISSING
+        self.hits += 1
+        scope.served("hit", age, ttl, entry)
+        return entry.value
+
     async def read(self, key: Key, load: Callable[[], Awaitable[Any]], scope: RequestScope) -> Any:
         """The cached answer while fresh; else one load for all who ask; stale if down."""
-        entry = self._entries.get(key)
-        if entry is not None:
-            age = self._clock() - entry.stored
-            ttl = self.ttl(key[1])
-            if age <= ttl:
-                self.hits += 1
-                scope.served("hit", age, ttl, entry)
-                return entry.value
+        found = self.fresh(key, scope)
+        if found is not MISSING:
+            return found
         try:
             value = await self._flight(key, load)
         except BackendDown:
