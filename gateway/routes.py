@@ -130,6 +130,13 @@ def read_response(
     return _ReadResponse(200, body.body, raw)
 
 
+def _marked(error: ApiError, state: RequestScope | None) -> ApiError:
+    """`error`, saying how the read cache served the read that led to it."""
+    if state is not None:
+        error.headers.update((k.decode(), v.decode()) for k, v in state.headers())
+    return error
+
+
 def _entry(state: RequestScope | None) -> Entry | None:
     return None if state is None else state.entry
 
@@ -181,8 +188,9 @@ def get_route(resource: ResourceType, reader: Reader, base: BaseUrl, access: Acc
         fields = _fields(request, attributes)
         root = base(request)
         item = await reader.get(ident, root)
+        state = current_request()
         if item is None or not visible(item, resource, caller):
-            raise not_found(resource.collection, ident)  # before any 304: scope first
+            raise _marked(not_found(resource.collection, ident), state)  # before any 304
 
         def render() -> Rendered:
             # Without `fields`, the tag is the one PATCH takes in `If-Match`.
@@ -190,7 +198,6 @@ def get_route(resource: ResourceType, reader: Reader, base: BaseUrl, access: Acc
             return rendering(orjson.dumps(shown), etag(shown, root))
 
         projection: Hashable = fields
-        state = current_request()
         return read_response(request, rendered(_entry(state), item, projection, render), state)
 
     get_resource.__name__ = f"retrieve_{resource.collection}"
