@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.errors import ApiError, error_response
+from gateway.memory import BURST_REQUESTS, BurstRecovery
 from gateway.resources import API_PREFIX
 
 if TYPE_CHECKING:
@@ -130,6 +131,9 @@ class RequestScopeMiddleware:
         self.max_in_flight = max_in_flight
         self.retry_after = str(retry_after_seconds)
         self.in_flight = 0
+        #: The most requests in flight at once since the gateway was last idle.
+        self.peak = 0
+        self.recovery = BurstRecovery(min(BURST_REQUESTS, max_in_flight))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not scope["path"].startswith(API_PREFIX):
@@ -146,6 +150,8 @@ class RequestScopeMiddleware:
             await error_response(busy)(scope, receive, send)
             return
         self.in_flight += 1
+        if self.in_flight > self.peak:
+            self.peak = self.in_flight
         state = RequestScope(scope["method"], time.monotonic() + self.deadline_seconds)
         token = _current.set(state)
         try:
@@ -153,3 +159,6 @@ class RequestScopeMiddleware:
         finally:
             _current.reset(token)
             self.in_flight -= 1
+            if not self.in_flight:
+                self.recovery.idle(self.peak)
+                self.peak = 0
