@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -144,6 +145,9 @@ def main() -> None:
     parser.add_argument("--callgrind", action="store_true", help="count instructions too")
     parser.add_argument("--callgrind-requests", type=int, default=1000)
     args = parser.parse_args()
+    if args.callgrind and shutil.which("valgrind") is None:
+        print("valgrind is not installed: instruction counts skipped")
+        args.callgrind = False
     db = ROOT / "var" / "legacy_billing.sqlite"
     ensure_demo_database(str(db))
     with tempfile.TemporaryDirectory() as name:

@@ -7,7 +7,8 @@ request deadline 3 s, bill TTL 300 s); and a bare Starlette process answering th
 of one bill. The load comes from a lean client (keep-alive connections, httptools
 parsing) so that the servers, not the client, are measured. Then:
 
-1. cache-hit `GET /customerBill/{id}` beside the bare endpoint (target >= 0.6x);
+1. cache-hit `GET /customerBill/{id}` beside the bare endpoint, anonymous, over REST
+   (bench/cache_hit.py measures the same with a bearer token, and counts instructions);
 2. 50 identical concurrent GETs, cache cold, back end answering in 0.1 s: back-end calls;
 3. 30 % of back-end replies failing (connection reset; then 503 replies): success rate of
    300 distinct GETs (target >= 99 %) and back-end calls per GET (target <= 1.5);
@@ -348,8 +349,9 @@ def scenarios(
         f" ({(fds1 / fds0 - 1):+.0%}) (target: within 10 % of before)"
     )
     print(
-        f"   after the same burst again: RSS {rss2:.0f} MiB ({(rss2 / rss1 - 1):+.0%} on the"
-        f" first), open files {fds2}: what stays is the allocator's high-water mark, not a leak"
+        f"   after the same burst again: RSS {rss2:.0f} MiB ({(rss2 / rss0 - 1):+.0%} on before),"
+        f" open files {fds2}: what stays is pymalloc's fragmented arenas, not a leak"
+        " (gateway/memory.py returns the rest once idle)"
     )
 
 
