@@ -47,8 +47,22 @@ _BODILESS = frozenset({"GET", "HEAD"})
 
 #: What a browser on an allowed origin may send and read (when CORS is on).
 CORS_METHODS = ("GET", "POST", "PATCH", "DELETE")
-CORS_REQUEST_HEADERS = ("Authorization", "Content-Type", "If-Match", "X-Request-ID")
-CORS_EXPOSED_HEADERS = ("ETag", "Location", "X-Total-Count", "X-Result-Count", "X-Request-ID")
+CORS_REQUEST_HEADERS = (
+    "Authorization",
+    "Content-Type",
+    "If-Match",
+    "If-None-Match",
+    "X-Request-ID",
+)
+CORS_EXPOSED_HEADERS = (
+    "ETag",
+    "Age",
+    "X-Cache",
+    "Location",
+    "X-Total-Count",
+    "X-Result-Count",
+    "X-Request-ID",
+)
 
 
 class GuardMiddleware:
