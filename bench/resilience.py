@@ -7,7 +7,8 @@ request deadline 3 s, bill TTL 300 s); and a bare Starlette process answering th
 of one bill. The load comes from a lean client (keep-alive connections, httptools
 parsing) so that the servers, not the client, are measured. Then:
 
-1. cache-hit `GET /customerBill/{id}` beside the bare endpoint (target >= 0.6x);
+1. cache-hit `GET /customerBill/{id}` beside the bare endpoint, anonymous, over REST
+   (bench/cache_hit.py measures the same with a bearer token, and counts instructions);
 2. 50 identical concurrent GETs, cache cold, back end answering in 0.1 s: back-end calls;
 3. 30 % of back-end replies failing (connection reset; then 503 replies): success rate of
    300 distinct GETs (target >= 99 %) and back-end calls per GET (target <= 1.5);
@@ -117,17 +118,20 @@ class Load:
         return statistics.quantiles(self.latencies, n=100)[98]
 
 
-async def drive(port: int, paths: Callable[[int], str], total: int, connections: int) -> Load:
+async def drive(
+    port: int, paths: Callable[[int], str], total: int, connections: int, token: str = ""
+) -> Load:
     """`total` GETs over `connections` keep-alive connections, each waiting for its reply."""
     load = Load()
     per = total // connections
+    auth = f"Authorization: Bearer {token}\r\n" if token else ""
 
     async def worker(number: int) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         try:
             for i in range(per):
                 path = paths(number * per + i)
-                request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
+                request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{auth}\r\n".encode()
                 reply = _Reply()
                 parser = httptools.HttpResponseParser(reply)
                 started = time.perf_counter()
@@ -345,8 +349,9 @@ def scenarios(
         f" ({(fds1 / fds0 - 1):+.0%}) (target: within 10 % of before)"
     )
     print(
-        f"   after the same burst again: RSS {rss2:.0f} MiB ({(rss2 / rss1 - 1):+.0%} on the"
-        f" first), open files {fds2}: what stays is the allocator's high-water mark, not a leak"
+        f"   after the same burst again: RSS {rss2:.0f} MiB ({(rss2 / rss0 - 1):+.0%} on before),"
+        f" open files {fds2}: what stays is pymalloc's fragmented arenas, not a leak"
+        " (gateway/memory.py returns the rest once idle)"
     )
 
 

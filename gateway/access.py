@@ -31,9 +31,18 @@ class Access:
 
     async def caller(self, request: Request, scope: str) -> Caller:
         """The authenticated caller of an operation that needs `scope` (401/403 otherwise)."""
-        caller = await self.authenticator.authenticate(request.headers.get("authorization"), scope)
+        caller = await self.authenticator.authenticate(_authorization(request), scope)
         structlog.contextvars.bind_contextvars(subject=caller.subject, client_id=caller.client_id)
         return caller
+
+
+def _authorization(request: Request) -> str | None:
+    """The `Authorization` header, read from the ASGI scope (no `Headers` built for it)."""
+    for name, value in request.scope["headers"]:
+        if name == b"authorization":
+            text: str = value.decode("latin-1")
+            return text
+    return None
 
 
 def scoped_query(query: Query, resource: ResourceType, caller: Caller) -> Query | None:

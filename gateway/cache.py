@@ -15,7 +15,10 @@ it as a task, the others await the same task; a caller that goes away does not c
 it for the rest.
 
 Cached values are shared: callers must not change what a read returns (the routes
-project into new objects).
+project into new objects). An entry also keeps what the routes rendered of it (body bytes
+and ETag per `fields` projection, a few at most), so a hit is not mapped or serialised
+again: the read records its entry on the request (`RequestScope.entry`) and the route
+asks `rendered` for the bytes, which checks the value it holds is that entry's.
 """
 
 from __future__ import annotations
@@ -41,11 +44,63 @@ Key = tuple[str, str, str, Hashable, str]
 _OVERHEAD = 256
 
 
+#: Renderings kept per entry (distinct `fields` projections); more are rendered each time.
+MAX_RENDERS = 4
+
+
+class Rendered(NamedTuple):
+    """A response body as sent, and its entity tag (`rendering` makes one)."""
+
+    body: bytes
+    etag: str
+    #: The `ETag` and `Content-Length` headers, encoded once.
+    etag_header: tuple[bytes, bytes]
+    length_header: tuple[bytes, bytes]
+
+
+def rendering(body: bytes, etag: str) -> Rendered:
+    return Rendered(body, etag, (b"etag", etag.encode()), (b"content-length", b"%d" % len(body)))
+
+
+#: What `ReadCache.fresh` answers when it has nothing fresh.
+MISSING: Any = object()
+
+
 class Entry(NamedTuple):
     value: Any
     #: `time.monotonic()` when it was read from the back end.
     stored: float
     size: int
+    #: Bodies rendered from `value`, by projection (see `rendered`).
+    renders: dict[Hashable, Rendered]
+
+
+class CacheStats(NamedTuple):
+    """Counters since start and the current fill, for metrics."""
+
+    hits: int
+    misses: int
+    stale_served: int
+    entries: int
+    bytes: int
+
+
+def rendered(
+    entry: Entry | None, content: object, projection: Hashable, render: Callable[[], Rendered]
+) -> Rendered:
+    """`render()`, kept on `entry` when `content` is that entry's cached value.
+
+    Other content (a federated answer built from several entries, an uncached read) is
+    rendered every time.
+    """
+    if entry is None or entry.value is not content:
+        return render()
+    done = entry.renders.get(projection)
+    if done is None:
+        done = render()
+        if len(entry.renders) < MAX_RENDERS:
+            entry.renders[projection] = done
+    return done
 
 
 class _Entries(TLRUCache[Key, Entry]):
@@ -92,6 +147,9 @@ class ReadCache:
         self._generation: dict[tuple[str, str], int] = {}
         self.hits = self.misses = self.stale = 0
 
+    def stats(self) -> CacheStats:
+        return CacheStats(self.hits, self.misses, self.stale, len(self._entries), self.bytes)
+
     def ttl(self, collection: str) -> float:
         return self._ttl.get(collection, self.settings.default_ttl_seconds)
 
@@ -111,15 +169,28 @@ class ReadCache:
         entry = self._entries.get(key)
         return None if entry is None else self._clock() - entry.stored
 
+    def fresh(self, key: Key, scope: RequestScope) -> Any:
+        """The cached answer while it is fresh (recorded on `scope` as a hit); else MISSING.
+
+        Synchronous, for the readers' fast path: a hit needs no task, no load function.
+        """
+        try:
+            entry = self._entries[key]
+        except KeyError:
+            return MISSING
+        age = self._clock() - entry.stored
+        ttl = self._ttl.get(key[1], self.settings.default_ttl_seconds)
+        if age > ttl:
+            return MISSING
+        self.hits += 1
+        scope.served("hit", age, ttl, entry)
+        return entry.value
+
     async def read(self, key: Key, load: Callable[[], Awaitable[Any]], scope: RequestScope) -> Any:
         """The cached answer while fresh; else one load for all who ask; stale if down."""
-        entry = self._entries.get(key)
-        if entry is not None:
-            age = self._clock() - entry.stored
-            if age <= self.ttl(key[1]):
-                self.hits += 1
-                scope.served("hit", age)
-                return entry.value
+        found = self.fresh(key, scope)
+        if found is not MISSING:
+            return found
         try:
             value = await self._flight(key, load)
         except BackendDown:
@@ -133,10 +204,11 @@ class ReadCache:
             log.info(
                 "served_stale", backend=key[0], collection=key[1], age_seconds=round(stale_age)
             )
-            scope.served("stale", stale_age)
+            scope.served("stale", stale_age, self.ttl(key[1]), fallback)
             return fallback.value
         self.misses += 1
-        scope.served("miss")
+        stored = self._entries.get(key)
+        scope.served("miss", None, self.ttl(key[1]), stored)
         return value
 
     @property
@@ -171,7 +243,7 @@ class ReadCache:
             return  # not JSON: not a TMF answer, not cached
         if size > self.settings.max_bytes:
             return
-        self._entries[key] = Entry(value, self._clock(), size)
+        self._entries[key] = Entry(value, self._clock(), size, {})
 
     def invalidate(self, backend: str, collection: str, ident: str | None = None) -> int:
         """Drop the lists of a collection, and its resource `ident` (all when None)."""

@@ -6,9 +6,14 @@ reading it), a control character in the path (400), a path segment longer than a
 post `text/plain` or form bodies without a CORS preflight). While a route reads: a body
 streamed (chunked) past the limit is cut off with a 413. Every refusal is a TMF Error.
 
-Every response gets `X-Content-Type-Options: nosniff` and `Cache-Control: no-store` (the
-data is the caller's). CORS is off unless origins are listed; then Starlette's
-CORSMiddleware answers preflights and marks responses for those origins only.
+Every response gets `X-Content-Type-Options: nosniff`, and `Cache-Control: no-store` (the
+data is the caller's) unless it says otherwise: reads served through the read cache carry
+`private, max-age` (gateway/routes.py); errors, writes, hubs and the rest stay no-store.
+CORS is off unless origins are listed; then Starlette's CORSMiddleware answers preflights
+and marks responses for those origins only.
+
+This runs on every request, cache hits included, so it is written to cost little: one
+wrapper of `send`, and the body counted only when the request has one.
 
 What uvicorn refuses before the application never reaches this module: a malformed
 request line, a raw NUL or space in the target, a method its parser (llhttp, through
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from itertools import chain
 
 from starlette.datastructures import Headers
 from starlette.middleware.cors import CORSMiddleware
@@ -34,13 +40,29 @@ from gateway.patch import JSON, PATCH_TYPES, media_type
 from gateway.resources import API_PREFIX
 
 _SAFETY_RAW = tuple((k.lower().encode(), v.encode()) for k, v in SAFETY_HEADERS.items())
+_SAFETY_NAMES = frozenset(name for name, _ in _SAFETY_RAW)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+_BODILESS = frozenset({"GET", "HEAD"})
 
 #: What a browser on an allowed origin may send and read (when CORS is on).
 CORS_METHODS = ("GET", "POST", "PATCH", "DELETE")
-CORS_REQUEST_HEADERS = ("Authorization", "Content-Type", "If-Match", "X-Request-ID")
-CORS_EXPOSED_HEADERS = ("ETag", "Location", "X-Total-Count", "X-Result-Count", "X-Request-ID")
+CORS_REQUEST_HEADERS = (
+    "Authorization",
+    "Content-Type",
+    "If-Match",
+    "If-None-Match",
+    "X-Request-ID",
+)
+CORS_EXPOSED_HEADERS = (
+    "ETag",
+    "Age",
+    "X-Cache",
+    "Location",
+    "X-Total-Count",
+    "X-Result-Count",
+    "X-Request-ID",
+)
 
 
 class GuardMiddleware:
@@ -55,12 +77,14 @@ class GuardMiddleware:
     ) -> None:
         self.app = app
         self.limits = limits
+        #: The defaults are in effect outside any `limits_in_effect`: no need to set them.
+        self._own_limits = limits != DEFAULT_LIMITS
         self.hosts = frozenset(h.lower() for h in allowed_hosts)
-        entry: ASGIApp = self._guarded
+        self._cors: ASGIApp | None = None
         if cors_origins:
             # Outside the checks: preflights are answered, refusals carry CORS headers.
-            entry = _TmfCorsMiddleware(
-                entry,
+            self._cors = _TmfCorsMiddleware(
+                self._guarded,
                 allow_origins=list(cors_origins),
                 allow_methods=CORS_METHODS,
                 allow_headers=CORS_REQUEST_HEADERS,
@@ -68,39 +92,49 @@ class GuardMiddleware:
                 allow_credentials=False,
                 max_age=600,
             )
-        self._entry = entry
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if self._own_limits:
+            with limits_in_effect(self.limits):
+                await self._checked(scope, receive, send)
+        elif self._cors is None:
+            await self._guarded(scope, receive, send)
+        else:
+            await self._checked(scope, receive, send)
 
-        async def send_safe(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message = _with_safety_headers(message)
-            await send(message)
-
-        with limits_in_effect(self.limits):
-            await self._entry(scope, receive, send_safe)
+    async def _checked(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._cors is None:
+            await self._guarded(scope, receive, send)
+        else:  # preflight answers get the safety headers too (adding them is idempotent)
+            await self._cors(scope, receive, _safe(send))
 
     async def _guarded(self, scope: Scope, receive: Receive, send: Send) -> None:
-        refusal = refusal_for(scope, self.limits) or self._host_refusal(scope)
+        refusal = refusal_for(scope, self.limits)
+        if refusal is None and self.hosts:
+            refusal = self._host_refusal(scope)
         if refusal is not None:
-            await error_response(refusal)(scope, receive, send)
+            await error_response(refusal)(scope, receive, _safe(send))
             return
         started = False
 
-        async def send_tracked(message: Message) -> None:
+        async def send_safe(message: Message) -> None:
             nonlocal started
-            started = started or message["type"] == "http.response.start"
+            if message["type"] == "http.response.start":
+                started = True
+                message = _with_safety_headers(message)
             await send(message)
 
+        if scope["method"] not in _BODILESS and _has_body(scope["headers"]):
+            receive = _counting(receive, self.limits.body_bytes)  # (no route reads a GET's)
         try:
-            await self.app(scope, _counting(receive, self.limits.body_bytes), send_tracked)
+            await self.app(scope, receive, send_safe)
         except ApiError as error:  # a body cut off outside a route's error handling
             if started or error.status != 413:
                 raise
-            await error_response(error)(scope, receive, send)
+            await error_response(error)(scope, receive, send_safe)
 
     def _host_refusal(self, scope: Scope) -> ApiError | None:
         """Hrefs and Locations are built from the Host header: only configured hosts."""
@@ -140,8 +174,8 @@ def refusal_for(scope: Scope, limits: Limits) -> ApiError | None:
             f"The path and query take {url_bytes} bytes; at most {limits.url_bytes} are read",
             code="URI_TOO_LONG",
         )
-    headers: list[tuple[bytes, bytes]] = list(scope.get("headers", ()))
-    header_bytes = sum(len(name) + len(value) for name, value in headers)
+    headers: Sequence[tuple[bytes, bytes]] = scope.get("headers", ())
+    header_bytes = sum(map(len, chain.from_iterable(headers)))
     if len(headers) > limits.header_count or header_bytes > limits.header_bytes:
         return ApiError(
             431,
@@ -152,22 +186,25 @@ def refusal_for(scope: Scope, limits: Limits) -> ApiError | None:
             headers={"Connection": "close"},
         )
     path: str = scope["path"]
-    if _CONTROL.search(path):
+    # (An ASCII path that is printable has no control character: checked in C, no regex.)
+    if not (path.isascii() and path.isprintable()) and _CONTROL.search(path):
         return ApiError(
             400,
             "Invalid path",
             f"The path holds a control character: {clip(ascii(path))}",
             code="INVALID_PATH",
         )
-    if any(len(segment) > limits.segment_chars for segment in path.split("/")):
+    if len(path) > limits.segment_chars and max(map(len, path.split("/"))) > limits.segment_chars:
         return ApiError(404, "Not found", f"No resource at {clip(path)}")
     declared = _header(headers, b"content-length")
     if declared is not None and declared.isdigit() and int(declared) > limits.body_bytes:
         return _too_large(limits.body_bytes)
     method: str = scope["method"]
+    if method not in _BODY_METHODS:
+        return None
     root: str = scope.get("root_path", "")
     route_path = path[len(root) :] if root and path.startswith(root) else path
-    if method in _BODY_METHODS and route_path.startswith(API_PREFIX + "/") and _has_body(headers):
+    if route_path.startswith(API_PREFIX + "/") and _has_body(headers):
         accepted = PATCH_TYPES if method == "PATCH" else (JSON,)
         kind = media_type(_header(headers, b"content-type"))
         if kind not in accepted:
@@ -178,6 +215,15 @@ def refusal_for(scope: Scope, limits: Limits) -> ApiError | None:
                 code="UNSUPPORTED_MEDIA_TYPE",
             )
     return None
+
+
+def _safe(send: Send) -> Send:
+    async def send_safe(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = _with_safety_headers(message)
+        await send(message)
+
+    return send_safe
 
 
 def _counting(receive: Receive, limit: int) -> Receive:
@@ -207,14 +253,15 @@ def _too_large(limit: int) -> ApiError:
     )
 
 
-def _has_body(headers: list[tuple[bytes, bytes]]) -> bool:
-    length = _header(headers, b"content-length")
-    return _header(headers, b"transfer-encoding") is not None or (
-        length is not None and length != "0"
-    )
+def _has_body(headers: Sequence[tuple[bytes, bytes]]) -> bool:
+    """Whether a body follows the headers (HTTP/1.1: a length other than 0, or chunks)."""
+    for name, value in headers:
+        if name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0"):
+            return True
+    return False
 
 
-def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
+def _header(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> str | None:
     for key, value in headers:
         if key == name:
             return value.decode("latin-1").strip()
@@ -222,7 +269,9 @@ def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
 
 
 def _with_safety_headers(message: Message) -> Message:
-    headers = list(message.get("headers", ()))
-    present = {name.lower() for name, _ in headers}
-    headers.extend((name, value) for name, value in _SAFETY_RAW if name not in present)
-    return {**message, "headers": headers}
+    headers = message.get("headers", ())
+    present = dict(headers)  # names as sent: lower case (Starlette, ASGI servers)
+    if _SAFETY_NAMES.issubset(present):  # the read routes send them already
+        return message
+    missing = [(name, value) for name, value in _SAFETY_RAW if name not in present]
+    return {**message, "headers": [*headers, *missing]}

@@ -21,7 +21,7 @@ from typing import Any, Protocol, TypeVar
 
 from adapters.base import Source
 from gateway import tolerance
-from gateway.cache import ReadCache, query_key
+from gateway.cache import MISSING, ReadCache, query_key
 from gateway.calls import BackendDown, backend_call
 from gateway.errors import ApiError
 from gateway.oas import AttributeTypes
@@ -93,6 +93,18 @@ class ResourceReader:
         return result
 
     async def get(self, ident: str, base: str) -> Resource | None:
+        cache, request = self.cache, current_request()
+        if (
+            cache is not None
+            and request is not None
+            and request.cacheable
+            and self.guard is not None
+        ):
+            key = (self.backend, self.mapping.collection, "get", ident, base)
+            hit = cache.fresh(key, request)  # the fast path: nothing made for a miss
+            if hit is not MISSING:
+                fresh: Resource = hit
+                return fresh
         found: Resource | None = await self._read(
             "get", ident, base, lambda: self._get(ident, base)
         )

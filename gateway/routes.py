@@ -3,11 +3,19 @@
 A list route parses the TMF630 query, asks its reader, projects `fields` and
 serialises; the other routes do the same for one resource, a PATCH, a bill request or a
 hub. Methods the OAS does not define on a path answer 405, as a TMF `Error`.
+
+Reads (GET by id, list pages) carry a strong `ETag` of the body they send (the `fields`
+projection included) and answer `If-None-Match` with `304`. When the read cache served
+them they may be kept by the caller: `Cache-Control: private, max-age=<TTL>` beside the
+`Age` the read layer adds (gateway/request_scope.py); otherwise, as every other answer,
+`no-store` (gateway/guards.py). What was rendered of a cache entry is kept with it
+(gateway/cache.py `rendered`), so a hit is neither projected nor serialised again.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import re
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,8 +23,10 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from gateway.access import Access, scoped_query, visible
+from gateway.cache import Entry, Rendered, rendered, rendering
 from gateway.config import PagingSettings
 from gateway.errors import ApiError, not_found
 from gateway.events import HubService
@@ -25,10 +35,17 @@ from gateway.oas import attribute_types
 from gateway.on_demand import OnDemandService
 from gateway.query import parse_fields, parse_query
 from gateway.reads import Reader
+from gateway.request_scope import RequestScope, current_request
 from gateway.resources import API_PREFIX, CUSTOMER_BILL_ON_DEMAND, ResourceType
 from gateway.writes import Patcher, PatchRequest, etag
 
 Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+_CONTENT_TYPE = (b"content-type", b"application/json")
+# What gateway/guards.py would add to every answer, sent by the read routes themselves.
+_NOSNIFF = (b"x-content-type-options", b"nosniff")
+_NO_STORE = (b"cache-control", b"no-store")
 
 
 class JSONResponse(Response):
@@ -47,6 +64,11 @@ class BaseUrl:
     def __call__(self, request: Request) -> str:
         if self.public_base_url:
             return self.public_base_url + API_PREFIX
+        scope = request.scope
+        for name, value in scope["headers"]:
+            if name == b"host":  # what `request.url` would use, without building it
+                host = value.decode("latin-1")
+                return f"{scope['scheme']}://{host}{scope.get('root_path', '')}{API_PREFIX}"
         url = request.url
         return f"{url.scheme}://{url.netloc}{request.scope.get('root_path', '')}{API_PREFIX}"
 
@@ -57,6 +79,72 @@ def _projection(fields: tuple[str, ...] | None) -> Callable[[dict[str, Any]], di
         return lambda item: item
     tree = compile_fields(fields)
     return lambda item: project(item, tree)
+
+
+#: An entity tag in an `If-None-Match` list (RFC 9110 section 8.8.3), or `*`.
+_ENTITY_TAG = re.compile(r'\*|(?:W/)?"[^"]*"')
+
+
+def none_match(header: str, tag: str) -> bool:
+    """Whether `If-None-Match: header` names `tag`: the weak comparison of RFC 9110."""
+    opaque = tag.removeprefix("W/")
+    return any(
+        candidate == "*" or candidate.removeprefix("W/") == opaque
+        for candidate in _ENTITY_TAG.findall(header)
+    )
+
+
+class _ReadResponse(Response):
+    """A read's answer from bytes rendered before: its headers are given as they go out."""
+
+    def __init__(self, status: int, body: bytes, raw_headers: list[tuple[bytes, bytes]]) -> None:
+        self.status_code = status
+        self.body = body
+        self.background = None
+        self.raw_headers = raw_headers
+
+
+def read_response(
+    request: Request,
+    body: Rendered,
+    state: RequestScope | None,
+    headers: Sequence[tuple[bytes, bytes]] = (),
+) -> Response:
+    """A read's answer: the body with its validators, or `304` when the caller has it.
+
+    It also says how the read cache served it (`state`, gateway/request_scope.py).
+    """
+    raw = [body.etag_header, _NOSNIFF, *headers]
+    if state is not None and state.cache is not None and state.ttl is not None:
+        # Answers depend on the caller's token (its account scope): private caches only.
+        raw.append((b"cache-control", b"private, max-age=%d" % state.ttl))
+        raw += state.headers()
+    else:
+        raw.append(_NO_STORE)
+        if state is not None:
+            raw += state.headers()
+    for name, value in request.scope["headers"]:
+        if name == b"if-none-match" and none_match(value.decode("latin-1"), body.etag):
+            return _ReadResponse(304, b"", raw)
+    raw += (body.length_header, _CONTENT_TYPE)
+    return _ReadResponse(200, body.body, raw)
+
+
+def _marked(error: ApiError, state: RequestScope | None) -> ApiError:
+    """`error`, saying how the read cache served the read that led to it."""
+    if state is not None:
+        error.headers.update((k.decode(), v.decode()) for k, v in state.headers())
+    return error
+
+
+def _entry(state: RequestScope | None) -> Entry | None:
+    return None if state is None else state.entry
+
+
+def _fields(request: Request, attributes: Any) -> tuple[str, ...] | None:
+    if not request.scope["query_string"]:
+        return None
+    return parse_fields(request.query_params.get("fields"), attributes)
 
 
 def list_route(
@@ -73,11 +161,19 @@ def list_route(
             max_limit=paging.max_limit,
         )
         mine = scoped_query(query, resource, caller)
-        items, total = await reader.list(mine, base(request)) if mine else ([], 0)
-        if query.fields is not None:
-            items = list(map(_projection(query.fields), items))
-        headers = {"X-Total-Count": str(total), "X-Result-Count": str(len(items))}
-        return JSONResponse(items, headers=headers)
+        root = base(request)
+        page = await reader.list(mine, root) if mine else ([], 0)
+        items, total = page
+
+        def render() -> Rendered:
+            shown = items if query.fields is None else list(map(_projection(query.fields), items))
+            # The page's validator covers its total too, which a change elsewhere moves.
+            return rendering(orjson.dumps(shown), etag({"items": shown, "total": total}, root))
+
+        state = current_request()
+        body = rendered(_entry(state), page, query.fields, render)
+        counts = ((b"x-total-count", b"%d" % total), (b"x-result-count", b"%d" % len(items)))
+        return read_response(request, body, state, counts)
 
     list_resources.__name__ = f"list_{resource.collection}"
     return list_resources
@@ -89,12 +185,20 @@ def get_route(resource: ResourceType, reader: Reader, base: BaseUrl, access: Acc
     async def get_resource(request: Request) -> Response:
         caller = await access.caller(request, access.scopes.read)
         ident = request.path_params["id"]
-        fields = parse_fields(request.query_params.get("fields"), attributes)
+        fields = _fields(request, attributes)
         root = base(request)
         item = await reader.get(ident, root)
+        state = current_request()
         if item is None or not visible(item, resource, caller):
-            raise not_found(resource.collection, ident)
-        return JSONResponse(_projection(fields)(item), headers={"ETag": etag(item, root)})
+            raise _marked(not_found(resource.collection, ident), state)  # before any 304
+
+        def render() -> Rendered:
+            # Without `fields`, the tag is the one PATCH takes in `If-Match`.
+            shown = _projection(fields)(item)
+            return rendering(orjson.dumps(shown), etag(shown, root))
+
+        projection: Hashable = fields
+        return read_response(request, rendered(_entry(state), item, projection, render), state)
 
     get_resource.__name__ = f"retrieve_{resource.collection}"
     return get_resource
@@ -171,12 +275,31 @@ def hub_routes(hubs: HubService | None, base: BaseUrl, access: Access) -> list[R
     ]
 
 
+class PlainEndpoint:
+    """An endpoint as a plain ASGI app: what Starlette's `request_response` makes of it,
+    less its own exception layer (the ExceptionMiddleware around the router answers
+    errors with the same handlers). For the cache-hit path, where every layer counts."""
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        self.endpoint = endpoint
+        self.__name__ = endpoint.__name__  # the route's name
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = await self.endpoint(Request(scope, receive, send))
+        await response(scope, receive, send)
+
+
 def resource_routes(
     resource: ResourceType, reader: Reader, paging: PagingSettings, base: BaseUrl, access: Access
 ) -> list[Route]:
-    """`GET /{collection}` and `GET /{collection}/{id}`."""
+    """`GET /{collection}/{id}` and `GET /{collection}` (by id first: a cache hit is tried
+    against fewer routes)."""
     path = f"{API_PREFIX}/{resource.collection}"
     return [
+        Route(
+            f"{path}/{{id}}",
+            PlainEndpoint(get_route(resource, reader, base, access)),
+            methods=["GET"],
+        ),
         Route(path, list_route(resource, reader, paging, base, access), methods=["GET"]),
-        Route(f"{path}/{{id}}", get_route(resource, reader, base, access), methods=["GET"]),
     ]

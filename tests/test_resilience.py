@@ -36,6 +36,7 @@ from gateway.config import (
     ResilienceSettings,
     load_config,
 )
+from gateway.memory import BurstRecovery
 from gateway.query import Filter, Query
 from gateway.request_scope import request_scope
 from gateway.resilience import BackendGuard
@@ -505,6 +506,9 @@ def test_stale_answers_while_the_back_end_is_down(gateway: Gateway, backend: Fau
     stale = gw.http.get(f"{BILL}/EI-000021")
     assert stale.status_code == 200 and stale.headers["X-Cache"] == "stale"
     assert stale.json() == fresh.json() and int(stale.headers["Age"]) == 0
+    # Older than its freshness lifetime: a client's cache must not reuse it unchecked.
+    assert stale.headers["Cache-Control"] == "private, max-age=0"
+    assert stale.headers["ETag"] == fresh.headers["ETag"]
     error(gw.http.get(f"{BILL}/EI-000022"), 503)  # never read: nothing to fall back on
     while gw.guard.breaker.state != "open":
         gw.http.get(f"{BILL}/EI-000023")
@@ -656,3 +660,20 @@ def test_a_back_end_policy_changes_only_the_keys_it_gives() -> None:
     assert slow.breaker.half_open_probes == 1
     assert slow.breaker.cool_down_seconds == 9 and slow.retry.attempts == 2
     assert settings.policy("other") == settings.default
+
+
+# Memory after a burst.
+
+
+def test_memory_is_cleaned_up_once_idle_after_a_burst_only() -> None:
+    async def scenario() -> tuple[int, int]:
+        recovery = BurstRecovery(burst=64, quiet_seconds=0.05)
+        recovery.idle(peak=10)  # a quiet spell: nothing to clean
+        await asyncio.sleep(0.1)
+        quiet = recovery.cleanups
+        recovery.idle(peak=300)
+        recovery.idle(peak=300)  # once per burst, however often it is told
+        await asyncio.sleep(0.2)
+        return quiet, recovery.cleanups
+
+    assert asyncio.run(scenario()) == (0, 1)

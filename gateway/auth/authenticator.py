@@ -130,7 +130,10 @@ class Authenticator:
         if not self.settings.enabled:
             return Caller.ANONYMOUS
         token = self._bearer_token(authorization)
-        known = self._verified.get(token)
+        try:  # (not `.get`: that looks the key up twice, and this runs on every request)
+            known: tuple[Caller, float, float] | None = self._verified[token]
+        except KeyError:
+            known = None
         now = time.time()
         leeway = self.settings.leeway_seconds
         if known is not None and known[2] - leeway <= now < known[1] + leeway:
