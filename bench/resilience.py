@@ -283,10 +283,6 @@ def scenarios(
             f"   {label}: {ok:.1%} succeed (target >= 99 %), {calls:.2f} back-end calls per"
             f" GET (target <= 1.5); answers {dict(load.statuses)}"
         )
-    print(
-        "   (an HTTP 503 reply reaches the gateway as BackendError(502) from the REST adapter,"
-        " which is not retried: issue #12, defect 6)"
-    )
 
     # 4. Breaker open.
     proxy.inject("reset", paths=("/api/",))
