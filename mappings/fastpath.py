@@ -4,9 +4,11 @@ The compiler builds a tree of typed nodes (nodes.py), one per value, that knows 
 fail precisely. Calling that tree costs a Python call per value, which is most of the
 mapping time of a 50-bill page. Here the whole tree is written out as one function body
 (`exec` of generated source, as attrs and dataclasses do), with the transforms that are one
-expression (minor units, integer ids, code tables) written in. On any exception the record
-goes through the node tree instead, which raises the error that names the attribute and
-column; so both paths give the same output and the same errors.
+expression (minor units, integer ids, code tables) written in and the conversions worth
+keeping (dates, decimal text) looked up in the transform's `Memo`. Each column is read once,
+each object is one dict display (sized once) with its null values deleted after. On any
+exception the record goes through the node tree instead, which raises the error that names
+the attribute and column; so both paths give the same output and the same errors.
 """
 
 from __future__ import annotations
@@ -275,7 +277,7 @@ class _Writer:
             return raw, nullable
         # int() of an int is the int itself: skipped when `raw` is one (a name read once).
         plain_int = f"type({raw}) is int"
-        if kind is MinorUnits:
+        if type(transform) is MinorUnits:
             divisor = transform.divisor
             if raw.isidentifier():
                 return f"({raw} if {plain_int} else int({raw})) / {divisor!r}", nullable
@@ -284,7 +286,7 @@ class _Writer:
             if raw.isidentifier():
                 return f"str({raw} if {plain_int} else int({raw}))", nullable
             return f"str(int({raw}))", nullable
-        if kind is Enum:
+        if type(transform) is Enum:
             return f"{self.name(transform.table, 'e')}[{raw}]", nullable
         if kind is NativeNumber:  # an int as it is, a Decimal as a float; others: to_tmf
             convert = self.name(transform.to_tmf, "c")

@@ -240,8 +240,10 @@ class Memo(dict[Any, Any]):
 
     Legacy tables repeat the same few thousand dates and rates; a compiled mapping looks
     them up with one subscript, no call. Only raw values of the exact types `keeps` are
-    kept, so that equal values of other types (1 and True, 1 and Decimal(1)) never share
-    an entry; a value of another type is converted every time.
+    kept, types whose equal values convert alike and equal no value of another type
+    (text, dates; not numbers: 1 == True == Decimal(1); not datetimes, whose `fold` takes
+    no part in equality yet may choose the offset); a value of another type is converted
+    every time.
     """
 
     __slots__ = ("convert", "keeps", "limit")
@@ -256,8 +258,7 @@ class Memo(dict[Any, Any]):
 
     def __missing__(self, raw: Any) -> Any:
         value = self.convert(raw)
-        # A datetime's fold takes no part in equality, yet it may choose the offset.
-        if type(raw) in self.keeps and not getattr(raw, "fold", 0):
+        if type(raw) in self.keeps:
             if len(self) >= self.limit:
                 self.clear()
             self[raw] = value
@@ -330,8 +331,8 @@ class DateTime(_Instants):
 class _NativeTime(_Instants):
     """A native date or date-time, served as RFC 3339 in `zone` (its own offset if None)."""
 
-    #: The raw values whose conversions are kept.
-    keeps: tuple[type, ...] = (date, datetime)
+    #: The raw values whose conversions are kept (see `Memo`).
+    keeps: tuple[type, ...] = (date,)
 
     def __init__(self, zone: tzinfo | None) -> None:
         self.zone = zone
@@ -401,7 +402,7 @@ class LooseDate(_NativeTime):
     """
 
     ordered = False
-    keeps = (str, date, datetime)
+    keeps = (str, date)
 
     def __init__(self, zone: tzinfo) -> None:
         super().__init__(zone)
