@@ -75,6 +75,7 @@ bench: install
 	$(PY) bench/auth_overhead.py --requests 3000
 	$(PY) bench/resilience.py --requests 10000
 	$(PY) bench/cache_hit.py --requests 10000 --callgrind
+	$(PY) bench/mapping_throughput.py --bills 2000 --rounds 30
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache *.egg-info

@@ -4,14 +4,17 @@ The compiler builds a tree of typed nodes (nodes.py), one per value, that knows 
 fail precisely. Calling that tree costs a Python call per value, which is most of the
 mapping time of a 50-bill page. Here the whole tree is written out as one function body
 (`exec` of generated source, as attrs and dataclasses do), with the transforms that are one
-expression (minor units, integer ids, code tables) written in. On any exception the record
-goes through the node tree instead, which raises the error that names the attribute and
-column; so both paths give the same output and the same errors.
+expression (minor units, integer ids, code tables) written in and the conversions worth
+keeping (dates, decimal text) looked up in the transform's `Memo`. Each column is read once,
+each object is one dict display (sized once) with its null values deleted after. On any
+exception the record goes through the node tree instead, which raises the error that names
+the attribute and column; so both paths give the same output and the same errors.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Any, NamedTuple, TypeAlias, assert_never
 
 from mappings.nodes import (
@@ -98,6 +101,7 @@ def specialise(tree: ResourceNode) -> FastPath:
     """`tree`'s twin without per-value calls; the tree still reports every failure."""
     writer = _Writer()
     writer.names.update(slow=tree, RESOURCE=tree.resource, PREFIX=f"/{tree.collection}/")
+    writer.names.update(NUMBERS=frozenset({int, Decimal}))
     body = " " * 8
     ident = writer.value(tree.ident, body)
     writer.lines.append(f"{body}ident = {ident.expression()}")
@@ -123,13 +127,34 @@ def specialise(tree: ResourceNode) -> FastPath:
 
 
 class _Writer:
-    """Writes the statements of one function body; `rec` names the record being read."""
+    """Writes the statements of one function body; `rec` names the record being read.
+
+    Each column of a record is read once per block (`scopes`): a read emitted in a block
+    serves the blocks nested in it after it, as the value cannot change in between.
+    """
 
     def __init__(self) -> None:
         self.lines: list[str] = []
         self.names: dict[str, Any] = {}
         self.counter = 0
         self.rec = "r"
+        #: Per open block, innermost last: (record name, column) -> the temp holding it.
+        self.scopes: list[dict[tuple[str, str], str]] = [{}]
+        #: Per open block: temps known not to be None there (tested on entering it).
+        self.present: list[set[str]] = [set()]
+
+    def enter(self, present: tuple[str, ...] = ()) -> None:
+        self.scopes.append({})
+        self.present.append(set(present))
+
+    def leave(self) -> None:
+        self.scopes.pop()
+        self.present.pop()
+
+    def guard(self, *temps: str) -> tuple[str, ...]:
+        """Tests that `temps` are not None, less those known here."""
+        known = set().union(*self.present)
+        return tuple(dict.fromkeys(f"{t} is not None" for t in temps if t not in known))
 
     def name(self, value: Any, prefix: str) -> str:
         """A global of the generated function bound to `value`."""
@@ -141,28 +166,38 @@ class _Writer:
         self.counter += 1
         return f"{prefix}{self.counter}"
 
-    def read(self, column: str) -> tuple[str, str]:
-        """A temp holding column `column` of the record, and the guard that reads it."""
-        temp = self.temp()
-        return temp, f"({temp} := {self.rec}[{column!r}]) is not None"
+    def known(self, column: str) -> str | None:
+        """The temp that already holds `column` of the record here, if any."""
+        key = (self.rec, column)
+        return next((scope[key] for scope in reversed(self.scopes) if key in scope), None)
+
+    def read(self, column: str, indent: str) -> str:
+        """A temp holding column `column` of the record (a missing column fails)."""
+        temp = self.known(column)
+        if temp is None:
+            temp = self.temp()
+            self.lines.append(f"{indent}{temp} = {self.rec}[{column!r}]")
+            self.scopes[-1][(self.rec, column)] = temp
+        return temp
 
     def value(self, node: Node, indent: str) -> _Value:
         """`node(rec, base)` in generated code; statements it needs are emitted first."""
         match node:
             case ColumnNode(column=column, transform=transform):
-                temp, guard = self.read(column)
-                return _Value((guard,), *self.converted(transform, temp))
+                temp = self.read(column, indent)
+                expr, nullable = self.converted(transform, temp)
+                if expr == temp:  # as it is: None is None, with no test
+                    return _Value((), temp, nullable=bool(self.guard(temp)))
+                return _Value(self.guard(temp), expr, nullable)
             case ConstNode(value=value):
                 literal = type(value) in _LITERAL_TYPES
                 expr = repr(value) if literal else self.name(value, "k")
                 return _Value((), expr, nullable=value is None)
             case TemplateNode(pieces=pieces):
-                return self.template(pieces)
+                return self.template(pieces, indent)
             case SumNode(columns=columns, transform=transform):
-                temps = [self.temp() for _ in columns]
-                for temp, column in zip(temps, columns, strict=True):
-                    self.lines.append(f"{indent}{temp} = {self.rec}[{column!r}]")
-                guards = tuple(f"{temp} is not None" for temp in temps)
+                temps = [self.read(column, indent) for column in columns]
+                guards = self.guard(*temps)
                 total = f"sum(({', '.join(temps)},))"
                 return _Value(guards, *self.converted(transform, total))
             case DerivedNode():
@@ -170,7 +205,13 @@ class _Writer:
                 return _Value((), f"{self.name(node, 'd')}({self.rec}, base)", nullable=True)
             case ObjectNode(items=items, when=when, condition=condition):
                 out = self.temp()
-                tests = [] if when is None else [f"{self.rec}.get({when!r}) is not None"]
+                tests, present = [], None
+                if when is not None:
+                    present = self.known(when)
+                    if present is None:  # a missing column is null here, not an error
+                        present = self.temp()
+                        self.lines.append(f"{indent}{present} = {self.rec}.get({when!r})")
+                    tests.append(f"{present} is not None")
                 if condition is not None:
                     tests.append(f"{self.name(condition.holds, 'w')}({self.rec}) is True")
                 if not tests:
@@ -178,14 +219,20 @@ class _Writer:
                     return _Value((), out, nullable=False)
                 self.lines.append(f"{indent}{out} = None")
                 self.lines.append(f"{indent}if {' and '.join(tests)}:")
+                self.enter(() if present is None else (present,))
+                if when is not None and present is not None:
+                    self.scopes[-1][(self.rec, when)] = present
                 self.fill(out, items, indent + "    ")
+                self.leave()
                 return _Value((), out, nullable=True)
             case EachNode(child=child, item=item, where=where):
-                # Rows missing: iterating None fails, and the node tree says so.
+                # Rows missing or None: the loop fails, and the node tree says so.
                 out, outer = self.temp(), self.rec
+                rows = self.known(child) or f"{outer}.get({child!r})"
                 self.rec = "x" if outer == "r" else self.temp("x")
                 self.lines.append(f"{indent}{out} = []")
-                self.lines.append(f"{indent}for {self.rec} in {outer}.get({child!r}):")
+                self.lines.append(f"{indent}for {self.rec} in {rows}:")
+                self.enter()
                 inner = indent + "    "
                 if where is not None:
                     test = f"{self.name(where.holds, 'w')}({self.rec}) is True"
@@ -193,12 +240,22 @@ class _Writer:
                     inner += "    "
                 value = self.value(item, inner).expression()
                 self.lines.append(f"{inner}{out}.append({value})")  # None too, as the node
+                self.leave()
                 self.rec = outer
                 return _Value((), out, nullable=False)
             case ListNode(elements=elements):
-                out = self.temp()
-                self.lines.append(f"{indent}{out} = []")
                 values = [self.value(element, indent) for element in elements]
+                out = self.temp()
+                if len(values) == 1:  # one element: a list of it, or None
+                    (only,) = values
+                    if only.always:
+                        return _Value((), f"[{only.expr}]", nullable=False)
+                    held = self.held(only, indent)
+                    if held is None:
+                        return _Value((), "None", nullable=True)
+                    self.lines.append(f"{indent}{out} = None if {held} is None else [{held}]")
+                    return _Value((), out, nullable=True)
+                self.lines.append(f"{indent}{out} = []")
                 always = [self.guarded(f"{out}.append(", v, indent, ")") for v in values]
                 if any(always):  # the list is never empty
                     return _Value((), out, nullable=False)
@@ -209,22 +266,38 @@ class _Writer:
     def converted(self, transform: Transform, raw: str) -> tuple[str, bool]:
         """`transform.to_tmf(raw)` as an expression, and whether its value may be None.
 
-        One-expression transforms are written out; they fail where `to_tmf` does (if with
-        other exceptions), and the node tree then reports it. Exact classes only: a subclass
-        may convert otherwise.
+        One-expression transforms are written out, and conversions a transform keeps
+        (dates, decimal text) are looked up in its memo; they fail where `to_tmf` does (if
+        with other exceptions), and the node tree then reports it. Exact classes only: a
+        subclass may convert otherwise.
         """
         nullable = type(transform) not in _NEVER_NONE
-        if type(transform) is Transform:
+        kind = type(transform)
+        if kind is Transform:
             return raw, nullable
+        # int() of an int is the int itself: skipped when `raw` is one (a name read once).
+        plain_int = f"type({raw}) is int"
         if type(transform) is MinorUnits:
-            return f"int({raw}) / {transform.divisor!r}", nullable
-        if type(transform) is IntegerText:
+            divisor = transform.divisor
+            if raw.isidentifier():
+                return f"({raw} if {plain_int} else int({raw})) / {divisor!r}", nullable
+            return f"int({raw}) / {divisor!r}", nullable
+        if kind is IntegerText:
+            if raw.isidentifier():
+                return f"str({raw} if {plain_int} else int({raw}))", nullable
             return f"str(int({raw}))", nullable
         if type(transform) is Enum:
             return f"{self.name(transform.table, 'e')}[{raw}]", nullable
+        if kind is NativeNumber:  # an int as it is, a Decimal as a float; others: to_tmf
+            convert = self.name(transform.to_tmf, "c")
+            exact = f"{raw} if type({raw}) is int else float({raw})"
+            return f"({exact} if type({raw}) in NUMBERS else {convert}({raw}))", nullable
+        memo = transform.memo()
+        if memo is not None:
+            return f"{self.name(memo, 'm')}[{raw}]", nullable
         return f"{self.name(transform.converter(), 'c')}({raw})", nullable
 
-    def template(self, pieces: tuple[tuple[str, str | None], ...]) -> _Value:
+    def template(self, pieces: tuple[tuple[str, str | None], ...], indent: str) -> _Value:
         """Adjacent literals and f-strings, guarded column by column as the node reads them."""
         parts: list[str] = []
         guards: list[str] = []
@@ -234,10 +307,21 @@ class _Writer:
             if name == "base":
                 parts.append("f'{base}'")
             elif name is not None:
-                temp, guard = self.read(name)
-                guards.append(guard)
+                temp = self.read(name, indent)
+                guards.extend(self.guard(temp))
                 parts.append(f"f'{{{temp}!s}}'")
+        guards = list(dict.fromkeys(guards))
         return _Value(tuple(guards), f"({' '.join(parts)})" if parts else "''", nullable=False)
+
+    def held(self, value: _Value, indent: str) -> str | None:
+        """A name holding `value` (None when it is null), or None when it is always null."""
+        if value.expr == "None":
+            return None
+        if not value.guards and value.expr.isidentifier():
+            return value.expr
+        temp = self.temp()
+        self.lines.append(f"{indent}{temp} = {value.expression()}")
+        return temp
 
     def fill(
         self,
@@ -248,22 +332,24 @@ class _Writer:
     ) -> None:
         """`out = {...}` with the non-null values of `items`, in their order, after `head`.
 
-        Values that are always there, up to the first that may be missing, go into the
-        dict display itself.
+        One dict display of every value (sized once, no per-key stores), then the null
+        ones deleted: the keys left keep their order.
         """
         entries = list(head)
-        display = True
+        nullable: list[tuple[str, str]] = []
         for key, node in items:
             value = self.value(node, indent)
-            if display:
-                if value.always:
-                    entries.append(f"{key!r}: {value.expr}")
-                    continue
-                self.lines.append(f"{indent}{out} = {{{', '.join(entries)}}}")
-                display = False
-            self.guarded(f"{out}[{key!r}] = ", value, indent)
-        if display:
-            self.lines.append(f"{indent}{out} = {{{', '.join(entries)}}}")
+            if value.always:
+                entries.append(f"{key!r}: {value.expr}")
+                continue
+            held = self.held(value, indent)
+            if held is not None:
+                entries.append(f"{key!r}: {held}")
+                nullable.append((key, held))
+        self.lines.append(f"{indent}{out} = {{{', '.join(entries)}}}")
+        for key, held in nullable:
+            self.lines.append(f"{indent}if {held} is None:")
+            self.lines.append(f"{indent}    del {out}[{key!r}]")
 
     def guarded(self, before: str, value: _Value, indent: str, after: str = "") -> bool:
         """The statement `before value after`, run unless the value is None.

@@ -63,6 +63,10 @@ class Transform:
         """What compiled mappings call per value: `to_tmf`, or a faster callable equal to it."""
         return self.to_tmf
 
+    def memo(self) -> Memo | None:
+        """Where compiled mappings look values up, for a transform worth caching (dates)."""
+        return None
+
     def bind(self, kind: Kind | None) -> Transform:
         """This transform fitted to a column of `kind` (None: unknown); refuses a misfit.
 
@@ -231,6 +235,36 @@ def _zone(name: Any) -> ZoneInfo:
         raise TransformArgError(f"unknown time zone {name!r}") from exc
 
 
+class Memo(dict[Any, Any]):
+    """`memo[raw]` is `convert(raw)`, each raw value converted once (up to `limit` kept).
+
+    Legacy tables repeat the same few thousand dates and rates; a compiled mapping looks
+    them up with one subscript, no call. Only raw values of the exact types `keeps` are
+    kept, types whose equal values convert alike and equal no value of another type
+    (text, dates; not numbers: 1 == True == Decimal(1); not datetimes, whose `fold` takes
+    no part in equality yet may choose the offset); a value of another type is converted
+    every time.
+    """
+
+    __slots__ = ("convert", "keeps", "limit")
+
+    def __init__(
+        self, convert: Callable[[Any], Any], keeps: tuple[type, ...], limit: int = 16384
+    ) -> None:
+        super().__init__()
+        self.convert = convert
+        self.keeps = frozenset(keeps)
+        self.limit = limit
+
+    def __missing__(self, raw: Any) -> Any:
+        value = self.convert(raw)
+        if type(raw) in self.keeps:
+            if len(self) >= self.limit:
+                self.clear()
+            self[raw] = value
+        return value
+
+
 class _Instants(Transform):
     """Raw values that stand for instants, served as RFC 3339 (each value converted once).
 
@@ -241,17 +275,16 @@ class _Instants(Transform):
     json_type = "date-time"
     _instant: Callable[[Any], datetime]
 
-    def _read_by(self, instant: Callable[[Any], datetime]) -> None:
+    def _read_by(self, instant: Callable[[Any], datetime], keeps: tuple[type, ...]) -> None:
         # Kept on the instance: `to_tmf` and `typed` call it with no method lookup.
         self._instant = instant
-        self._cached_to_tmf = lru_cache(maxsize=16384)(self.to_tmf)
+        self._memo = Memo(self.to_tmf, keeps)
 
     def to_tmf(self, raw: Any) -> str:
         return self._instant(raw).isoformat()
 
-    def converter(self) -> Callable[[Any], str]:
-        # Mappings call the cache of to_tmf itself, with no Python frame around it.
-        return self._cached_to_tmf
+    def memo(self) -> Memo:
+        return self._memo
 
     def typed(self, raw: Any) -> datetime:
         return self._instant(raw)
@@ -275,7 +308,7 @@ class DateTime(_Instants):
         # Zero-padded fields from year down, compared as text, sort like the instants do.
         self.ordered = bool(_ORDERED_DATE_FORMAT.match(fmt))
         # Legacy tables repeat the same few thousand dates: parse and format each once.
-        self._read_by(lru_cache(maxsize=16384)(self._parse_uncached))
+        self._read_by(lru_cache(maxsize=16384)(self._parse_uncached), (str,))
 
     def bind(self, kind: Kind | None) -> Transform:
         _refuse(
@@ -298,9 +331,12 @@ class DateTime(_Instants):
 class _NativeTime(_Instants):
     """A native date or date-time, served as RFC 3339 in `zone` (its own offset if None)."""
 
+    #: The raw values whose conversions are kept (see `Memo`).
+    keeps: tuple[type, ...] = (date,)
+
     def __init__(self, zone: tzinfo | None) -> None:
         self.zone = zone
-        self._read_by(self.instant)
+        self._read_by(self.instant, self.keeps)
 
     def instant(self, raw: Any) -> datetime:
         raise NotImplementedError
@@ -366,6 +402,7 @@ class LooseDate(_NativeTime):
     """
 
     ordered = False
+    keeps = (str, date)
 
     def __init__(self, zone: tzinfo) -> None:
         super().__init__(zone)
@@ -515,6 +552,12 @@ class DecimalText(Transform):
             return NativeNumber()
         _refuse(self, kind, frozenset({"text"}), "")
         return self
+
+    def __init__(self) -> None:
+        self._memo = Memo(self.to_tmf, (str,))
+
+    def memo(self) -> Memo:
+        return self._memo
 
     def to_tmf(self, raw: Any) -> float:
         try:

@@ -14,6 +14,7 @@ from mappings.transforms import (
     DateTime,
     Enum,
     IntegerText,
+    Memo,
     MinorUnits,
     Transform,
     TransformArgError,
@@ -242,3 +243,33 @@ def test_rfc3339_text_is_served_as_it_is_and_checked() -> None:
     assert text.json_type == "date-time"
     with pytest.raises(ValueError, match="not an RFC 3339"):
         text.to_tmf("2024-01-05 10:00")
+
+
+def test_memo_converts_each_kept_value_once_and_no_other_type_shares_it() -> None:
+    calls: list[object] = []
+
+    def convert(raw: object) -> tuple[str, object]:
+        calls.append(raw)
+        return (type(raw).__name__, raw)
+
+    memo = Memo(convert, (str,), limit=2)
+    assert memo["a"] == ("str", "a") and memo["a"] == ("str", "a")
+    assert calls == ["a"]  # the second time, looked up
+    assert memo[1] == ("int", 1) and memo[1] == ("int", 1)
+    assert calls == ["a", 1, 1] and list(memo) == ["a"]  # numbers are never kept
+    memo["b"], memo["c"]
+    assert len(memo) <= 2  # bounded: full, it starts afresh
+
+
+def test_memo_keeps_no_datetime_whose_fold_chooses_the_offset() -> None:
+    stamp = build_transform({"date": {"zone": "Europe/Berlin"}}).bind("datetime")
+    memo = stamp.memo()
+    assert memo is not None
+    first, second = datetime(2024, 10, 27, 2, 30), datetime(2024, 10, 27, 2, 30, fold=1)
+    assert first == second
+    assert memo[first] == "2024-10-27T02:30:00+02:00"
+    assert memo[second] == "2024-10-27T02:30:00+01:00"  # equal to `first`, other instant
+    assert not memo
+    day = build_transform({"date": {"zone": "Europe/Berlin"}}).bind("date").memo()
+    assert day is not None and day[date(2024, 1, 31)] == "2024-01-31T00:00:00+01:00"
+    assert list(day) == [date(2024, 1, 31)]
