@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field
@@ -46,6 +46,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy import types as sqltypes
+from sqlalchemy.engine import Result
 from sqlalchemy.exc import DBAPIError, NoSuchTableError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.sql.elements import KeyedColumnElement
@@ -534,7 +535,7 @@ class SqlSource:
                 statement = self._ordered(plan, correlated).offset(plan.offset)
                 if plan.limit is not None:
                     statement = statement.limit(plan.limit)
-                records = [dict(row) for row in (await conn.execute(statement)).mappings()]
+                records = _records(await conn.execute(statement))
                 if total is None:
                     total = _total_from_window(plan.offset, plan.limit, len(records))
                 if total is None:
@@ -564,10 +565,9 @@ class SqlSource:
         statement = self._filtered(self._select, where).limit(1)
         try:
             async with self.adapter.engine.connect() as conn:
-                row = (await conn.execute(statement)).mappings().first()
-                if row is None:
+                records = _records(await conn.execute(statement))
+                if not records:
                     return None
-                records = [dict(row)]
                 await self._attach_children(conn, records)
         except SQLAlchemyError as exc:
             raise _backend_error(self.adapter.name, exc) from exc
@@ -599,8 +599,9 @@ class SqlSource:
         try:
             async with self.adapter.engine.connect() as conn:
                 result = await conn.stream(statement)
-                async for rows in result.mappings().partitions(batch_size):
-                    records = [dict(row) for row in rows]
+                keys = _plain_keys(result.keys())
+                async for rows in result.partitions(batch_size):
+                    records = [dict(zip(keys, row, strict=True)) for row in rows]
                     await self._attach_children(conn, records)
                     yield records
         except SQLAlchemyError as exc:
@@ -612,9 +613,9 @@ class SqlSource:
         keys = [r[self.key_column] for r in records]
         for name, child in self.children.items():
             grouped: dict[Any, list[dict[str, Any]]] = {k: [] for k in keys}
-            rows = await conn.execute(child.statement.where(child.key.in_(keys)))
-            for row in rows.mappings():
-                grouped[row[child.key.name]].append(dict(row))
+            rows = _records(await conn.execute(child.statement.where(child.key.in_(keys))))
+            for row in rows:
+                grouped[row[child.key.name]].append(row)
             for record in records:
                 record[name] = grouped[record[self.key_column]]
 
@@ -635,6 +636,18 @@ def _code_point_order(element: ColumnElement[Any], dialect: str) -> bool:
     if dialect == "postgresql":
         return collation in ("C", "POSIX")
     return False
+
+
+def _plain_keys(keys: Iterable[str]) -> list[str]:
+    # SQLAlchemy names columns with `quoted_name`, a `str` subclass: every look-up the
+    # mapping makes in a record keyed by it is slower than with a plain `str`.
+    return [str(key) for key in keys]
+
+
+def _records(result: Result[Any]) -> list[dict[str, Any]]:
+    """The rows as plain dicts keyed by plain `str` column names."""
+    keys = _plain_keys(result.keys())
+    return [dict(zip(keys, row, strict=True)) for row in result]
 
 
 def _exact_text_columns(table: FromClause, dialect: Any) -> dict[str, ColumnElement[Any]]:
