@@ -1,0 +1,72 @@
+"""`GET {API_PREFIX}/openapi.json` and `.yaml`: the TMF678 document this gateway implements.
+
+The vendored TMF678 v5.0.0 OAS (gateway/spec/), unchanged but for `servers`, which names
+this deployment's API root: `api.public_base_url` when set, else built from the request's
+host like every `href` (so `api.allowed_hosts` bounds which roots can appear). The
+document is parsed once at start-up; each root's JSON and YAML bytes are rendered once
+and kept (a few roots at most, bounded).
+
+Public, like `/health`: it is the published TMF standard plus the address the caller
+already used, no customer data, and a client needs it before it has a token.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+import orjson
+import yaml
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from gateway.oas import load_spec
+from gateway.resources import API_PREFIX
+from gateway.routes import BaseUrl
+
+#: Distinct API roots whose rendering is kept (hosts beyond this are rendered again).
+MAX_ROOTS = 16
+_HEADERS = {"Cache-Control": "public, max-age=3600", "X-Content-Type-Options": "nosniff"}
+
+
+class ApiDescription:
+    """The OAS with `servers` set per API root, rendered once per root and format."""
+
+    def __init__(self, document: dict[str, Any] | None = None) -> None:
+        # Never changed here: each rendering is a shallow copy with its own `servers`.
+        self._document = document if document is not None else load_spec()
+        self._rendered: OrderedDict[tuple[str, str], bytes] = OrderedDict()
+
+    def render(self, root: str, kind: str) -> bytes:
+        """The document for API root `root`, as `json` or `yaml` bytes."""
+        key = (root, kind)
+        found = self._rendered.get(key)
+        if found is not None:
+            self._rendered.move_to_end(key)
+            return found
+        document = {**self._document, "servers": [{"url": root}]}
+        if kind == "json":
+            body = orjson.dumps(document)
+        else:
+            text = yaml.safe_dump(document, sort_keys=False, allow_unicode=True, width=100)
+            body = text.encode("utf-8")
+        self._rendered[key] = body
+        if len(self._rendered) > MAX_ROOTS * 2:
+            self._rendered.popitem(last=False)
+        return body
+
+
+def api_description_routes(description: ApiDescription, base: BaseUrl) -> list[Route]:
+    async def as_json(request: Request) -> Response:
+        body = description.render(base(request), "json")
+        return Response(body, media_type="application/json", headers=_HEADERS)
+
+    async def as_yaml(request: Request) -> Response:
+        body = description.render(base(request), "yaml")
+        return Response(body, media_type="application/yaml", headers=_HEADERS)
+
+    return [
+        Route(f"{API_PREFIX}/openapi.json", as_json, methods=["GET"]),
+        Route(f"{API_PREFIX}/openapi.yaml", as_yaml, methods=["GET"]),
+    ]
