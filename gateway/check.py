@@ -163,10 +163,19 @@ def _check_action(adapter: Adapter, path: Path, found: Findings) -> None:
         found.problem(str(exc))
 
 
+def _positive(text: str) -> int:
+    number = int(text)
+    if number < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return number
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="tmf678-gateway check", description=__doc__)
     parser.add_argument("--config", default=os.environ.get("GATEWAY_CONFIG", str(DEFAULT_CONFIG)))
-    parser.add_argument("--sample", type=int, default=DEFAULT_SAMPLE, help="records per resource")
+    parser.add_argument(
+        "--sample", type=_positive, default=DEFAULT_SAMPLE, help="records read per resource"
+    )
     args = parser.parse_args(argv)
     try:
         config = load_config(args.config)

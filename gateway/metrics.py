@@ -60,7 +60,7 @@ _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"
 _BREAKER_STATES = ("closed", "open", "half-open")
 
 # No `_created` series beside each counter and histogram: half the scrape, never graphed.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 
 class CallObserver(Protocol):
