@@ -18,7 +18,8 @@ import ipaddress
 import os
 import sys
 import tempfile
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
 
 import structlog
 import uvicorn
@@ -164,10 +165,27 @@ def serve_workers(config: GatewayConfig, host: str, port: int, workers: int) -> 
 
 
 def worker_app() -> Starlette:
-    """One worker's application (`serve --workers N`): it opens its services on start-up."""
+    """One worker's application (`serve --workers N`): it opens its services on start-up.
+
+    A start-up failure is one line on stderr and exit code 3, on which uvicorn's
+    supervisor stops every worker (rather than a traceback and a restart loop).
+    """
     configure_logging(os.environ.get("LOG_LEVEL", "INFO").upper())
     config = load_config(os.environ[_WORKER_CONFIG])
-    return create_app(config, event_base_url=os.environ[_WORKER_ROOT])
+    app = create_app(config, event_base_url=os.environ[_WORKER_ROOT])
+    opening = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        try:
+            async with opening(app):
+                yield
+        except StartupError as exc:  # raised before serving: what it opened is closed
+            print(f"tmf678-gateway: cannot start: {exc}", file=sys.stderr, flush=True)
+            os._exit(3)
+
+    app.router.lifespan_context = lifespan
+    return app
 
 
 def main(argv: list[str] | None = None) -> int:

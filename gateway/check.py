@@ -17,9 +17,12 @@ import argparse
 import asyncio
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import structlog
 
 from adapters.base import Adapter, BackendError
 from adapters.registry import build_adapter
@@ -44,14 +47,28 @@ class Findings:
 
     problems: list[str] = field(default_factory=list)
     checked: list[str] = field(default_factory=list)
+    #: The last failure logged per back end (its reason, which a TMF error leaves out).
+    details: dict[str, str] = field(default_factory=dict)
 
     def problem(self, line: str) -> None:
         self.problems.append(line)
+
+    def keep_details(self, _: Any, __: str, event: MutableMapping[str, Any]) -> Any:
+        """A structlog processor: back-end failures' reasons kept, every log line dropped.
+
+        The gateway logs why a back end failed and answers callers without it; `check`
+        reports to the operator, so it puts the reason in the problem line instead.
+        """
+        backend, detail = event.get("backend"), event.get("detail")
+        if isinstance(backend, str) and isinstance(detail, str):
+            self.details[backend] = detail
+        raise structlog.DropEvent
 
 
 async def check(config: GatewayConfig, sample: int = DEFAULT_SAMPLE) -> Findings:
     """Every problem of `config` that start-up or the first requests would meet."""
     found = Findings()
+    structlog.configure(processors=[found.keep_details])
     adapters: dict[str, Adapter] = {}
     try:
         for name in sorted(config.backends_in_use()):
@@ -92,7 +109,6 @@ async def _reach(name: str, config: GatewayConfig, found: Findings) -> Adapter |
     except BackendError as exc:
         found.problem(f"back end {name}: unreachable: {exc.reason}")
         return None
-    found.checked.append(f"back end {name}: opened")
     return adapter
 
 
@@ -122,7 +138,8 @@ async def _check_resource(
     try:  # a plain reader: one call under the back end's timeout (gateway/calls.py)
         records, _ = await reader.list(Query(limit=sample), _BASE)
     except BackendDown as exc:
-        found.problem(f"back end {name}: unreachable: {exc.message}")
+        detail = found.details.pop(name, None) or exc.message
+        found.problem(f"back end {name}: unreachable: {detail}")
         return
     except ApiError as exc:  # the reply does not fit the mapping (names the field)
         found.problem(f"{binding.mapping}: {collection} on {name}: {exc.message}")

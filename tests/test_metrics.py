@@ -6,12 +6,15 @@ import asyncio
 import json
 import os
 import socket
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from prometheus_client.parser import text_string_to_metric_families
@@ -360,3 +363,50 @@ def test_openmetrics_is_served_to_scrapers_that_ask(gateway: TestClient) -> None
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("application/openmetrics-text")
     assert response.text.rstrip().endswith("# EOF")
+
+
+def test_workers_serve_one_port_and_their_counts_are_summed(demo_db: Path, tmp_path: Path) -> None:
+    port = free_port()
+    env = {
+        **os.environ,
+        "LEGACY_DB": str(demo_db),
+        "GATEWAY_STORE": str(tmp_path / "store.sqlite"),
+        "PORT": str(port),
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "serve", "--workers", "2"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, process.stdout.read() if process.stdout else ""
+            assert time.monotonic() < deadline, "the workers did not start"
+            try:
+                if httpx.get(f"{base}/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        with httpx.Client(base_url=base, timeout=10) as client:
+            for ident in range(1, 13):
+                assert client.get(f"{API}/customerBill/{ident}").status_code == 200
+            # Each scrape reaches one worker (on a new connection); each sees every count.
+            pids = set()
+            for _ in range(6):
+                with httpx.Client(base_url=base, timeout=10) as fresh:
+                    samples = parse(fresh.get("/metrics").text)
+                count = "tmf678_http_request_duration_seconds_count"
+                assert value(samples, count, route=BILL, method="GET", status="200") == 12
+                pids |= {s["pid"] for s in series(samples, "tmf678_backend_breaker_state")}
+            assert pids  # the worker's own gauges say which worker answered
+    finally:
+        process.terminate()
+        output, _ = process.communicate(timeout=30)
+    assert process.returncode == 0, output
+    assert output.count('"event": "gateway_started"') == 2  # each worker opened its services
