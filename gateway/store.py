@@ -772,10 +772,13 @@ class OperationsFigures:
 async def operations_figures(store: GatewayStore) -> OperationsFigures:
     """Outbox depth, oldest undelivered event and dead letters; on-demand requests by state.
 
-    Two grouped counts over indexed `state` columns, in one read-only transaction.
+    Two grouped counts over indexed `state` columns, in one transaction. The outbox's
+    delivered rows (most of it until purged) are not counted.
     """
-    outbox_rows = select(outbox.c.state, func.count(), func.min(outbox.c.created_at)).group_by(
-        outbox.c.state
+    outbox_rows = (
+        select(outbox.c.state, func.count(), func.min(outbox.c.created_at))
+        .where(outbox.c.state.in_(("pending", "dead")))  # not the delivered (the many)
+        .group_by(outbox.c.state)
     )
     requests = select(bill_on_demand.c.state, func.count()).group_by(bill_on_demand.c.state)
     async with store.transaction() as conn:

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 _TRACEPARENT = re.compile(
     r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-[\x21-\x7e]*)?$"
 )
+#: Printable ASCII: list members are `key=value`, values 0x20-0x7e but `,` and `=`.
+_TRACESTATE = re.compile(r"^[\x20-\x7e]*$")
 _ZERO_TRACE = "0" * 32
 _ZERO_SPAN = "0" * 16
 #: The longest `tracestate` passed on (the recommendation's 32 members, bounded).
@@ -69,8 +71,8 @@ def trace_context(traceparent: str | None, tracestate: str | None = None) -> Tra
         return TraceContext(secrets.token_hex(16), span_id, None, "00")
     trace_id, parent_id, flags = parsed
     state = tracestate.strip() if tracestate else None
-    if state and len(state) > MAX_TRACESTATE:
-        state = None
+    if state and (len(state) > MAX_TRACESTATE or not _TRACESTATE.match(state)):
+        state = None  # passed on only as the recommendation writes it
     # Only the sampled bit is defined for version 00; other bits are not passed on.
     sampled = "01" if int(flags, 16) & 1 else "00"
     return TraceContext(trace_id, span_id, parent_id, sampled, state or None)

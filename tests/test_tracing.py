@@ -61,6 +61,12 @@ def test_the_gateway_is_a_hop_of_the_callers_trace() -> None:
     }
 
 
+def test_an_odd_or_long_tracestate_is_not_passed_on() -> None:
+    assert trace_context(TRACEPARENT, "vendor=\u00e9").tracestate is None
+    assert trace_context(TRACEPARENT, "v=" + "x" * 600).tracestate is None
+    assert trace_context(TRACEPARENT, " a=1,b=2 ").tracestate == "a=1,b=2"
+
+
 def test_an_invalid_parent_starts_a_new_trace() -> None:
     first = trace_context(f"00-{'0' * 32}-{PARENT}-01", "vendor=abc")
     second = trace_context(None)
@@ -131,11 +137,15 @@ def rest_gateway(
             yield client, recorder
 
 
-# The REST and SOAP adapters send `OUTGOING_HEADERS` through adapters/backend_http.py,
-# which another branch changes; until that is merged here, the arrival tests cannot pass.
-_SENDS = "OUTGOING_HEADERS" in (ROOT / "adapters" / "backend_http.py").read_text()
+# The REST and SOAP adapters send `OUTGOING_HEADERS` (adapters/backend_http.py), which
+# another branch adds; until that is merged here, the arrival tests cannot pass.
+_SENDS = any(
+    "OUTGOING_HEADERS" in path.read_text()
+    for path in (ROOT / "adapters").glob("*.py")
+    if path.name != "base.py"
+)
 _arrival = pytest.mark.skipif(
-    not _SENDS, reason="adapters/backend_http.py does not send OUTGOING_HEADERS yet"
+    not _SENDS, reason="no adapter sends adapters.base.OUTGOING_HEADERS yet (another branch)"
 )
 
 
