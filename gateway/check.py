@@ -65,10 +65,11 @@ class Findings:
         raise structlog.DropEvent
 
 
-async def check(config: GatewayConfig, sample: int = DEFAULT_SAMPLE) -> Findings:
+async def check(
+    config: GatewayConfig, sample: int = DEFAULT_SAMPLE, found: Findings | None = None
+) -> Findings:
     """Every problem of `config` that start-up or the first requests would meet."""
-    found = Findings()
-    structlog.configure(processors=[found.keep_details])
+    found = found or Findings()
     adapters: dict[str, Adapter] = {}
     try:
         for name in sorted(config.backends_in_use()):
@@ -199,7 +200,9 @@ def main(argv: list[str]) -> int:
     except ConfigError as exc:
         print(f"tmf678-gateway check: {exc}", file=sys.stderr)
         return 2
-    found = asyncio.run(check(config, args.sample))
+    found = Findings()
+    structlog.configure(processors=[found.keep_details])  # reasons into the report
+    asyncio.run(check(config, args.sample, found))
     for line in found.checked:
         print(f"ok: {line}")
     for line in found.problems:
