@@ -18,11 +18,13 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import Lifespan
 
 from gateway.access import Access
+from gateway.api_description import ApiDescription, api_description_routes
 from gateway.config import GatewayConfig
 from gateway.errors import ApiError, api_error_handler, http_error_handler
 from gateway.guards import GuardMiddleware
 from gateway.health import health_routes
 from gateway.logs import RequestLogMiddleware
+from gateway.metrics import GatewayMetrics, metrics_routes
 from gateway.request_scope import RequestScopeMiddleware
 from gateway.resources import (
     API_PREFIX,
@@ -45,7 +47,12 @@ __all__ = ["StartupError", "api_routes", "build_app", "create_app", "open_servic
 log = structlog.get_logger("gateway")
 
 
-def api_routes(config: GatewayConfig, services: Services) -> list[BaseRoute]:
+def api_routes(
+    config: GatewayConfig,
+    services: Services,
+    metrics: GatewayMetrics | None = None,
+    description: ApiDescription | None = None,
+) -> list[BaseRoute]:
     """Every TMF678 operation, each given the reader or service it uses."""
     paging = config.paging
     base = BaseUrl(config.api.public_base_url)
@@ -53,7 +60,15 @@ def api_routes(config: GatewayConfig, services: Services) -> list[BaseRoute]:
     bill = f"{API_PREFIX}/{CUSTOMER_BILL.collection}/{{id}}"
     requests = f"{API_PREFIX}/{CUSTOMER_BILL_ON_DEMAND.collection}"
     rates = APPLIED_CUSTOMER_BILLING_RATE
+    operations: list[BaseRoute] = [
+        *health_routes(services.readiness),  # outside the API prefix, without auth
+        # The OAS itself: public, like the standard it is (gateway/api_description.py).
+        *api_description_routes(description or ApiDescription(), base),
+    ]
+    if metrics is not None:
+        operations += metrics_routes(metrics, access, config.metrics.scope)
     return [
+        *operations,
         *resource_routes(CUSTOMER_BILL, services.customer_bills, paging, base, access),
         *resource_routes(rates, services.applied_rates, paging, base, access),
         *resource_routes(BILL_CYCLE, services.bill_cycles, paging, base, access),
@@ -69,12 +84,26 @@ def api_routes(config: GatewayConfig, services: Services) -> list[BaseRoute]:
             methods=["POST"],
         ),
         *hub_routes(services.hubs, base, access),
-        *health_routes(services.readiness),  # outside the API prefix, without auth
     ]
+
+
+def gateway_metrics(config: GatewayConfig) -> GatewayMetrics | None:
+    """The process's metrics, unless `metrics.enabled` is off."""
+    return GatewayMetrics() if config.metrics.enabled else None
+
+
+def api_description(config: GatewayConfig) -> ApiDescription:
+    """The served OAS, rendered now for the configured public root (if there is one)."""
+    description = ApiDescription()
+    if config.api.public_base_url:
+        for kind in ("json", "yaml"):
+            description.render(config.api.public_base_url + API_PREFIX, kind)
+    return description
 
 
 def _starlette(
     config: GatewayConfig,
+    metrics: GatewayMetrics | None,
     routes: list[BaseRoute] | None = None,
     lifespan: Lifespan[Starlette] | None = None,
 ) -> Starlette:
@@ -93,15 +122,21 @@ def _starlette(
     )
     return Starlette(
         routes=routes,
-        middleware=[Middleware(RequestLogMiddleware), guard, in_flight],
+        middleware=[Middleware(RequestLogMiddleware, metrics=metrics), guard, in_flight],
         exception_handlers={ApiError: api_error_handler, HTTPException: http_error_handler},
         lifespan=lifespan,
     )
 
 
-def build_app(config: GatewayConfig, services: Services) -> Starlette:
-    """The application over services that are already open (the server's way)."""
-    app = _starlette(config, routes=api_routes(config, services))
+def build_app(
+    config: GatewayConfig, services: Services, metrics: GatewayMetrics | None = None
+) -> Starlette:
+    """The application over services that are already open (the server's way).
+
+    `metrics` is what `open_services` reported to (None: no `/metrics`).
+    """
+    routes = api_routes(config, services, metrics, api_description(config))
+    app = _starlette(config, metrics, routes=routes)
     app.state.services = services
     return app
 
@@ -112,15 +147,17 @@ def create_app(config: GatewayConfig, *, event_base_url: str | None = None) -> S
     `event_base_url` is where it is reached, for hrefs in events.
     """
     root = config.api.public_base_url or (event_base_url or "http://localhost:8678").rstrip("/")
+    metrics = gateway_metrics(config)
+    description = api_description(config)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
-            services = await open_services(config, stack, root + API_PREFIX)
-            app.router.routes[:] = api_routes(config, services)
+            services = await open_services(config, stack, root + API_PREFIX, metrics)
+            app.router.routes[:] = api_routes(config, services, metrics, description)
             app.state.services = services
             log.info("gateway_started", config=config.source)
             yield
         log.info("gateway_stopped")
 
-    return _starlette(config, lifespan=lifespan)
+    return _starlette(config, metrics, lifespan=lifespan)

@@ -35,6 +35,7 @@ from pydantic import (
 from adapters.base import BackendOptions, StrictModel
 from adapters.registry import BUNDLED_KINDS, known_kinds, options_model
 from gateway.auth import AuthSettings
+from gateway.auth.settings import ScopeName
 from gateway.lifecycle import BILL_STATES, DEFAULT_BILL_TRANSITIONS
 from gateway.limits import Limits
 from gateway.resources import RESOURCE_TYPES
@@ -350,6 +351,20 @@ def _deep_merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+class MetricsSettings(StrictModel):
+    """`GET /metrics` for Prometheus (docs/operations.md).
+
+    Like `/health` it needs no token by default, which is for loopback: with auth on and
+    a non-loopback address, start-up asks for `scope` (scrapers send a bearer token) or
+    an explicit `open_beyond_loopback: true` (a network only the scraper reaches).
+    """
+
+    enabled: bool = True
+    #: The token scope a scrape needs (None: no token asked).
+    scope: ScopeName | None = None
+    open_beyond_loopback: bool = False
+
+
 class GatewayConfig(StrictModel):
     """The whole configuration, as the running gateway uses it."""
 
@@ -370,6 +385,8 @@ class GatewayConfig(StrictModel):
     limits: Limits = Limits()
     #: Retries, breakers, bulkheads and the read cache around the back ends.
     resilience: ResilienceSettings = ResilienceSettings()
+    #: Prometheus `/metrics`: on, and who may scrape it.
+    metrics: MetricsSettings = MetricsSettings()
     #: The file it was read from, for messages.
     _source: str = PrivateAttr("<built-in>")
 

@@ -1,9 +1,12 @@
 """Structured logs: one JSON line per request, and the request-id / error middleware.
 
 The middleware is the outermost layer: it names the request (an incoming `X-Request-ID`
-is honoured and echoed back), times it and the back-end calls within it, and turns any
-exception that escaped the routes into a TMF 500 without a stack trace in the reply
-(the trace goes to the log, where operators look for it).
+is honoured and echoed back), joins or starts its W3C trace (gateway/tracing.py: the
+trace id goes into every log line of the request, `traceparent` and the request id into
+its back-end calls), times it and the back-end calls within it, reports it to the
+metrics (gateway/metrics.py), and turns any exception that escaped the routes into a
+TMF 500 without a stack trace in the reply (the trace goes to the log, where operators
+look for it).
 
 A trace is logged without frame locals (structlog's default shows them, and a local may
 hold a bearer token or a connection string); request headers are never logged, and a
@@ -25,8 +28,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from structlog.tracebacks import ExceptionDictTransformer
 from structlog.typing import Processor
 
+from adapters.base import OUTGOING_HEADERS
 from gateway.calls import BackendTime, backend_time
 from gateway.errors import ApiError, error_response
+from gateway.metrics import GatewayMetrics
+from gateway.tracing import outgoing_headers, trace_context
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 #: Query parameters whose values are never written to the log.
@@ -97,20 +103,23 @@ log = structlog.get_logger("gateway.access")
 
 
 class RequestLogMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, metrics: GatewayMetrics | None = None) -> None:
         self.app = app
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        incoming = _header(scope, b"x-request-id")
+        incoming, traceparent, tracestate = _tracing_headers(scope)
         # 128 random bits as 32 hex digits, as `uuid4().hex` gave them, for a fraction of its cost.
         request_id = incoming if incoming and _REQUEST_ID.match(incoming) else os.urandom(16).hex()
+        trace = trace_context(traceparent, tracestate)
         named = (b"x-request-id", request_id.encode())
         spent = BackendTime()
         token = backend_time.set(spent)
-        structlog.contextvars.bind_contextvars(request_id=request_id)
+        outgoing = OUTGOING_HEADERS.set(outgoing_headers(trace, request_id))
+        structlog.contextvars.bind_contextvars(request_id=request_id, trace_id=trace.trace_id)
         started = perf_counter()
         status = 500
         response_started = False
@@ -135,6 +144,9 @@ class RequestLogMiddleware:
                 )
                 await error_response(error)(scope, receive, send_with_id)
         finally:
+            duration = perf_counter() - started
+            if self.metrics is not None:
+                self.metrics.observe_request(scope, status, duration)
             if _log_requests:  # built only when written: skipped below INFO
                 log.info(
                     "request",
@@ -142,10 +154,13 @@ class RequestLogMiddleware:
                     path=_clipped(scope["path"]),
                     query=logged_query(scope.get("query_string", b"")),
                     status=status,
-                    duration_ms=round((perf_counter() - started) * 1000, 2),
+                    duration_ms=round(duration * 1000, 2),
                     backend_ms=round(spent.seconds * 1000, 2),
                 )
-            structlog.contextvars.unbind_contextvars("request_id", "subject", "client_id")
+            structlog.contextvars.unbind_contextvars(
+                "request_id", "trace_id", "subject", "client_id"
+            )
+            OUTGOING_HEADERS.reset(outgoing)
             backend_time.reset(token)
 
 
@@ -166,9 +181,19 @@ def _clipped(text: str) -> str:
     return text if len(text) <= MAX_LOGGED else f"{text[:MAX_LOGGED]}...({len(text)} chars)"
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
+def _tracing_headers(scope: Scope) -> tuple[str | None, str | None, str | None]:
+    """X-Request-ID, traceparent and tracestate, in one pass over the headers.
+
+    Two `traceparent` headers are no valid parent (W3C: discard them): a new trace starts.
+    """
+    request_id = traceparent = tracestate = None
+    parents = 0
     for key, value in scope.get("headers", ()):
-        if key == name:
-            text: str = value.decode("latin-1")
-            return text
-    return None
+        if key == b"x-request-id" and request_id is None:
+            request_id = value.decode("latin-1")
+        elif key == b"traceparent":
+            parents += 1
+            traceparent = value.decode("latin-1")
+        elif key == b"tracestate" and tracestate is None:
+            tracestate = value.decode("latin-1")
+    return request_id, traceparent if parents == 1 else None, tracestate

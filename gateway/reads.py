@@ -124,9 +124,11 @@ class ResourceReader:
         guard = self.guard
         request = current_request()
         if self.cache is None or request is None or not request.cacheable:
-            return await guard.read(fetch, self.timeout)
+            return await guard.read(fetch, self.timeout, kind)
         key = (self.backend, self.mapping.collection, kind, detail, base)
-        result: T = await self.cache.read(key, lambda: guard.read(fetch, self.timeout), request)
+        result: T = await self.cache.read(
+            key, lambda: guard.read(fetch, self.timeout, kind), request
+        )
         return result
 
     async def _list(self, query: Query, base: str) -> tuple[builtins.list[Resource], int]:

@@ -11,7 +11,9 @@ Every read of a back end (`ResourceReader.list/get`) goes through its `BackendGu
   jitter, honouring a `retry_after` hint on the error, never past the deadline, and only
   while the back end's retry budget allows (Envoy's: retries in flight at most 20 % of
   the reads in flight to it, or 3), so retries cannot multiply an outage;
-- a reply that does not fit the mapping, or any other error, is not retried.
+- a reply that does not fit the mapping, or any other error, is not retried;
+- each attempt, refused or made, is reported with its outcome and time to the metrics
+  (gateway/metrics.py) when the guard has an observer.
 
 Writes are not retried here: they are not idempotent (gateway/writes.py calls
 `backend_call` once per step, under the same deadline).
@@ -41,6 +43,7 @@ from gateway.calls import (
     mapping_error,
 )
 from gateway.config import BackendPolicy, BulkheadSettings, ResilienceSettings, RetrySettings
+from gateway.metrics import CallObserver
 from gateway.request_scope import remaining_seconds
 from mappings.errors import RecordMappingError
 
@@ -151,8 +154,11 @@ class _Backoff(wait_base):
 class BackendGuard:
     """The policy objects of one back end, and the guarded read through them."""
 
-    def __init__(self, backend: str, policy: BackendPolicy) -> None:
+    def __init__(
+        self, backend: str, policy: BackendPolicy, observe: CallObserver | None = None
+    ) -> None:
         self.backend = backend
+        self.observe = observe
         self.policy = policy
         self.breaker = CircuitBreaker(backend, policy.breaker)
         self.bulkhead = Bulkhead(backend, policy.bulkhead)
@@ -166,8 +172,13 @@ class BackendGuard:
     def _retryable(self, exc: BaseException) -> bool:
         return isinstance(exc, BackendError) and exc.status in self._retry_on
 
-    async def read(self, work: Callable[[], Awaitable[T]], timeout: float) -> T:
-        """Run an idempotent read; a failure leaves as a TMF error (`BackendDown` mostly)."""
+    async def read(
+        self, work: Callable[[], Awaitable[T]], timeout: float, operation: str = "read"
+    ) -> T:
+        """Run an idempotent read; a failure leaves as a TMF error (`BackendDown` mostly).
+
+        `operation` (`get`, `list`) names the read in the metrics.
+        """
         started = perf_counter()
         self.budget.reads += 1
         retrying = AsyncRetrying(
@@ -178,7 +189,7 @@ class BackendGuard:
             reraise=True,
         )
         try:
-            return await retrying(_Attempts(self, work, timeout))
+            return await retrying(_Attempts(self, work, timeout, operation))
         except BackendError as exc:
             raise self._failure(exc) from None
         except RetryBudgetSpent as exc:
@@ -215,8 +226,24 @@ class BackendGuard:
         retry_after = self.breaker.retry_after() if self.breaker.state == "open" else 1
         return backend_error(self.backend, exc, retry_after)
 
-    async def attempt(self, work: Callable[[], Awaitable[T]], timeout: float) -> T:
+    async def attempt(
+        self, work: Callable[[], Awaitable[T]], timeout: float, operation: str = "read"
+    ) -> T:
         """One call: breaker, bulkhead slot, timeout; the outcome goes to the breaker."""
+        observe = self.observe
+        if observe is None:
+            return await self._attempt(work, timeout)
+        started = perf_counter()
+        outcome = "ok"
+        try:
+            return await self._attempt(work, timeout)
+        except BaseException as exc:
+            outcome = _outcome(exc)
+            raise
+        finally:
+            observe(operation, outcome, perf_counter() - started)
+
+    async def _attempt(self, work: Callable[[], Awaitable[T]], timeout: float) -> T:
         self.breaker.check()
         limit = call_timeout(timeout)
         if limit <= 0:
@@ -261,11 +288,16 @@ class _Attempts:
     """The callable tenacity retries: counts attempts and spends the retry budget."""
 
     def __init__(
-        self, guard: BackendGuard, work: Callable[[], Awaitable[Any]], timeout: float
+        self,
+        guard: BackendGuard,
+        work: Callable[[], Awaitable[Any]],
+        timeout: float,
+        operation: str,
     ) -> None:
         self.guard = guard
         self.work = work
         self.timeout = timeout
+        self.operation = operation
         self.number = 0
         self.last: BackendError | None = None
 
@@ -278,7 +310,7 @@ class _Attempts:
             if not budget.take():
                 raise RetryBudgetSpent(self.last)
         try:
-            return await self.guard.attempt(self.work, self.timeout)
+            return await self.guard.attempt(self.work, self.timeout, self.operation)
         except BackendError as exc:
             self.last = exc
             raise
@@ -290,14 +322,22 @@ class _Attempts:
 class Resilience:
     """The gateway's guards, one per back end, built from the `resilience:` settings."""
 
-    def __init__(self, settings: ResilienceSettings) -> None:
+    def __init__(
+        self,
+        settings: ResilienceSettings,
+        observer: Callable[[str], CallObserver] | None = None,
+    ) -> None:
         self.settings = settings
+        #: Gives each back end's guard the function its attempts are reported to.
+        self.observer = observer
         self._guards: dict[str, BackendGuard] = {}
 
     def guard(self, backend: str) -> BackendGuard:
         found = self._guards.get(backend)
         if found is None:
-            found = self._guards[backend] = BackendGuard(backend, self.settings.policy(backend))
+            observe = self.observer(backend) if self.observer is not None else None
+            policy = self.settings.policy(backend)
+            found = self._guards[backend] = BackendGuard(backend, policy, observe)
         return found
 
     @property
@@ -309,3 +349,20 @@ def _failure_class(exc: BackendError) -> str:
     """A failure as /ready may tell it to anyone: its kind and status, no details."""
     kind = {503: "unavailable", 504: "no answer in time"}.get(exc.status, "failed")
     return f"{kind} ({exc.status})"
+
+
+def _outcome(exc: BaseException) -> str:
+    """An attempt's failure as a metrics label: a few fixed words."""
+    if isinstance(exc, BreakerOpen):
+        return "breaker_open"
+    if isinstance(exc, BulkheadFull):
+        return "busy"
+    if isinstance(exc, CallTimedOut):
+        return "timeout"
+    if isinstance(exc, BackendError):
+        return {503: "unavailable", 504: "timeout"}.get(exc.status, "error")
+    if isinstance(exc, RecordMappingError):
+        return "mapping_error"
+    if isinstance(exc, asyncio.CancelledError):
+        return "cancelled"
+    return "error"

@@ -30,6 +30,7 @@ from gateway.events import EventPublisher, HubService
 from gateway.federation import FederatedPatcher, FederatedReader
 from gateway.health import Readiness, serving
 from gateway.lifecycle import Lifecycle
+from gateway.metrics import GatewayMetrics, StoreReader
 from gateway.oas import attribute_types
 from gateway.on_demand import BillMaker, OnDemandService
 from gateway.partial import TolerantFederatedReader
@@ -44,7 +45,7 @@ from gateway.resources import (
     RESOURCE_TYPES,
     ResourceType,
 )
-from gateway.store import GatewayStore
+from gateway.store import GatewayStore, operations_figures
 from gateway.supervisor import Work, start_supervised
 from gateway.writes import Patcher, ResourcePatcher
 from mappings.compiler import compile_mapping, read_mapping
@@ -79,9 +80,16 @@ class Services:
 
 
 async def open_services(
-    config: GatewayConfig, stack: AsyncExitStack, event_base_url: str
+    config: GatewayConfig,
+    stack: AsyncExitStack,
+    event_base_url: str,
+    metrics: GatewayMetrics | None = None,
 ) -> Services:
-    """Open every back end and the store; build readers, PATCH, on-demand and events."""
+    """Open every back end and the store; build readers, PATCH, on-demand and events.
+
+    With `metrics`, back-end attempts are reported to it and it reads the cache, the
+    breakers and the store when scraped.
+    """
     authenticator = Authenticator(config.auth)
     try:
         await authenticator.open()
@@ -95,8 +103,12 @@ async def open_services(
         name: await _open_adapter(name, config.backends[name], stack)
         for name in sorted(config.backends_in_use())
     }
-    guards = Resilience(config.resilience)
+    guards = Resilience(config.resilience, metrics.backend_observer if metrics else None)
     cache = ReadCache(config.resilience.cache) if config.resilience.cache.enabled else None
+    if metrics is not None:
+        metrics.watch_breakers(lambda: guards.guards)
+        if cache is not None:
+            metrics.watch_cache(cache)
     readers: dict[str, Reader] = {}
     for collection, binding in config.single().items():
         readers[collection] = await _reader(config, collection, binding, adapters, guards, cache)
@@ -127,6 +139,9 @@ async def open_services(
     requests = served(CUSTOMER_BILL_ON_DEMAND)
     if config.on_demand is not None or config.events is not None:
         store = await _open_store(config, stack)
+        if metrics is not None:
+            opened = store
+            metrics.watch_store(StoreReader(lambda: operations_figures(opened)))
     if config.events is not None:
         assert store is not None
         publisher, hubs = await _open_events(config.events, readers, store, stack, event_base_url)
@@ -354,7 +369,7 @@ async def _open_on_demand(
         route = routes.get(name)
         if route is None or "id" not in route.reader.mapping.fields:
             raise StartupError(f"on_demand: back end {name!r} does not serve customerBill")
-        action, find = _actions(adapters[name], path)
+        action, find = compile_actions(adapters[name], path)
         makers.append(
             BillMaker(
                 backend=name,
@@ -384,7 +399,7 @@ def _detectable(reader: ResourceReader, attribute: str) -> bool:
     return ref is not None and ref.transform.ordered and reader.source.can_sort(ref.column)
 
 
-def _actions(adapter: Adapter, path: Path) -> tuple[BackendAction, BackendAction | None]:
+def compile_actions(adapter: Adapter, path: Path) -> tuple[BackendAction, BackendAction | None]:
     """A declared back-end action and its optional `find:`, compiled at start-up.
 
     `find:` is an action of its own, in the same back end's terms, that looks up the bill

@@ -753,3 +753,42 @@ def _migrate(conn: Connection) -> None:
             continue
         migration(conn)
         conn.execute(insert(schema_version).values(version=number, applied_at=now_text()))
+
+
+# Figures for `/metrics` (gateway/metrics.py reads them at scrape time, cached briefly).
+
+
+@dataclass(frozen=True, slots=True)
+class OperationsFigures:
+    """The store's queues as an operator watches them."""
+
+    outbox_pending: int
+    #: Epoch seconds when the oldest undelivered event was queued (None: none pending).
+    outbox_oldest_pending: float | None
+    outbox_dead: int
+    on_demand_by_state: dict[str, int]
+
+
+async def operations_figures(store: GatewayStore) -> OperationsFigures:
+    """Outbox depth, oldest undelivered event and dead letters; on-demand requests by state.
+
+    Two grouped counts over indexed `state` columns, in one transaction. The outbox's
+    delivered rows (most of it until purged) are not counted.
+    """
+    outbox_rows = (
+        select(outbox.c.state, func.count(), func.min(outbox.c.created_at))
+        .where(outbox.c.state.in_(("pending", "dead")))  # not the delivered (the many)
+        .group_by(outbox.c.state)
+    )
+    requests = select(bill_on_demand.c.state, func.count()).group_by(bill_on_demand.c.state)
+    async with store.transaction() as conn:
+        by_state = {row[0]: (row[1], row[2]) for row in await conn.execute(outbox_rows)}
+        on_demand = {row[0]: int(row[1]) for row in await conn.execute(requests)}
+    pending, oldest = by_state.get("pending", (0, None))
+    dead, _ = by_state.get("dead", (0, None))
+    return OperationsFigures(
+        outbox_pending=int(pending),
+        outbox_oldest_pending=None if oldest is None else float(oldest),
+        outbox_dead=int(dead),
+        on_demand_by_state=on_demand,
+    )
