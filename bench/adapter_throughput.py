@@ -251,7 +251,8 @@ def gateway_instructions(
         [*valgrind, "--cachegrind-out-file=/dev/null", sys.executable, "-m", "gateway"]
         + ["--config", str(config)],
         cwd=ROOT,
-        env={**os.environ, **env},
+        # One hash seed: every run then does the same start-up work, to the instruction.
+        env={**os.environ, **env, "PYTHONHASHSEED": "0"},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
