@@ -13,7 +13,16 @@ for either transport, unless `trust_env: false`.
 
 Two guards sit in httpx's event hooks, so they hold for both transports and in tests:
 a header holding CR, LF or NUL is never sent, and a reply body is read up to
-`MAX_REPLY_BYTES` only.
+`MAX_REPLY_BYTES` only. The same hook adds the current request's trace headers
+(`adapters.base.OUTGOING_HEADERS`) to every call.
+
+The calls the adapters make (a GET, zeep's POST: no per-call auth, cookies or files)
+go from httpx's API straight onto aiohttp's session (`DirectAiohttpClient`): httpx's
+own request/response machinery costs about twice what aiohttp does per call, and a
+single-record read is mostly that call. The short way keeps the same guards, timeouts
+and connection pool, and steps aside whenever httpx would do something more: a proxy or
+a mock (respx) chosen for the URL, client auth other than basic, cookies, hooks, a URL
+that httpx would have to re-encode.
 """
 
 from __future__ import annotations
@@ -24,13 +33,16 @@ import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, Literal
+from urllib.parse import urlencode
 
 import aiohttp
 import httpx
-from httpx_aiohttp import HttpxAiohttpClient
+from httpx._client import ACCEPT_ENCODING, USE_CLIENT_DEFAULT
+from httpx_aiohttp import AiohttpTransport, HttpxAiohttpClient
+from httpx_aiohttp.transport import map_aiohttp_exceptions
 from pydantic import Field, SecretStr, StrictBool, model_validator
 
-from adapters.base import BackendError, BackendOptions
+from adapters.base import OUTGOING_HEADERS, BackendError, BackendOptions
 
 #: The largest reply body read from a back end (whole replies are held in memory).
 MAX_REPLY_BYTES = 64 * 1024 * 1024
@@ -119,14 +131,21 @@ class _BoundedStream(httpx.AsyncByteStream):
         await self.inner.aclose()
 
 
-async def refuse_line_breaks(request: httpx.Request) -> None:
-    """A header holding CR, LF or NUL would split the request: it is never written."""
+async def outgoing_headers(request: httpx.Request) -> None:
+    """The current request's trace headers on every call; a header holding CR, LF or NUL
+    would split the request, so it is never written."""
+    extra = OUTGOING_HEADERS.get()
+    if extra:
+        request.headers.update(extra)
     for name, value in request.headers.raw:
         if _LINE_BREAK.search(value) or _LINE_BREAK.search(name):
-            raise httpx.LocalProtocolError(
-                f"header {name.decode('ascii', 'replace')!r} holds a line break: not sent",
-                request=request,
-            )
+            raise _split_header(name.decode("ascii", "replace"), request)
+
+
+def _split_header(name: str, request: httpx.Request | None = None) -> httpx.LocalProtocolError:
+    return httpx.LocalProtocolError(
+        f"header {name!r} holds a line break: not sent", request=request
+    )
 
 
 def reply_bound(limit: int) -> Any:
@@ -143,6 +162,248 @@ def reply_bound(limit: int) -> Any:
             response.stream = _BoundedStream(response.stream, limit, response.request)
 
     return bound
+
+
+#: A URL the short way sends as written: already percent-encoded, nothing httpx would
+#: re-encode, no user name or password in it.
+_PLAIN_URL = re.compile(r"(?:[A-Za-z0-9\-._~!$&'()*+,;=:/?]+|%[0-9A-Fa-f]{2})*")
+_LINE_BREAK_TEXT = re.compile(r"[\r\n\0]")
+#: Content codings aiohttp decodes itself (its reply then has the decoded body).
+_DECODED_BY_AIOHTTP = frozenset({"gzip", "x-gzip", "deflate", "br", "zstd"})
+#: The arguments httpx's get/post/request pass on when a call does not give them: a call
+#: with any other value for these (per-call auth, cookies, timeout...) goes httpx's way.
+_LEFT_TO_THE_CLIENT: dict[str, object] = {
+    "cookies": None,
+    "auth": USE_CLIENT_DEFAULT,
+    "follow_redirects": USE_CLIENT_DEFAULT,
+    "timeout": USE_CLIENT_DEFAULT,
+    "extensions": None,
+    "data": None,
+    "files": None,
+    "json": None,
+}
+_MAX_ORIGINS = 64
+
+
+class _Reply(httpx.Response):
+    """A reply read whole by the short way; its `httpx.Request` is built only if asked
+    for (error messages), not on every call."""
+
+    def __init__(
+        self,
+        status: int,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        method: str,
+        url: str,
+        encoding: Any,
+    ) -> None:
+        super().__init__(
+            status, headers=headers, stream=httpx.ByteStream(body), default_encoding=encoding
+        )
+        self._content = body  # read, as httpx leaves a Response(content=...)
+        self.is_stream_consumed = self.is_closed = True
+        self._sent = (method, url)
+
+    @property
+    def request(self) -> httpx.Request:
+        if self._request is None:
+            self._request = httpx.Request(*self._sent)
+        return self._request
+
+    @request.setter
+    def request(self, value: httpx.Request) -> None:
+        self._request = value
+
+
+class DirectAiohttpClient(HttpxAiohttpClient):
+    """httpx's client over httpx-aiohttp, whose plain calls go straight to aiohttp's session.
+
+    A call takes the short way when httpx would only have built a Request, sent it
+    through this client's own aiohttp transport and wrapped the reply: a `str` URL it
+    needs not re-encode, headers as a dict, bytes or no content, flat query parameters,
+    nothing per call that httpx handles (auth, cookies, timeout, extensions, files), and
+    a client without cookies, redirects, default query parameters or hooks of others
+    (client auth may be basic). It keeps what httpx's way does: the client's headers,
+    `OUTGOING_HEADERS`, the line-break and reply-size guards (the size counted after
+    decoding), the timeouts, the connection pool. Anything else, and any URL for which
+    httpx picks another transport (a proxy from the environment, respx in tests), goes
+    through httpx unchanged.
+    """
+
+    def __init__(self, *, max_reply_bytes: int, **options: Any) -> None:
+        bound = reply_bound(max_reply_bytes)
+        super().__init__(
+            event_hooks={"request": [outgoing_headers], "response": [bound]}, **options
+        )
+        self._own_hooks = {"request": [outgoing_headers], "response": [bound]}
+        self._max_reply_bytes = max_reply_bytes
+        self._direct_possible = isinstance(self._transport, AiohttpTransport)
+        self._origins: dict[str, httpx.URL] = {}
+        self._base_source: httpx.URL | None = None
+        self._base = ""
+        self._headers_source: tuple[list[tuple[bytes, bytes]], httpx.Auth | None] | None = None
+        self._sent_headers: dict[str, tuple[str, str]] | None = None
+        self._timeout_source: httpx.Timeout | None = None
+        self._aiohttp_timeout = aiohttp.ClientTimeout()
+
+    async def request(self, method: str, url: httpx.URL | str, **kwargs: Any) -> httpx.Response:
+        target = self._direct_url(url, kwargs)
+        if target is None:
+            return await super().request(method, url, **kwargs)
+        return await self._direct(method, target, kwargs.get("headers"), kwargs.get("content"))
+
+    def _direct_url(self, url: httpx.URL | str, kwargs: dict[str, Any]) -> str | None:
+        """The whole URL when the call can take the short way, else None."""
+        if not (self._direct_possible and isinstance(url, str) and _PLAIN_URL.fullmatch(url)):
+            return None
+        query = ""
+        for name, value in kwargs.items():
+            if name in _LEFT_TO_THE_CLIENT:
+                if value is not _LEFT_TO_THE_CLIENT[name]:
+                    return None
+            elif value is None:
+                continue
+            elif name == "params" and type(value) is dict:
+                if any(type(v) not in (str, int) for v in value.values()):
+                    return None
+                query = urlencode([(k, v if type(v) is str else str(v)) for k, v in value.items()])
+            elif name == "headers" and type(value) is dict:
+                if any(type(v) is not str for v in value.values()):
+                    return None
+            elif name != "content" or type(value) is not bytes:
+                return None
+        if (
+            self.is_closed
+            or self.follow_redirects
+            or self._params
+            or self._cookies
+            or self._event_hooks != self._own_hooks
+            or not (self._auth is None or isinstance(self._auth, httpx.BasicAuth))
+        ):
+            return None
+        if url.startswith(("http://", "https://")):
+            whole = url
+        elif url.startswith("/") and not url.startswith("//"):
+            if self._base_url is not self._base_source:
+                base = str(self._base_url)  # httpx's is absolute, or empty
+                base += "" if base.endswith("/") else "/"  # its path ends in "/" (or is empty)
+                plain = base.startswith(("http://", "https://")) and _PLAIN_URL.fullmatch(base)
+                self._base = base if plain and "?" not in base else ""
+                self._base_source = self._base_url
+            if not self._base:
+                return None
+            whole = self._base + url[1:]
+        else:
+            return None
+        if query:
+            if "?" in whole:
+                return None
+            whole = f"{whole}?{query}"
+        return whole if self._own_transport_for(whole) else None
+
+    def _own_transport_for(self, url: str) -> bool:
+        """Whether httpx would send to `url` through this client's own aiohttp transport:
+        not a proxy's, not a mock's."""
+        end = url.find("/", url.index("//") + 2)
+        origin = url if end < 0 else url[:end]
+        probe = self._origins.get(origin)
+        if probe is None:
+            probe = httpx.URL(origin)
+            if len(self._origins) < _MAX_ORIGINS:
+                self._origins[origin] = probe
+        return self._transport_for_url(probe) is self._transport
+
+    def _headers_for(self, extra: dict[str, str] | None) -> Any:
+        """The client's headers, its basic auth, the call's and the trace headers, each
+        checked for line breaks (the client's once, when they change)."""
+        source = (self._headers.raw, self._auth)
+        if source != self._headers_source or self._sent_headers is None:
+            self._sent_headers = self._client_headers()
+            self._headers_source = source
+        outgoing = OUTGOING_HEADERS.get()
+        if not extra and not outgoing:
+            return self._sent_headers.values()
+        merged = self._sent_headers.copy()
+        for more in (extra, outgoing):
+            for name, value in (more or {}).items():
+                if _LINE_BREAK_TEXT.search(name) or _LINE_BREAK_TEXT.search(value):
+                    raise _split_header(name)
+                merged[name.lower()] = (name, value)
+        return merged.values()
+
+    def _client_headers(self) -> dict[str, tuple[str, str]]:
+        sent: dict[str, tuple[str, str]] = {}
+        for name, value in self._headers.multi_items():
+            if _LINE_BREAK_TEXT.search(name) or _LINE_BREAK_TEXT.search(value):
+                raise _split_header(name)
+            if name == "accept-encoding" and value == ACCEPT_ENCODING:
+                continue  # httpx's own list: aiohttp sends the codings it can decode
+            key = name.lower()
+            sent[key] = (name, f"{sent[key][1]}, {value}" if key in sent else value)
+        if isinstance(self._auth, httpx.BasicAuth):
+            signed = next(self._auth.sync_auth_flow(httpx.Request("GET", "http://auth.invalid")))
+            sent["authorization"] = ("Authorization", signed.headers["Authorization"])
+        return sent
+
+    async def _direct(
+        self, method: str, url: str, headers: dict[str, str] | None, content: bytes | None
+    ) -> httpx.Response:
+        transport = self._transport
+        assert isinstance(transport, AiohttpTransport)
+        session = transport.client
+        if not isinstance(session, aiohttp.ClientSession):
+            session = transport.client = transport.get_client()
+        sent = self._headers_for(headers)
+        if self._timeout is not self._timeout_source:
+            limits = self._timeout
+            self._aiohttp_timeout = aiohttp.ClientTimeout(
+                sock_connect=limits.connect, sock_read=limits.read, connect=limits.pool
+            )
+            self._timeout_source = limits
+        with map_aiohttp_exceptions():
+            reply = await session.request(
+                method,
+                url,
+                headers=sent,
+                data=content or None,
+                allow_redirects=False,
+                timeout=self._aiohttp_timeout,
+                # httpx sends bytes without a Content-Type of its own: so here.
+                skip_auto_headers=("Content-Type",) if content else None,
+            )
+            try:
+                body, decoded = await self._read(reply)
+            finally:
+                reply.release()
+        raw = list(reply.raw_headers)
+        if decoded:  # the body is decoded: its coding and length no longer apply
+            raw = [
+                (k, v) for k, v in raw if k.lower() not in (b"content-encoding", b"content-length")
+            ]
+        response = _Reply(reply.status, raw, body, method, url, self._default_encoding)
+        if "Set-Cookie" in reply.headers:
+            self._cookies.extract_cookies(response)
+        return response
+
+    async def _read(self, reply: aiohttp.ClientResponse) -> tuple[bytes, bool]:
+        """The whole body, refused past the bound: as announced, or as it arrives (after
+        decoding); and whether aiohttp decoded it."""
+        limit = self._max_reply_bytes
+        coding = reply.headers.get("Content-Encoding", "").strip().lower()
+        decoded = coding in _DECODED_BY_AIOHTTP
+        length = reply.content_length
+        if length is not None and not decoded:
+            if length > limit:
+                raise ReplyTooLarge(f"reply announces {length} bytes, over {limit}")
+            return await reply.read(), False
+        parts, size = [], 0
+        async for chunk in reply.content.iter_any():
+            size += len(chunk)
+            if size > limit:
+                raise ReplyTooLarge(f"reply larger than {limit} bytes")
+            parts.append(chunk)
+        return b"".join(parts), decoded
 
 
 def failure(backend: str, what: str, exc: httpx.HTTPError | aiohttp.ClientError) -> BackendError:
@@ -181,19 +442,23 @@ class BackendHttp:
 
     def async_client(self, **options: Any) -> httpx.AsyncClient:
         """A pooled client with a transport of its own (closing the client closes it)."""
-        kind = HttpxAiohttpClient if self.transport == "aiohttp" else httpx.AsyncClient
-        return kind(
-            verify=self.tls,
-            trust_env=self.trust_env,
+        common: dict[str, Any] = {
+            "verify": self.tls,
+            "trust_env": self.trust_env,
             # Idle connections go before a server's usual 5 s keep-alive closes them under a
             # request (a POST, never sent again, would fail).
-            limits=httpx.Limits(max_connections=self.max_connections, keepalive_expiry=4.0),
-            timeout=self.timeout,
+            "limits": httpx.Limits(max_connections=self.max_connections, keepalive_expiry=4.0),
+            "timeout": self.timeout,
+            **options,
+        }
+        if self.transport == "aiohttp":
+            return DirectAiohttpClient(max_reply_bytes=self.max_reply_bytes, **common)
+        return httpx.AsyncClient(
             event_hooks={
-                "request": [refuse_line_breaks],
+                "request": [outgoing_headers],
                 "response": [reply_bound(self.max_reply_bytes)],
             },
-            **options,
+            **common,
         )
 
     def sync_client(self) -> httpx.Client:

@@ -11,7 +11,13 @@ the rates, that figure barely moves when other work shares the machine.
 Also times how the SOAP adapter reads a 500-record reply (lxml, flat records) against
 zeep's own object parsing. One run, this machine.
 
+`--instructions` measures instead what one request costs the gateway in instructions
+executed (valgrind's cachegrind on the gateway process; these do not move with the
+machine's load): per kind and request, a gateway run with a warm-up and N sequential
+requests less a run with the warm-up only, divided by N.
+
     python bench/adapter_throughput.py [--requests 2000]
+    python bench/adapter_throughput.py --instructions [--requests 500]
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -53,8 +60,8 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait(url: str) -> None:
-    for _ in range(200):
+def wait(url: str, tries: int = 200) -> None:
+    for _ in range(tries):
         try:
             httpx.get(url, timeout=1)
             return
@@ -64,6 +71,7 @@ def wait(url: str) -> None:
 
 
 RETRIED = [0]  # GETs the httpx load client sent again
+FAILED = [b""]  # the start of the last failed GET's reply
 
 
 class LoadClient:
@@ -84,10 +92,12 @@ class LoadClient:
     async def get(self, url: str, headers: dict[str, str] | None = None) -> int:
         if self.lean:  # aiohttp sends an idempotent request again on a stale connection
             async with self.session.get(url, headers=headers) as reply:
-                await reply.read()
+                FAILED[0] = (await reply.read())[:300] if reply.status != 200 else b""
                 return reply.status
         try:
-            return (await self.client.get(url, headers=headers)).status_code
+            response = await self.client.get(url, headers=headers)
+            FAILED[0] = response.content[:300] if response.status_code != 200 else b""
+            return response.status_code
         except (httpx.ReadError, httpx.RemoteProtocolError):
             # httpx does not: a keep-alive connection the server closed just as it was
             # reused costs one more try, as with aiohttp (a stalled run otherwise).
@@ -126,7 +136,7 @@ async def drive(make_request: Request, total: int, lean: bool, server: int) -> t
             for n in counter:
                 status = await make_request(c, n)
                 if status != 200:
-                    raise SystemExit(f"request {n}: {status}")
+                    raise SystemExit(f"request {n}: {status} {FAILED[0]!r}")
 
         for _ in range(3):  # warm up: every client's connection open and used
             await asyncio.gather(*(make_request(c, n) for n in range(CLIENTS)))
@@ -171,17 +181,25 @@ async def bench_kind(kind: str, total: int, work: Path) -> list[Row]:
         config.write_text(
             (ROOT / "config" / f"{kind}.yaml").read_text()
             + "\nresilience:\n  cache: {enabled: false}\n"
+            # 50 clients on a busy machine: wait for a back-end slot rather than shed load.
+            + "  default: {bulkhead: {max_wait_seconds: 30}}\n"
         )
         gateway = start(["-m", "gateway", "--config", str(config)], env)
         gw = f"http://127.0.0.1:{gw_port}{API}"
         wait(f"{gw}/customerBill?limit=1")
+        auth: dict[str, str] = {}
+
+        def fresh_token() -> None:
+            """A token for the direct REST runs, each its own (they live 300 s)."""
+            if kind == "rest":
+                token = httpx.post(
+                    f"{sim}/oauth/token",
+                    data={"grant_type": "client_credentials"},
+                    auth=("gateway", "s3cret"),
+                ).json()["access_token"]
+                auth["Authorization"] = f"Bearer {token}"
+
         if kind == "rest":
-            token = httpx.post(
-                f"{sim}/oauth/token",
-                data={"grant_type": "client_credentials"},
-                auth=("gateway", "s3cret"),
-            ).json()["access_token"]
-            auth = {"Authorization": f"Bearer {token}"}
             ids = [f"EI-{n:06d}" for n in range(1, 81)]
 
             def direct_one(c, n):
@@ -214,6 +232,7 @@ async def bench_kind(kind: str, total: int, work: Path) -> list[Row]:
         ):
             for lean in (False, True):
                 ours = await drive(via_gateway, total, lean, gateway.pid)
+                fresh_token()
                 theirs = await drive(direct, total, lean, simulator.pid)
                 client = "aiohttp" if lean else "httpx"
                 rows.append((f"{kind.upper()} `{name}`", client, ours, theirs))
@@ -228,6 +247,101 @@ async def bench_kind(kind: str, total: int, work: Path) -> list[Row]:
                 except subprocess.TimeoutExpired:
                     process.kill()
                     process.wait()
+
+
+WARM_UP = 60  # sequential requests of each kind before counting
+
+
+def gateway_instructions(
+    config: Path, env: dict[str, str], work: Path, warm: list[str], urls: list[str], count: int
+) -> int:
+    """Instructions one gateway process executed, start to stop, for the `warm` GETs and
+    then `count` sequential GETs cycling through `urls` (aiohttp client)."""
+    log = work / f"cachegrind-{time.monotonic_ns()}.log"
+    valgrind = ["valgrind", "--tool=cachegrind", "--cache-sim=no", f"--log-file={log}"]
+    gateway = subprocess.Popen(
+        [*valgrind, "--cachegrind-out-file=/dev/null", sys.executable, "-m", "gateway"]
+        + ["--config", str(config)],
+        cwd=ROOT,
+        # One hash seed: every run then does the same start-up work, to the instruction.
+        env={**os.environ, **env, "PYTHONHASHSEED": "0"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait(warm[0], tries=3000)
+
+        async def sequential(some: list[str]) -> None:
+            async with aiohttp.ClientSession() as session:
+                for url in some:
+                    async with session.get(url) as reply:
+                        await reply.read()
+                        if reply.status != 200:
+                            raise SystemExit(f"{url}: {reply.status}")
+
+        asyncio.run(sequential(warm + [urls[n % len(urls)] for n in range(count)]))
+    finally:
+        gateway.terminate()
+        gateway.wait(timeout=300)
+    found = re.search(r"I\s+refs:\s+([\d,]+)", log.read_text())
+    if found is None:
+        raise SystemExit(f"no instruction count in {log}")
+    return int(found.group(1).replace(",", ""))
+
+
+def instructions(total: int) -> None:
+    """Gateway instructions per request for each kind's single record and page of 50."""
+    work = Path(tempfile.mkdtemp(prefix="tmf678-instructions-"))
+    print(f"gateway instructions per request (cachegrind), {total} sequential requests\n")
+    print("| request | instructions per request |")
+    print("|---|---:|")
+    for kind in ("rest", "soap"):
+        sim_port, gw_port = free_port(), free_port()
+        module = "simulators.rest_billing" if kind == "rest" else "simulators.soap_billing"
+        simulator = start(["-m", module, "--port", str(sim_port)])
+        sim = f"http://127.0.0.1:{sim_port}"
+        config = ROOT / "config" / f".bench-{kind}.yaml"
+        try:
+            wait(f"{sim}/billing.wsdl" if kind == "soap" else f"{sim}/api/v1/invoices")
+            # Pollers off (they would count instructions by the second, not the request).
+            quiet = "on_demand:\n  worker: {poll_seconds: 86400}\n"
+            config.write_text(
+                (ROOT / "config" / f"{kind}.yaml").read_text().replace("on_demand:\n", quiet)
+                + "\nresilience:\n  cache: {enabled: false}\n"
+                + "events:\n  delivery: {poll_seconds: 86400}\n"
+            )
+            env = {
+                "PORT": str(gw_port),
+                "LOG_LEVEL": "WARNING",
+                "ENTERPRISE_URL": sim,
+                "CONSUMER_WSDL": f"{sim}/billing.wsdl",
+            }
+            gw = f"http://127.0.0.1:{gw_port}{API}/customerBill"
+            ids = (
+                [f"EI-{n:06d}" for n in range(1, 81)]
+                if kind == "rest"
+                else [f"C-{1001 + n}" for n in range(120)]
+            )
+            one = [f"{gw}/{i}" for i in ids]
+            page = [f"{gw}?limit=50"]
+            # The same warm-up (singles, then pages) in every run; only the count differs.
+            warm = one[:WARM_UP] + page * WARM_UP
+            counts = {}
+            for name, urls, count in (
+                ("", one, 0),
+                ("GET /customerBill/{id}", one, total),
+                ("GET /customerBill?limit=50", page, total),
+            ):
+                env["GATEWAY_STORE"] = str(work / f"store-{kind}-{len(counts)}.sqlite")
+                counts[name] = gateway_instructions(config, env, work, warm, urls, count)
+                if not name:
+                    continue
+                per_request = (counts[name] - counts[""]) / total
+                print(f"| {kind.upper()} `{name}` | {per_request / 1e6:.2f} M |", flush=True)
+        finally:
+            config.unlink(missing_ok=True)
+            simulator.terminate()
+            simulator.wait(timeout=30)
 
 
 def soap_parsing(records: int = 500) -> tuple[float, float]:
@@ -288,5 +402,12 @@ async def main(total: int) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=2000)
-    asyncio.run(main(parser.parse_args().requests))
+    parser.add_argument("--requests", type=int, default=None)
+    parser.add_argument(
+        "--instructions", action="store_true", help="gateway instructions per request"
+    )
+    arguments = parser.parse_args()
+    if arguments.instructions:
+        instructions(arguments.requests or 500)
+    else:
+        asyncio.run(main(arguments.requests or 2000))

@@ -5,6 +5,7 @@ and the guards on what goes out and comes back."""
 from __future__ import annotations
 
 import asyncio
+import gzip
 import socket
 import ssl
 import time
@@ -21,7 +22,7 @@ from httpx_aiohttp import AiohttpTransport
 from pydantic import ValidationError
 
 from adapters.backend_http import MAX_REPLY_BYTES, BackendHttp, ReplyTooLarge
-from adapters.base import BackendError, Compare
+from adapters.base import OUTGOING_HEADERS, BackendError, Compare, Plan
 from adapters.registry import build_adapter
 from adapters.rest import RestAdapter, RestOptions
 from adapters.soap import SoapAdapter, SoapOptions
@@ -511,3 +512,160 @@ def test_replies_beyond_the_bound_are_refused(transport: str) -> None:
         run(lambda: streamed(4999))
     error = run(announced)
     assert error.status == 503 and f"over {MAX_REPLY_BYTES}" in error.reason
+
+
+# The gateway's trace headers ride on every back-end call.
+
+TRACE = {
+    "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+    "X-Request-ID": "req-42",
+}
+SOAP_REPLY = (
+    b'<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Body>'
+    b"<r:GetInvoiceResponse xmlns:r='urn:example:consumer-billing:v2'/></s:Body></s:Envelope>"
+)
+
+
+async def wsdl_or_reply(request: RawRequest) -> bytes:
+    """The simulator's WSDL (pointing back here) on GET, an empty SOAP answer on POST."""
+    if request.method == "GET":
+        text = WSDL.read_text().replace("127.0.0.1:8702", str(request.header("host")))
+        return reply(text.encode(), headers={"Content-Type": "text/xml"})
+    return reply(SOAP_REPLY, headers={"Content-Type": "text/xml"})
+
+
+async def rest_and_soap_calls(transport: str) -> tuple[list[RawRequest], list[RawRequest]]:
+    """One REST call and one SOAP call, each to its loopback server."""
+    async with RawServer(record) as rest, RawServer(wsdl_or_reply) as soap:
+        assert await fetch(rest.url, http_transport=transport) == {"id": "i1", "n": 1}
+        adapter = SoapAdapter(
+            "consumer", SoapOptions(wsdl=f"{soap.url}/billing.wsdl", http_transport=transport)
+        )
+        await adapter.open()
+        try:
+            await adapter.call("GetInvoice", {"invoiceRef": "C-1001"})
+        finally:
+            await adapter.close()
+        return rest.requests, soap.requests
+
+
+def test_rest_and_soap_calls_carry_the_outgoing_headers(transport: str) -> None:
+    async def work() -> tuple[list[RawRequest], list[RawRequest]]:
+        OUTGOING_HEADERS.set(TRACE)  # as the gateway does per incoming request
+        return await rest_and_soap_calls(transport)
+
+    rest, soap = run(work)
+    calls = [rest[-1], soap[-1]]
+    assert [(r.method, r.target) for r in calls] == [("GET", "/items/i1"), ("POST", "/soap")]
+    for sent in calls:
+        assert sent.header("traceparent") == TRACE["traceparent"]
+        assert sent.header("x-request-id") == "req-42"
+    assert soap[-1].header("soapaction") is not None  # zeep's own headers stay
+    assert soap[-1].header("content-type") == "text/xml; charset=utf-8"
+
+
+def test_no_outgoing_headers_none_sent(transport: str) -> None:
+    rest, soap = run(lambda: rest_and_soap_calls(transport))
+    for sent in (rest[-1], soap[-1]):
+        assert sent.header("traceparent") is None and sent.header("x-request-id") is None
+
+
+def test_outgoing_headers_with_line_breaks_are_never_sent(transport: str) -> None:
+    async def work() -> tuple[BackendError, list[RawRequest]]:
+        OUTGOING_HEADERS.set({"traceparent": "00-x\r\nX-Injected: yes"})
+        async with RawServer(record) as server:
+            with pytest.raises(BackendError) as caught:
+                await fetch(server.url, http_transport=transport)
+            return caught.value, server.requests
+
+    error, requests = run(work)
+    assert "line break" in error.reason and requests == []
+
+
+# What httpx's client does, the short way onto aiohttp does the same.
+
+
+def test_basic_auth_and_static_headers_reach_the_wire(transport: str) -> None:
+    async def work() -> list[RawRequest]:
+        async with RawServer(record) as server:
+            auth = {"type": "basic", "username": "gw", "password": "pw"}
+            headers = {"X-Tenant": "t1"}
+            await fetch(server.url, http_transport=transport, auth=auth, headers=headers)
+            return server.requests
+
+    sent = run(work)[-1]
+    assert sent.header("authorization") == "Basic Z3c6cHc="  # gw:pw
+    assert sent.header("x-tenant") == "t1"
+    assert sent.header("user-agent") is not None
+
+
+def test_cookies_a_back_end_sets_are_sent_back(transport: str) -> None:
+    async def session(request: RawRequest) -> bytes:
+        if request.target.endswith("/i0"):
+            return reply(b'{"id": "i0"}', headers={"Set-Cookie": "session=abc; Path=/"})
+        return await record(request)
+
+    async def work() -> list[RawRequest]:
+        async with RawServer(session) as server:
+            adapter = RestAdapter(
+                "billing", RestOptions(base_url=server.url, http_transport=transport)
+            )
+            await adapter.open()
+            try:
+                source = await adapter.bind(SPEC)
+                for ident in ("i0", "i1"):
+                    await source.one(Compare("id", "eq", ident))
+            finally:
+                await adapter.close()
+            return server.requests
+
+    first, second = run(work)
+    assert first.header("cookie") is None and second.header("cookie") == "session=abc"
+
+
+def test_query_parameters_and_encoded_paths_reach_the_wire(transport: str) -> None:
+    async def page(request: RawRequest) -> bytes:
+        return reply(orjson.dumps({"data": [{"id": "a b/c"}], "total": 1}))
+
+    async def work() -> list[RawRequest]:
+        async with RawServer(page) as server:
+            spec = {**SPEC, "list": {**SPEC["list"], "filters": {"n": {"param": "n q"}}}}
+            adapter = RestAdapter(
+                "billing", RestOptions(base_url=f"{server.url}/api", http_transport=transport)
+            )
+            await adapter.open()
+            try:
+                source = await adapter.bind(spec)
+                await source.one(Compare("id", "eq", "a b/c"))
+                await source.page(Plan(Compare("n", "eq", "x&y=é"), limit=5))
+            finally:
+                await adapter.close()
+            return server.requests
+
+    one, listed = run(work)
+    assert one.target == "/api/items/a%20b%2Fc"
+    assert listed.target.startswith("/api/items?") and "n+q=x%26y%3D%C3%A9" in listed.target
+
+
+def test_compressed_replies_are_decoded_and_bounded_when_decoded() -> None:
+    """gzip is undone on the way in; the short way counts the decoded bytes against the
+    bound, so a small compressed reply cannot expand past it."""
+    body = orjson.dumps({"id": "i1", "pad": "z" * 20_000})
+    packed = gzip.compress(body)
+
+    async def zipped(request: RawRequest) -> bytes:
+        return reply(packed, headers={"Content-Encoding": "gzip"})
+
+    async def work(limit: int) -> httpx.Response:
+        async with RawServer(zipped) as server:
+            options = RestOptions(base_url=server.url)
+            http = BackendHttp("billing", options, max_reply_bytes=limit)
+            async with http.async_client(base_url=server.url) as client:
+                return await client.get("/items/i1")
+
+    got = run(lambda: work(len(body)))
+    with pytest.raises(ReplyTooLarge, match=f"larger than {len(body) - 1} bytes"):
+        run(lambda: work(len(body) - 1))
+    assert len(packed) < len(body) - 1  # counted as received, it would have passed
+    assert got.content == body and orjson.loads(got.content)["id"] == "i1"
+    assert "content-encoding" not in got.headers  # what is held is no longer gzip
