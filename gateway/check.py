@@ -107,13 +107,15 @@ async def _reach(name: str, config: GatewayConfig, found: Findings) -> Adapter |
         adapter = build_adapter(name, config.backends[name])
         async with asyncio.timeout(timeout):
             await adapter.open()
-    except TimeoutError:
-        found.problem(f"back end {name}: unreachable: no answer within {timeout:g} s")
-        return None
-    except BackendError as exc:
-        found.problem(f"back end {name}: unreachable: {exc.reason}")
+    except (TimeoutError, BackendError) as exc:
+        _unreachable(found, name, exc, timeout)
         return None
     return adapter
+
+
+def _unreachable(found: Findings, name: str, exc: Exception, timeout: float) -> None:
+    reason = exc.reason if isinstance(exc, BackendError) else f"no answer within {timeout:g} s"
+    found.problem(f"back end {name}: unreachable: {reason}")
 
 
 async def _check_resource(
@@ -134,11 +136,8 @@ async def _check_resource(
     except StartupError as exc:
         found.problem(str(exc))  # file:line: place: reason
         return True
-    except TimeoutError:
-        found.problem(f"back end {name}: unreachable: no answer within {timeout:g} s")
-        return False
-    except BackendError as exc:
-        found.problem(f"back end {name}: unreachable: {exc.reason}")
+    except (TimeoutError, BackendError) as exc:
+        _unreachable(found, name, exc, timeout)
         return False
     try:  # a plain reader: one call under the back end's timeout (gateway/calls.py)
         records, _ = await reader.list(Query(limit=sample), _BASE)
