@@ -1,6 +1,11 @@
 """`tmf678-gateway [serve] [--config F]`: serve the API with uvicorn (HOST/PORT from the
 environment); `tmf678-gateway token --scope ... --accounts ...`: a signed token for
-trying the API locally (see gateway/devtoken.py).
+trying the API locally (see gateway/devtoken.py); `tmf678-gateway migrate`: the store's
+schema brought up to date (gateway/migrations/cli.py).
+
+SIGTERM stops accepting connections, lets the requests in flight finish (at most
+`_DRAIN_SECONDS`), then stops the background work, which hands its leases back to the
+store, so another instance takes the work over at once.
 
 Back ends are opened and mappings compiled before the server binds its port, so a
 wrong configuration stops with one clear line (file, place, reason): exit code 2 for
@@ -14,6 +19,7 @@ import asyncio
 import gc
 import ipaddress
 import os
+import signal
 import sys
 from contextlib import AsyncExitStack
 
@@ -24,8 +30,12 @@ from gateway import devtoken
 from gateway.app import StartupError, build_app, open_services
 from gateway.config import DEFAULT_CONFIG, ConfigError, GatewayConfig, load_config
 from gateway.logs import configure_logging
+from gateway.migrations import cli as migrations_cli
 from gateway.resources import API_PREFIX
 from gateway.server import TmfHttpToolsProtocol
+
+#: How long SIGTERM waits for requests in flight before closing their connections.
+_DRAIN_SECONDS = 30
 
 
 def exposure_refusal(config: GatewayConfig, host: str) -> str | None:
@@ -97,8 +107,12 @@ async def serve(config: GatewayConfig, host: str, port: int) -> int:
                 # httptools, with its own refusals as TMF Errors; header sizes are
                 # bounded by gateway/guards.py (431), as httptools has no such option.
                 http=TmfHttpToolsProtocol,
+                timeout_graceful_shutdown=_DRAIN_SECONDS,
             )
         )
+        # uvicorn drains on SIGTERM, then raises it again under the handler it found: were
+        # that the default, the process would end before the stack below released leases.
+        signal.signal(signal.SIGTERM, lambda *_: None)
         await server.serve()
         return 0 if server.started else 4
 
@@ -107,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["token"]:  # a signed token for trying the API locally
         return devtoken.main(argv[1:])
+    if argv[:1] == ["migrate"]:  # the store's schema (gateway/migrations)
+        return migrations_cli.main(argv[1:])
     if argv[:1] == ["serve"]:
         argv = argv[1:]
     parser = argparse.ArgumentParser(prog="tmf678-gateway", description=__doc__)

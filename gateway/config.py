@@ -42,7 +42,9 @@ from mappings.errors import MappingSpecError, SpecError
 from mappings.loader import SpecMap, load_yaml
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "default.yaml"
-_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+#: A default holds no `${`: a nested `${A:-${B:-b}}` is expanded inside out.
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-((?:[^}$]|\$(?!\{))*))?\}")
+_NESTING = 3
 
 
 class ConfigError(SpecError):
@@ -508,7 +510,13 @@ def _check_references(config: GatewayConfig, data: SpecMap, file: str) -> None:
 
 def _expand(value: Any) -> Any:
     if isinstance(value, str):
-        return _ENV.sub(lambda m: os.environ.get(m[1], m[2] if m[2] is not None else ""), value)
+        for _ in range(_NESTING):
+            value, count = _ENV.subn(
+                lambda m: os.environ.get(m[1], m[2] if m[2] is not None else ""), value
+            )
+            if not count or "${" not in value:
+                break
+        return value
     if isinstance(value, dict):
         return {k: _expand(v) for k, v in value.items()}
     if isinstance(value, list):
