@@ -78,6 +78,7 @@ class DeliveryWorker:
     async def run(self) -> None:
         """Start a sender for each hub with due events; forever, until cancelled."""
         last_purge = 0.0
+        log.info("delivery_worker_started", owner=self.owner)  # whose leases are whose
         while True:
             try:
                 for hub_id in await self.store.hubs_with_due_events():

@@ -190,6 +190,7 @@ class OnDemandService:
         a worker killed outright leaves them to be taken up when their leases run out.
         """
         running: dict[str, tuple[str, asyncio.Task[None]]] = {}  # request id -> back end, task
+        log.info("on_demand_worker_started", owner=self.owner)  # whose leases are whose
         try:
             while True:
                 self._wake.clear()  # before claiming: a wake-up during the claim is kept
