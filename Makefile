@@ -60,6 +60,7 @@ bench: install
 	$(PY) bench/adapter_throughput.py --requests 4000
 	$(PY) bench/auth_overhead.py --requests 3000
 	$(PY) bench/resilience.py --requests 10000
+	$(PY) bench/on_demand_instances.py --requests 1000
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache *.egg-info
