@@ -7,7 +7,9 @@ Each run posts N `POST /customerBillOnDemand` requests (one per account, spread 
 over the instances by 32 concurrent clients) and waits until every request is in a final
 state. It prints the time to accept them all, the time until all were final, the rate, and
 checks that each request ended exactly once: `done` with exactly one bill in the back end
-(found by the request id the bill records), or not done and no bill.
+(found by the request id the bill records), or not done and no bill. Beside the rate, the
+CPU the gateway processes spent per request (from /proc), which moves less than the rate
+when other work shares the machine.
 
 The gateways are the shipped configuration (config/default.yaml: worker polling, leases,
 concurrency as delivered). The back end is one SQLite file that every instance writes, so
@@ -71,6 +73,12 @@ async def store_states(url: str) -> dict[str, str]:
             return {ident: state for ident, state in rows}
     finally:
         await engine.dispose()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def accounts_to_bill(db: Path) -> list[str]:
@@ -146,6 +154,7 @@ def run(instances: int, seeded: Path, work: Path, requests: int) -> dict[str, fl
         accounts = accounts_to_bill(db)[:requests]
         if len(accounts) < requests:
             raise SystemExit(f"only {len(accounts)} accounts to bill")
+        cpu_before = sum(cpu_seconds(p.pid) for p in processes)
         began = time.perf_counter()
         ids = asyncio.run(post_all(bases, accounts))
         accepted = time.perf_counter() - began
@@ -158,6 +167,7 @@ def run(instances: int, seeded: Path, work: Path, requests: int) -> dict[str, fl
                 raise SystemExit("requests still in progress after 10 minutes")
             time.sleep(0.1)
         finished = time.perf_counter() - began
+        cpu = sum(cpu_seconds(p.pid) for p in processes) - cpu_before
     finally:
         for process in processes:
             process.terminate()
@@ -177,7 +187,7 @@ def run(instances: int, seeded: Path, work: Path, requests: int) -> dict[str, fl
     if wrong or len(final) != requests:
         raise SystemExit(f"{len(wrong)} requests did not end exactly once: {wrong[:5]}")
     done = sum(1 for i in ids if final[i] == "done")
-    return {"accepted": accepted, "finished": finished, "done": done}
+    return {"accepted": accepted, "finished": finished, "done": done, "cpu": cpu}
 
 
 def main() -> None:
@@ -204,7 +214,8 @@ def main() -> None:
         print(
             f"  {n} instance{'s' if n > 1 else ' '}: accepted in {figures['accepted']:6.2f} s,"
             f" all final in {figures['finished']:6.2f} s ({rate:6.1f} requests/s),"
-            f" {figures['done']:.0f} done, each exactly once"
+            f" {figures['done']:.0f} done, each exactly once;"
+            f" gateway CPU {1000 * figures['cpu'] / args.requests:.1f} ms per request"
         )
     ratio = results[1]["finished"] / results[3]["finished"]
     print(f"  three instances / one: {ratio:.2f}x the rate")

@@ -45,6 +45,7 @@ class DeliveryWorker:
         self._wake = asyncio.Event()
         self._running: dict[str, asyncio.Task[None]] = {}
         self._slots = asyncio.Semaphore(settings.concurrency)
+        self._claimed = False  # whether it ever claimed work (so has any to hand back)
         # Every delivery resolves and checks its callback once and connects to that address.
         self._client = CallbackClient(
             policy,
@@ -65,6 +66,11 @@ class DeliveryWorker:
         for task in list(self._running.values()):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self._claimed:
+            await self._hand_back()
+        await self._client.aclose()
+
+    async def _hand_back(self) -> None:
         try:
             events = await self.store.release_event_claims(self.owner)
             hubs = await self.store.release_leases(self.owner)
@@ -73,7 +79,6 @@ class DeliveryWorker:
         else:
             if events or hubs:
                 log.info("delivery_claims_released", events=events, hubs=hubs)
-        await self._client.aclose()
 
     async def run(self) -> None:
         """Start a sender for each hub with due events; forever, until cancelled."""
@@ -109,6 +114,7 @@ class DeliveryWorker:
         hub_lease = f"hub:{hub_id}"
         async with self._slots:
             # One sender per hub across gateways keeps its events in order; renewed per batch.
+            self._claimed = True
             try:
                 if not await self.store.take_lease(hub_lease, self.owner, lease):
                     return  # another gateway is sending this hub's events

@@ -204,7 +204,7 @@ def detector_holders(instances: list[Instance]) -> list[Instance]:
 def test_three_instances_share_one_store_and_lose_nothing_to_a_kill_9(
     store_url: str, scratch_db: Path, tmp_path: Path, listener: Listener
 ) -> None:
-    config = instance_config(tmp_path, lease=3, pause=0.3, detect=0.5)
+    config = instance_config(tmp_path, lease=3, pause=1, detect=0.5)
     env = {"LEGACY_DB": str(scratch_db), "GATEWAY_STORE_URL": store_url}
     # All three start at once on the empty database: they migrate it one after the other.
     instances = [Instance(f"gw{i}", env, config, tmp_path) for i in range(3)]
