@@ -26,6 +26,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from gateway import migrations
+from gateway.config import load_config
 from gateway.store import ClaimedEvent, GatewayStore, OutboxEvent, metadata
 
 POSTGRES_SERVER = "postgresql+asyncpg://postgres@127.0.0.1:5432"
@@ -643,3 +644,23 @@ def test_migrate_reports_an_unreachable_store_in_one_line(tmp_path: Path) -> Non
     assert done.returncode == 3
     assert done.stderr.startswith("tmf678-gateway migrate: cannot connect to back end")
     assert "gateway_store" in done.stderr and done.stderr.count("\n") == 1
+
+
+# Choosing the store.
+
+
+@pytest.mark.parametrize("name", ["default", "federated", "rest", "secure", "soap"])
+def test_the_bundled_configurations_take_the_store_from_the_environment(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = Path(__file__).resolve().parent.parent / "config" / f"{name}.yaml"
+    monkeypatch.delenv("GATEWAY_STORE_URL", raising=False)
+    monkeypatch.delenv("GATEWAY_STORE", raising=False)
+    monkeypatch.setenv("AUTH_JWKS_FILE", "var/dev-jwks.json")  # secure.yaml needs auth
+    monkeypatch.setenv("AUTH_ISSUER", "http://127.0.0.1/issuer")
+    default = load_config(path).store.url
+    assert default.startswith("sqlite+aiosqlite:///var/gateway_store") and "${" not in default
+    monkeypatch.setenv("GATEWAY_STORE", "/srv/store.sqlite")  # another file, as before
+    assert load_config(path).store.url == "sqlite+aiosqlite:////srv/store.sqlite"
+    monkeypatch.setenv("GATEWAY_STORE_URL", "postgresql+asyncpg://gw@db/gateway")
+    assert load_config(path).store.url == "postgresql+asyncpg://gw@db/gateway"
