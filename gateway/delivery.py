@@ -113,8 +113,8 @@ class DeliveryWorker:
         lease = timeout * 3 + 1
         hub_lease = f"hub:{hub_id}"
         async with self._slots:
-            # One sender per hub across gateways keeps its events in order; renewed per batch.
             self._claimed = True
+            # One sender per hub across gateways keeps its events in order; renewed per batch.
             try:
                 if not await self.store.take_lease(hub_lease, self.owner, lease):
                     return  # another gateway is sending this hub's events
