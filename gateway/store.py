@@ -523,9 +523,20 @@ class GatewayStore:
         self, hub_id: str, lease: float, limit: int, owner: str | None = None
     ) -> list[ClaimedEvent]:
         """Due events of one hub, oldest first, leased (to `owner`) so no other worker sends
-        them now."""
+        them now.
+
+        In order: only events queued before the hub's first pending event that is not due
+        (one claimed and not settled, or waiting for its retry) are claimed, so a hub never
+        gets an event before one queued earlier is delivered or dead-lettered.
+        """
         now = time()
-        due = (outbox.c.hub_id == hub_id) & (outbox.c.state == "pending") & (outbox.c.due_at <= now)
+        pending = (outbox.c.hub_id == hub_id) & (outbox.c.state == "pending")
+        waiting = (
+            select(func.min(outbox.c.seq))
+            .where(pending & (outbox.c.due_at > now))
+            .scalar_subquery()
+        )
+        due = pending & (outbox.c.due_at <= now) & (waiting.is_(None) | (outbox.c.seq < waiting))
         async with self.transaction() as conn:
             # PostgreSQL: rows another worker is claiming are skipped, not waited for and lost.
             # The choice is a CTE, evaluated once: with the LIMIT in an IN sub-query,

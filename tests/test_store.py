@@ -266,14 +266,11 @@ def test_events_are_claimed_in_order_leased_settled_and_purged(store_url: str) -
         assert ids(batch) == ["e0", "e1"] and [e.attempts for e in batch] == [0, 0]
         assert batch[0].url == f"http://127.0.0.1:9/{a}" and batch[0].payload == '{"id":"e0"}'
         assert isinstance(batch[0].seq, int) and batch[0].created_at <= time()
-        rest = await store.claim_events(a, 60, 10)
-        assert ids(rest) == ["e2"]  # the others are leased
-        assert await store.claim_events(a, 60, 10) == []
-        await store.release_events([rest[0].seq], time())  # given back, not an attempt
-        assert [(e.event_id, e.attempts) for e in await store.claim_events(a, 60, 10)] == [
-            ("e2", 0)
-        ]
-        e0, e1, e2 = batch[0].seq, batch[1].seq, rest[0].seq
+        assert await store.claim_events(a, 60, 10) == []  # in order: e2 waits behind them
+        await store.release_events([e.seq for e in batch], time())  # given back, no attempt
+        claimed = await store.claim_events(a, 60, 10)
+        assert [(e.event_id, e.attempts) for e in claimed] == [("e0", 0), ("e1", 0), ("e2", 0)]
+        e0, e1, e2 = (e.seq for e in claimed)
         await store.settle_events([e0], [(e1, time() + 60, "HTTP 503")], [(e2, "refused")])
         assert await outbox_rows(store, a) == {
             "e0": ("delivered", 1, None),
@@ -311,8 +308,9 @@ def test_concurrent_workers_claim_each_event_once(store_url: str) -> None:
         await queue(store, hub_id, *(f"e{i}" for i in range(20)))
         batches = await asyncio.gather(*(store.claim_events(hub_id, 60, 5) for _ in range(6)))
         claimed = [event_id for batch in batches for event_id in ids(batch)]
-        assert sorted(claimed) == sorted(f"e{i}" for i in range(20))
+        assert "e0" in claimed and len(claimed) == len(set(claimed))  # none twice
         assert max(len(batch) for batch in batches) <= 5  # never more than the limit
+        # (Workers take turns on a hub by its lease; claims alone never give an event twice.)
 
     run(store_url, scenario)
 
@@ -448,10 +446,10 @@ def test_a_stopping_worker_hands_back_its_requests_and_events_at_once(store_url:
         hub_id = await new_hub(store, "h")
         await queue(store, hub_id, "e1", "e2", "e3")
         assert ids(await store.claim_events(hub_id, 60, 2, "a")) == ["e1", "e2"]
-        await store.settle_events([], [], [])
-        assert ids(await store.claim_events(hub_id, 60, 5, "b")) == ["e3"]
+        assert await store.claim_events(hub_id, 60, 5, "b") == []  # behind a's claims
+        assert await store.release_event_claims("b") == 0
         assert await store.release_event_claims("a") == 2
-        assert ids(await store.claim_events(hub_id, 60, 5, "b")) == ["e1", "e2"]
+        assert ids(await store.claim_events(hub_id, 60, 5, "b")) == ["e1", "e2", "e3"]
 
     run(store_url, scenario)
 
