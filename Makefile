@@ -77,6 +77,7 @@ bench: install
 	$(PY) bench/cache_hit.py --requests 10000 --callgrind
 	$(PY) bench/mapping_throughput.py --bills 2000 --rounds 30
 	$(PY) bench/metrics_overhead.py --requests 3000 --callgrind 200
+	$(PY) bench/on_demand_instances.py --requests 1000
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache *.egg-info

@@ -1,8 +1,13 @@
 """`tmf678-gateway [serve] [--config F] [--workers N]`: serve the API with uvicorn
 (HOST/PORT from the environment); `tmf678-gateway check [--config F]`: check a
 configuration against its back ends without serving (gateway/check.py);
+`tmf678-gateway migrate`: the store's schema brought up to date (gateway/migrations/cli.py);
 `tmf678-gateway token --scope ... --accounts ...`: a signed token for trying the API
 locally (see gateway/devtoken.py).
+
+SIGTERM stops accepting connections, lets the requests in flight finish (at most
+`_DRAIN_SECONDS`), then stops the background work, which hands its leases back to the
+store, so another instance takes the work over at once.
 
 Back ends are opened and mappings compiled before the server binds its port, so a
 wrong configuration stops with one clear line (file, place, reason): exit code 2 for
@@ -16,6 +21,7 @@ import asyncio
 import gc
 import ipaddress
 import os
+import signal
 import sys
 import tempfile
 from collections.abc import AsyncIterator
@@ -31,8 +37,12 @@ from gateway.app import StartupError, build_app, create_app, gateway_metrics, op
 from gateway.config import DEFAULT_CONFIG, ConfigError, GatewayConfig, load_config
 from gateway.logs import configure_logging
 from gateway.metrics import MULTIPROC_DIR
+from gateway.migrations import cli as migrations_cli
 from gateway.resources import API_PREFIX
 from gateway.server import TmfHttpToolsProtocol
+
+#: How long SIGTERM waits for requests in flight before closing their connections.
+_DRAIN_SECONDS = 30
 
 
 def exposure_refusal(config: GatewayConfig, host: str) -> str | None:
@@ -107,6 +117,9 @@ async def serve(config: GatewayConfig, host: str, port: int) -> int:
         gc.freeze()
         structlog.get_logger("gateway").info("gateway_listening", host=host, port=port)
         server = uvicorn.Server(_uvicorn_config(app, host, port, lifespan="off"))
+        # uvicorn drains on SIGTERM, then raises it again under the handler it found: were
+        # that the default, the process would end before the stack below released leases.
+        signal.signal(signal.SIGTERM, lambda *_: None)
         await server.serve()
         return 0 if server.started else 4
 
@@ -128,6 +141,7 @@ def _uvicorn_config(
         # httptools, with its own refusals as TMF Errors; header sizes are
         # bounded by gateway/guards.py (431), as httptools has no such option.
         http=TmfHttpToolsProtocol,
+        timeout_graceful_shutdown=_DRAIN_SECONDS,
     )
 
 
@@ -194,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         return devtoken.main(argv[1:])
     if argv[:1] == ["check"]:  # the configuration against its back ends, without serving
         return check.main(argv[1:])
+    if argv[:1] == ["migrate"]:  # the store's schema (gateway/migrations)
+        return migrations_cli.main(argv[1:])
     if argv[:1] == ["serve"]:
         argv = argv[1:]
     parser = argparse.ArgumentParser(prog="tmf678-gateway", description=__doc__)

@@ -6,8 +6,9 @@ union discriminated by `kind`: each adapter kind, plugins included, brings its o
 options model. Any mistake stops start-up with `file:line: place: reason`, the line
 being that of the offending key.
 
-Strings may use `${NAME}` or `${NAME:-default}` to take a value from the environment
-(database URLs, secrets). Relative mapping and action paths are relative to the file.
+Strings may use `${NAME}` or `${NAME:-default}` (defaults may nest) to take a value from
+the environment (database URLs, secrets). Relative mapping and action paths are relative
+to the file.
 """
 
 from __future__ import annotations

@@ -5,7 +5,9 @@ each with a timeout; a slow or dead subscriber therefore only ever delays itself
 are retried with exponential backoff and jitter; after `max_attempts` or `max_age_seconds`
 an event is dead-lettered (kept with its last error). Claims are leases in the store, so
 events a killed gateway was sending are sent again after the lease: receivers
-de-duplicate by `eventId`.
+de-duplicate by `eventId`. Several gateways share one store: a hub's events are sent by
+one of them at a time (the hub's lease in the store), which keeps them in order; a gateway
+that stops hands its claims and hub leases back at once.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ class DeliveryWorker:
         self._wake = asyncio.Event()
         self._running: dict[str, asyncio.Task[None]] = {}
         self._slots = asyncio.Semaphore(settings.concurrency)
+        self._claimed = False  # whether it ever claimed work (so has any to hand back)
         # Every delivery resolves and checks its callback once and connects to that address.
         self._client = CallbackClient(
             policy,
@@ -57,16 +60,30 @@ class DeliveryWorker:
         self._wake.set()
 
     async def close(self) -> None:
+        """Stop sending, and hand back this worker's claims and hub leases at once."""
         for task in self._running.values():
             task.cancel()
         for task in list(self._running.values()):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self._claimed:
+            await self._hand_back()
         await self._client.aclose()
+
+    async def _hand_back(self) -> None:
+        try:
+            events = await self.store.release_event_claims(self.owner)
+            hubs = await self.store.release_leases(self.owner)
+        except BackendError as exc:  # they run out instead
+            log.warning("delivery_claims_not_released", detail=exc.reason)
+        else:
+            if events or hubs:
+                log.info("delivery_claims_released", events=events, hubs=hubs)
 
     async def run(self) -> None:
         """Start a sender for each hub with due events; forever, until cancelled."""
         last_purge = 0.0
+        log.info("delivery_worker_started", owner=self.owner)  # whose leases are whose
         while True:
             try:
                 for hub_id in await self.store.hubs_with_due_events():
@@ -94,58 +111,81 @@ class DeliveryWorker:
         # Sending stops after two timeouts' worth of work and the lease allows three, so
         # events a killed gateway had claimed are due again within 3 x timeout + 1 s.
         lease = timeout * 3 + 1
+        hub_lease = f"hub:{hub_id}"
         async with self._slots:
-            while True:
-                try:
-                    events = await self.store.claim_events(hub_id, lease, _BATCH)
-                except BackendError as exc:
-                    log.error("delivery_store_unavailable", detail=exc.reason)
+            self._claimed = True
+            # One sender per hub across gateways keeps its events in order; renewed per batch.
+            try:
+                if not await self.store.take_lease(hub_lease, self.owner, lease):
+                    return  # another gateway is sending this hub's events
+            except BackendError as exc:
+                log.error("delivery_store_unavailable", detail=exc.reason)
+                return
+            try:
+                await self._send_batches(hub_id, hub_lease, lease)
+            finally:
+                with contextlib.suppress(BackendError):
+                    await self.store.release_leases(self.owner, [hub_lease])
+
+    async def _send_batches(self, hub_id: str, hub_lease: str, lease: float) -> None:
+        """Claim and send the hub's due events, batch after batch, holding its lease."""
+        timeout = self.settings.timeout_seconds
+        first = True
+        while True:
+            try:
+                if not first and not await self.store.take_lease(hub_lease, self.owner, lease):
+                    log.warning("delivery_lease_lost", hub=hub_id)
                     return
-                if not events:
-                    return
-                stop_at = monotonic() + timeout * 2
-                delivered: list[int] = []
-                retry: list[tuple[int, float, str]] = []
-                dead: list[tuple[int, str]] = []
-                unsent: list[int] = []
-                for index, event in enumerate(events):
-                    if monotonic() > stop_at:
-                        unsent = [e.seq for e in events[index:]]
-                        break
-                    outcome = await self._post(event)
-                    if outcome is None:
-                        delivered.append(event.seq)
-                        continue
-                    error, final = outcome
-                    attempts = event.attempts + 1
-                    too_old = time() - event.created_at > self.settings.max_age_seconds
-                    if final or too_old or attempts >= self.settings.max_attempts:
-                        dead.append((event.seq, error))
-                        log.warning(
-                            "event_dead_lettered",
-                            hub=hub_id,
-                            event_id=event.event_id,
-                            attempts=attempts,
-                            error=error,
-                        )
-                        continue
-                    delay = backoff_seconds(
-                        attempts, self.settings.retry_base_seconds, self.settings.retry_max_seconds
-                    )
-                    retry.append((event.seq, time() + delay, error))
-                    # A failing subscriber: the rest wait with it (not counted as attempts).
-                    unsent = [e.seq for e in events[index + 1 :]]
+                first = False
+                events = await self.store.claim_events(hub_id, lease, _BATCH, self.owner)
+            except BackendError as exc:
+                log.error("delivery_store_unavailable", detail=exc.reason)
+                return
+            if not events:
+                return
+            stop_at = monotonic() + timeout * 2
+            delivered: list[int] = []
+            retry: list[tuple[int, float, str]] = []
+            dead: list[tuple[int, str]] = []
+            unsent: list[int] = []
+            for index, event in enumerate(events):
+                if monotonic() > stop_at:
+                    unsent = [e.seq for e in events[index:]]
                     break
-                try:
-                    await self.store.settle_events(delivered, retry, dead)
-                    if unsent:
-                        due = retry[0][1] if retry else time()
-                        await self.store.release_events(unsent, due)
-                except BackendError as exc:
-                    log.error("delivery_store_unavailable", detail=exc.reason)
-                    return
-                if retry:
-                    return  # back off; the slot goes to other subscribers
+                outcome = await self._post(event)
+                if outcome is None:
+                    delivered.append(event.seq)
+                    continue
+                error, final = outcome
+                attempts = event.attempts + 1
+                too_old = time() - event.created_at > self.settings.max_age_seconds
+                if final or too_old or attempts >= self.settings.max_attempts:
+                    dead.append((event.seq, error))
+                    log.warning(
+                        "event_dead_lettered",
+                        hub=hub_id,
+                        event_id=event.event_id,
+                        attempts=attempts,
+                        error=error,
+                    )
+                    continue
+                delay = backoff_seconds(
+                    attempts, self.settings.retry_base_seconds, self.settings.retry_max_seconds
+                )
+                retry.append((event.seq, time() + delay, error))
+                # A failing subscriber: the rest wait with it (not counted as attempts).
+                unsent = [e.seq for e in events[index + 1 :]]
+                break
+            try:
+                await self.store.settle_events(delivered, retry, dead)
+                if unsent:
+                    due = retry[0][1] if retry else time()
+                    await self.store.release_events(unsent, due)
+            except BackendError as exc:
+                log.error("delivery_store_unavailable", detail=exc.reason)
+                return
+            if retry:
+                return  # back off; the slot goes to other subscribers
 
     async def _post(self, event: ClaimedEvent) -> tuple[str, bool] | None:
         """None when delivered; else (error, final) where final means never retry."""

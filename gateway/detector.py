@@ -6,11 +6,19 @@ watermark, through the same reader and push-down as the API, and compares each w
 the state it last reported (`seen_state`). Events, states and the new watermark are
 stored in one transaction per page, so each change is reported once, across restarts.
 The first run records what exists without reporting it.
+
+Several gateways sharing a store poll each back end once between them: a detector polls
+only while it holds its back end's lease in the store (renewed as it works). A gateway
+that stops releases it, so another takes over at its next poll; one killed outright
+leaves it to run out (`lease_seconds`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
@@ -30,6 +38,9 @@ from mappings.errors import RecordMappingError
 log = structlog.get_logger("gateway.detector")
 
 _PAGE = 500
+#: The lease outlasts this many polling intervals (and at least `_MIN_LEASE_SECONDS`).
+_LEASE_INTERVALS = 10
+_MIN_LEASE_SECONDS = 5.0
 
 
 class ChangeDetector:
@@ -56,16 +67,56 @@ class ChangeDetector:
         self.interval = interval
         self.id_prefix = id_prefix  # a federated route's prefix, for the ids it reports
         self.mark_name = f"detector:{collection}:{reader.backend}"
+        #: The lease naming the one gateway that polls this back end (its watermark's name).
+        self.lease_name = self.mark_name
+        self.lease_seconds = max(interval * _LEASE_INTERVALS, _MIN_LEASE_SECONDS)
+        self.owner = str(uuid.uuid4())
+        self._holding = False
 
     async def run(self) -> None:
-        while True:
-            try:
-                await self.poll_once()
-            except (BackendError, ApiError) as exc:
-                log.error("change_detection_failed", resource=self.collection, detail=str(exc))
-            except Exception:
-                log.exception("change_detection_failed", resource=self.collection)
-            await asyncio.sleep(self.interval)
+        """Poll while holding the lease, until cancelled; then release it."""
+        try:
+            while True:
+                try:
+                    if await self._lease():
+                        async with self._renewing():
+                            await self.poll_once()
+                except (BackendError, ApiError) as exc:
+                    log.error("change_detection_failed", resource=self.collection, detail=str(exc))
+                except Exception:
+                    log.exception("change_detection_failed", resource=self.collection)
+                await asyncio.sleep(self.interval)
+        finally:
+            if self._holding:
+                with contextlib.suppress(BackendError):
+                    await self.store.release_leases(self.owner, [self.lease_name])
+                log.info("change_detection_lease_released", lease=self.lease_name)
+
+    async def _lease(self) -> bool:
+        """Take or keep this back end's lease; whether this gateway is the one polling."""
+        held = await self.store.take_lease(self.lease_name, self.owner, self.lease_seconds)
+        if held != self._holding:
+            event = "change_detection_lease_taken" if held else "change_detection_lease_lost"
+            log.info(event, lease=self.lease_name, owner=self.owner)
+        self._holding = held
+        return held
+
+    @contextlib.asynccontextmanager
+    async def _renewing(self) -> AsyncIterator[None]:
+        """Keep the lease while a poll runs (a first pass over a large back end is long)."""
+
+        async def renew() -> None:
+            while True:
+                await asyncio.sleep(self.lease_seconds / 3)
+                with contextlib.suppress(BackendError):
+                    await self._lease()
+
+        renewer = asyncio.create_task(renew())
+        try:
+            yield
+        finally:
+            renewer.cancel()
+            await asyncio.wait([renewer])
 
     def _map(self, record: dict[str, Any]) -> dict[str, Any] | None:
         """A record as the API shows it; a record its mapping cannot read is skipped."""

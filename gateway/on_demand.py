@@ -185,10 +185,12 @@ class OnDemandService:
         """Claim due requests and run them concurrently, until cancelled.
 
         Slots are bounded overall (`concurrency`) and per back end
-        (`per_backend_concurrency`); back ends claim in rotation. Cancelling stops the
-        requests in flight; their leases run out and they are taken up again.
+        (`per_backend_concurrency`); back ends claim in rotation. Cancelling (shutdown)
+        stops the requests in flight and hands them back, due at once for another worker;
+        a worker killed outright leaves them to be taken up when their leases run out.
         """
         running: dict[str, tuple[str, asyncio.Task[None]]] = {}  # request id -> back end, task
+        log.info("on_demand_worker_started", owner=self.owner)  # whose leases are whose
         try:
             while True:
                 self._wake.clear()  # before claiming: a wake-up during the claim is kept
@@ -201,11 +203,26 @@ class OnDemandService:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), self.settings.poll_seconds)
         finally:
-            tasks = [task for _, task in running.values()]
+            idents, tasks = list(running), [task for _, task in running.values()]
             for task in tasks:
                 task.cancel()
             if tasks:
                 await asyncio.wait(tasks)
+            await self._hand_back(idents)
+
+    async def _hand_back(self, idents: list[str]) -> None:
+        """Release the requests this worker was running, for another worker to take now.
+
+        The back end may have made a bill already: the action is idempotent per request,
+        so whoever takes the request up finds that bill rather than making another.
+        """
+        try:
+            released = await self.store.release_on_demand_claims(self.owner, idents)
+        except BackendError as exc:  # their leases run out instead
+            log.warning("on_demand_claims_not_released", detail=exc.reason)
+            return
+        if released:
+            log.info("on_demand_claims_released", requests=released)
 
     async def _claim(self, running: dict[str, tuple[str, asyncio.Task[None]]]) -> int:
         """Claim what the free slots allow, back end by back end; how many were started."""

@@ -13,13 +13,16 @@ Tables, and who writes them (always through the methods of `GatewayStore`):
   for the gateway's own writes and by the change detector (detector.py), which also
   records its first pass there.
 - `watermark`: how far each change detector has read.
-- `store_schema_version`: the migrations applied.
+- `lease`: named leases on exclusive jobs (a back end's change detector, a hub's sender).
+- `alembic_version`: the schema's revision (gateway/migrations).
 
 An embedded SQLite file by default; PostgreSQL (any async SQLAlchemy URL) when several
-gateway processes share the work. The schema is created and migrated at start-up from
-the numbered migrations below. Work is shared by leases: a worker claims a request or an
-event with a compare-and-set on its lease time, so two workers never run the same one at
-once, and a crashed worker's claim runs out. A method that takes an `AsyncConnection`
+gateway processes share the work. The schema is created and migrated by Alembic, at
+start-up or by `tmf678-gateway migrate`, under a lock (gateway/migrations). Work is
+shared by leases: a worker claims a request or an event with a compare-and-set on its
+lease time (PostgreSQL: `FOR UPDATE SKIP LOCKED`, so concurrent claimers take different
+rows), so two workers never run the same one at once; a crashed worker's claim runs out,
+and a worker that stops hands its claims back at once. A method that takes an `AsyncConnection`
 runs inside the caller's transaction (`transaction()`), so that a change, its recorded
 state and the events reporting it commit together; the others run in their own.
 """
@@ -27,7 +30,7 @@ state and the events reporting it commit together; the others run in their own.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -40,7 +43,6 @@ from sqlalchemy import (
     BigInteger,
     Column,
     ColumnElement,
-    Connection,
     Float,
     Index,
     Insert,
@@ -54,37 +56,27 @@ from sqlalchemy import (
     event,
     func,
     insert,
-    inspect,
     or_,
     select,
-    text,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from adapters.base import BackendError
 from adapters.sql import SqlAdapter, SqlOptions
+from gateway import migrations
 
 STORE_BACKEND = "gateway_store"
 #: The owner recorded for what an anonymous caller (the loopback demo) creates.
 ANONYMOUS_OWNER = "anonymous"
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
-#: Taken (PostgreSQL) while migrating, so gateways starting together migrate one by one.
-_MIGRATION_LOCK = 678_000_001
 #: Rows per INSERT of a first pass: well under the bound parameters a statement may have.
 _INSERT_BATCH = 1000
 
 metadata = MetaData()
-
-schema_version = Table(
-    "store_schema_version",
-    metadata,
-    Column("version", Integer, primary_key=True, autoincrement=False),
-    Column("applied_at", String(20), nullable=False),
-)
 
 bill_on_demand = Table(
     "bill_on_demand",
@@ -139,7 +131,18 @@ outbox = Table(
     Column("due_at", Float, nullable=False),  # epoch seconds: next attempt, or lease end
     Column("created_at", Float, nullable=False),
     Column("last_error", Text),
+    Column("lease_owner", String(36)),  # the gateway whose claim it is under (while due_at)
     Index("ix_outbox_due", "state", "due_at"),
+)
+
+# Named leases on exclusive jobs shared by several gateways (a back end's change detector,
+# a hub's sender): whoever holds an unexpired row does the job.
+named_lease = Table(
+    "lease",
+    metadata,
+    Column("name", String(200), primary_key=True),
+    Column("owner", String(36), nullable=False),
+    Column("until", Float, nullable=False),  # epoch seconds
 )
 
 # What the change detector last saw of each back-end resource, and how far it has read.
@@ -157,47 +160,6 @@ watermark = Table(
     Column("value", Text, nullable=False),
 )
 
-
-def _migration_1(conn: Connection) -> None:
-    bill_on_demand.create(conn)
-
-
-def _migration_2(conn: Connection) -> None:
-    for table in (hub, outbox, seen_state, watermark):
-        table.create(conn)
-
-
-def _migration_3(conn: Connection) -> None:
-    # Stores created by migration 1 before `backend` existed lack the column.
-    if "backend" not in {c["name"] for c in inspect(conn).get_columns("bill_on_demand")}:
-        conn.execute(text("ALTER TABLE bill_on_demand ADD COLUMN backend VARCHAR(60)"))
-
-
-def _migration_4(conn: Connection) -> None:
-    # PostgreSQL stores made `outbox.seq` a 32-bit serial, which a busy outbox outgrows.
-    if conn.dialect.name == "postgresql":
-        conn.execute(text("ALTER TABLE outbox ALTER COLUMN seq TYPE BIGINT"))
-        sequence = conn.execute(text("SELECT pg_get_serial_sequence('outbox', 'seq')"))
-        conn.execute(text(f"ALTER SEQUENCE {sequence.scalar_one()} AS BIGINT"))
-
-
-def _migration_5(conn: Connection) -> None:
-    # Hubs belong to their callers; stores whose hub table predates that lack the columns.
-    present = {c["name"] for c in inspect(conn).get_columns("hub")}
-    if "owner" not in present:
-        conn.execute(text("ALTER TABLE hub ADD COLUMN owner VARCHAR(200)"))
-    if "owner_accounts" not in present:
-        conn.execute(text("ALTER TABLE hub ADD COLUMN owner_accounts TEXT"))
-
-
-#: Append only: each entry runs once, in order, in the start-up transaction.
-MIGRATIONS: list[Callable[[Connection], None]] = [
-    _migration_1,
-    _migration_2,
-    _migration_3,
-    _migration_4,
-    _migration_5,
-]
 
 #: What a state recorded for a back-end resource calls for: the suffix of its event type.
 EventKind = Literal["CreateEvent", "StateChangeEvent"]
@@ -265,8 +227,8 @@ class GatewayStore:
     def __init__(self, url: str) -> None:
         self.adapter = SqlAdapter(STORE_BACKEND, SqlOptions(url=url))
 
-    async def open(self) -> None:
-        """Connect, and create or migrate the schema."""
+    async def open(self, *, migrate: bool = True) -> None:
+        """Connect, and (unless told not to) create or migrate the schema."""
         url = make_url(self.adapter.url)
         if url.drivername.startswith("sqlite") and url.database not in (None, "", ":memory:"):
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
@@ -274,14 +236,19 @@ class GatewayStore:
         if url.drivername.startswith("sqlite"):
             event.listen(self.adapter.engine.sync_engine, "connect", _sqlite_durability)
             await self.adapter.engine.dispose()  # reconnect with the setting applied
-        async with self.adapter.engine.begin() as conn:
-            if url.drivername.startswith("sqlite"):
+        if url.drivername.startswith("sqlite"):
+            async with self.adapter.engine.connect() as conn:
                 # Readers never block the writer, and other gateway processes may share it.
                 await conn.exec_driver_sql("PRAGMA journal_mode=WAL")
-                # The driver would begin only at the first INSERT: lock now, so gateways
-                # starting together migrate one after the other, each in one transaction.
-                await conn.exec_driver_sql("BEGIN IMMEDIATE")
-            await conn.run_sync(_migrate)
+        if migrate:
+            await self.migrate()
+
+    async def migrate(self) -> str:
+        """Bring the schema to the newest revision (see gateway/migrations); that revision."""
+        try:
+            return await migrations.upgrade(self.adapter.engine)
+        except (SQLAlchemyError, OSError) as exc:
+            raise BackendError(f"gateway store: migration failed: {exc}", status=503) from exc
 
     async def close(self) -> None:
         await self.adapter.close()
@@ -552,10 +519,24 @@ class GatewayStore:
             rows = await conn.execute(select(outbox.c.hub_id).where(due).distinct())
             return [r[0] for r in rows]
 
-    async def claim_events(self, hub_id: str, lease: float, limit: int) -> list[ClaimedEvent]:
-        """Due events of one hub, oldest first, leased so no other worker sends them now."""
+    async def claim_events(
+        self, hub_id: str, lease: float, limit: int, owner: str | None = None
+    ) -> list[ClaimedEvent]:
+        """Due events of one hub, oldest first, leased (to `owner`) so no other worker sends
+        them now.
+
+        In order: only events queued before the hub's first pending event that is not due
+        (one claimed and not settled, or waiting for its retry) are claimed, so a hub never
+        gets an event before one queued earlier is delivered or dead-lettered.
+        """
         now = time()
-        due = (outbox.c.hub_id == hub_id) & (outbox.c.state == "pending") & (outbox.c.due_at <= now)
+        pending = (outbox.c.hub_id == hub_id) & (outbox.c.state == "pending")
+        waiting = (
+            select(func.min(outbox.c.seq))
+            .where(pending & (outbox.c.due_at > now))
+            .scalar_subquery()
+        )
+        due = pending & (outbox.c.due_at <= now) & (waiting.is_(None) | (outbox.c.seq < waiting))
         async with self.transaction() as conn:
             # PostgreSQL: rows another worker is claiming are skipped, not waited for and lost.
             # The choice is a CTE, evaluated once: with the LIMIT in an IN sub-query,
@@ -571,7 +552,7 @@ class GatewayStore:
             rows = await conn.execute(
                 update(outbox)
                 .where((outbox.c.seq == chosen.c.seq) & (outbox.c.due_at <= now))
-                .values(due_at=now + lease)
+                .values(due_at=now + lease, lease_owner=owner)
                 .returning(
                     outbox.c.seq,
                     outbox.c.event_id,
@@ -597,7 +578,9 @@ class GatewayStore:
                 )
             for seq, due_at, error in retry:
                 await conn.execute(
-                    _attempted(outbox.c.seq == seq).values(due_at=due_at, last_error=error)
+                    _attempted(outbox.c.seq == seq).values(
+                        due_at=due_at, last_error=error, lease_owner=None
+                    )
                 )
             for seq, error in dead:
                 await conn.execute(
@@ -607,7 +590,9 @@ class GatewayStore:
     async def release_events(self, seqs: list[int], due_at: float) -> None:
         """Give claimed events back unsent, due at `due_at` (not counted as attempts)."""
         async with self.transaction() as conn:
-            await conn.execute(update(outbox).where(outbox.c.seq.in_(seqs)).values(due_at=due_at))
+            await conn.execute(
+                update(outbox).where(outbox.c.seq.in_(seqs)).values(due_at=due_at, lease_owner=None)
+            )
 
     async def purge_delivered(self, older_than: float) -> int:
         """Forget delivered events queued before `older_than` (epoch seconds); how many."""
@@ -711,6 +696,96 @@ class GatewayStore:
         if not added.rowcount:  # another transaction set it first
             await conn.execute(move)
 
+    # Leases on exclusive jobs shared by several gateways.
+
+    async def take_lease(self, name: str, owner: str, seconds: float) -> bool:
+        """Hold the lease `name` for `seconds` from now; False while another holds it.
+
+        Taken when free or expired, renewed when `owner` holds it already: one atomic
+        statement, so two gateways asking at once never both get it.
+        """
+        now = time()
+        async with self.transaction() as conn:
+            dialect = conn.dialect.name
+            if dialect in ("postgresql", "sqlite"):
+                insert_ = postgresql.insert if dialect == "postgresql" else sqlite.insert
+                offer = insert_(named_lease).values(name=name, owner=owner, until=now + seconds)
+                taken = await conn.execute(
+                    offer.on_conflict_do_update(
+                        index_elements=[named_lease.c.name],
+                        set_={"owner": owner, "until": now + seconds},
+                        where=(named_lease.c.until <= now) | (named_lease.c.owner == owner),
+                    )
+                )
+                return taken.rowcount == 1
+            renewed = await conn.execute(
+                update(named_lease)
+                .where(
+                    (named_lease.c.name == name)
+                    & ((named_lease.c.until <= now) | (named_lease.c.owner == owner))
+                )
+                .values(owner=owner, until=now + seconds)
+            )
+            if renewed.rowcount:
+                return True
+            try:
+                async with conn.begin_nested():
+                    await conn.execute(
+                        insert(named_lease).values(name=name, owner=owner, until=now + seconds)
+                    )
+            except IntegrityError:
+                return False  # another holder
+            return True
+
+    async def lease_holder(self, name: str) -> str | None:
+        """Who holds the lease `name` now (None: nobody, or it ran out)."""
+        async with self.transaction() as conn:
+            row = await conn.execute(
+                select(named_lease.c.owner).where(
+                    (named_lease.c.name == name) & (named_lease.c.until > time())
+                )
+            )
+            found = row.first()
+            return found[0] if found else None
+
+    async def release_leases(self, owner: str, names: Collection[str] | None = None) -> int:
+        """Give up `owner`'s leases (those `names`, or all); how many there were."""
+        which = named_lease.c.owner == owner
+        if names is not None:
+            which = which & named_lease.c.name.in_(list(names))
+        async with self.transaction() as conn:
+            released = await conn.execute(delete(named_lease).where(which))
+        return released.rowcount
+
+    async def release_on_demand_claims(self, owner: str, idents: Collection[str]) -> int:
+        """Hand back the requests `idents` that `owner` is running: due at once for another.
+
+        (Requests `owner` put off for a retry keep their time.)
+        """
+        if not idents:
+            return 0
+        async with self.transaction() as conn:
+            released = await conn.execute(
+                update(bill_on_demand)
+                .where(
+                    (bill_on_demand.c.lease_owner == owner)
+                    & (bill_on_demand.c.state == "inProgress")
+                    & bill_on_demand.c.id.in_(list(idents))
+                )
+                .values(lease_owner=None, lease_until=None)
+            )
+        return released.rowcount
+
+    async def release_event_claims(self, owner: str) -> int:
+        """Hand back the events `owner` claimed and has not settled: due at once."""
+        async with self.transaction() as conn:
+            released = await conn.execute(
+                update(outbox)
+                .where((outbox.c.lease_owner == owner) & (outbox.c.state == "pending"))
+                .values(due_at=time(), lease_owner=None)
+            )
+        return released.rowcount
+
 
 def _epoch(stamp: str) -> float:
     """A stored time stamp as epoch seconds."""
@@ -741,18 +816,6 @@ def _sqlite_durability(dbapi_connection: Any, _: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
-
-
-def _migrate(conn: Connection) -> None:
-    if conn.dialect.name == "postgresql":
-        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
-    schema_version.create(conn, checkfirst=True)
-    applied = set(conn.execute(select(schema_version.c.version)).scalars())
-    for number, migration in enumerate(MIGRATIONS, start=1):
-        if number in applied:
-            continue
-        migration(conn)
-        conn.execute(insert(schema_version).values(version=number, applied_at=now_text()))
 
 
 # Figures for `/metrics` (gateway/metrics.py reads them at scrape time, cached briefly).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import sqlite3
@@ -15,7 +16,10 @@ import pytest
 from starlette.testclient import TestClient
 
 from gateway.app import create_app
-from gateway.config import GatewayConfig
+from gateway.callbacks import CallbackPolicy
+from gateway.config import DeliverySettings, GatewayConfig
+from gateway.delivery import DeliveryWorker
+from gateway.store import GatewayStore, OutboxEvent
 from tests.conftest import API, ROOT, assert_valid, gateway_config, tuned
 from tests.listener import Listener
 from tests.test_main import free_port, start, stop, wait_ready
@@ -327,3 +331,47 @@ def test_no_event_is_lost_when_the_gateway_is_killed_during_delivery(
     assert {e["eventId"] for e in a} == queued == {e["eventId"] for e in b}
     for event in a:
         assert_event(event)
+
+
+def test_workers_sharing_a_store_send_a_hubs_events_once_each_in_order(
+    tmp_path: Path, listener: Listener
+) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'store.sqlite'}"
+    settings = DeliverySettings(retry_base_seconds=0.01, retry_max_seconds=0.05, poll_seconds=0.05)
+    policy = CallbackPolicy(["127.0.0.0/8"])
+    hub_url = f"{listener.base}/flaky1-shared"  # every event fails once, then is taken
+
+    async def scenario() -> list[str]:
+        stores = [GatewayStore(url) for _ in range(3)]  # three gateways, one store
+        for store in stores:
+            await store.open()
+        hub_id = await stores[0].add_hub(hub_url, None)
+        queued = [f"event-{n:03}" for n in range(120)]  # more than one claim's batch
+        async with stores[0].transaction() as conn:
+            await stores[0].enqueue_events(
+                conn,
+                [
+                    OutboxEvent(e, hub_id, hub_url, "E", f'{{"eventId": "{e}", "eventType": "E"}}')
+                    for e in queued
+                ],
+            )
+        workers = [DeliveryWorker(store, settings, policy) for store in stores]
+        tasks = [asyncio.create_task(worker.run()) for worker in workers]
+        try:
+            deadline = time.monotonic() + 60
+            while len({e["eventId"] for e in listener.events("flaky1-shared")}) < len(queued):
+                assert time.monotonic() < deadline, "not every event was delivered"
+                await asyncio.sleep(0.05)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.wait(tasks)
+            for worker, store in zip(workers, stores, strict=True):
+                await worker.close()
+                await store.close()
+        return queued
+
+    queued = asyncio.run(scenario())
+    received = [e["eventId"] for e in listener.events("flaky1-shared")]
+    # One sender at a time (the hub's lease): taken in the order queued, none twice.
+    assert received == queued

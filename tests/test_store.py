@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -17,11 +19,15 @@ from time import time
 from typing import Any
 
 import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from gateway.store import MIGRATIONS, ClaimedEvent, GatewayStore, OutboxEvent
+from gateway import migrations
+from gateway.config import load_config
+from gateway.store import ClaimedEvent, GatewayStore, OutboxEvent, metadata
 
 POSTGRES_SERVER = "postgresql+asyncpg://postgres@127.0.0.1:5432"
 HOW_TO_ENABLE = (
@@ -260,14 +266,11 @@ def test_events_are_claimed_in_order_leased_settled_and_purged(store_url: str) -
         assert ids(batch) == ["e0", "e1"] and [e.attempts for e in batch] == [0, 0]
         assert batch[0].url == f"http://127.0.0.1:9/{a}" and batch[0].payload == '{"id":"e0"}'
         assert isinstance(batch[0].seq, int) and batch[0].created_at <= time()
-        rest = await store.claim_events(a, 60, 10)
-        assert ids(rest) == ["e2"]  # the others are leased
-        assert await store.claim_events(a, 60, 10) == []
-        await store.release_events([rest[0].seq], time())  # given back, not an attempt
-        assert [(e.event_id, e.attempts) for e in await store.claim_events(a, 60, 10)] == [
-            ("e2", 0)
-        ]
-        e0, e1, e2 = batch[0].seq, batch[1].seq, rest[0].seq
+        assert await store.claim_events(a, 60, 10) == []  # in order: e2 waits behind them
+        await store.release_events([e.seq for e in batch], time())  # given back, no attempt
+        claimed = await store.claim_events(a, 60, 10)
+        assert [(e.event_id, e.attempts) for e in claimed] == [("e0", 0), ("e1", 0), ("e2", 0)]
+        e0, e1, e2 = (e.seq for e in claimed)
         await store.settle_events([e0], [(e1, time() + 60, "HTTP 503")], [(e2, "refused")])
         assert await outbox_rows(store, a) == {
             "e0": ("delivered", 1, None),
@@ -305,8 +308,9 @@ def test_concurrent_workers_claim_each_event_once(store_url: str) -> None:
         await queue(store, hub_id, *(f"e{i}" for i in range(20)))
         batches = await asyncio.gather(*(store.claim_events(hub_id, 60, 5) for _ in range(6)))
         claimed = [event_id for batch in batches for event_id in ids(batch)]
-        assert sorted(claimed) == sorted(f"e{i}" for i in range(20))
+        assert "e0" in claimed and len(claimed) == len(set(claimed))  # none twice
         assert max(len(batch) for batch in batches) <= 5  # never more than the limit
+        # (Workers take turns on a hub by its lease; claims alone never give an event twice.)
 
     run(store_url, scenario)
 
@@ -393,7 +397,84 @@ def test_watermarks_move_inside_the_callers_transaction(store_url: str) -> None:
     run(store_url, scenario)
 
 
-# The schema.
+# Leases on exclusive jobs, and handing claims back.
+
+
+def test_a_lease_is_held_by_one_owner_until_it_runs_out_or_is_released(store_url: str) -> None:
+    async def scenario(store: GatewayStore) -> None:
+        assert await store.take_lease("detector:x", "a", 60)
+        assert not await store.take_lease("detector:x", "b", 60)
+        assert await store.take_lease("detector:x", "a", 60)  # renewed by its holder
+        assert await store.lease_holder("detector:x") == "a"
+        assert await store.release_leases("b") == 0  # not b's to release
+        assert await store.release_leases("a", ["detector:x"]) == 1
+        assert await store.lease_holder("detector:x") is None
+        assert await store.take_lease("detector:x", "b", 0.2)
+        await asyncio.sleep(0.3)  # b is killed: its lease runs out
+        assert await store.lease_holder("detector:x") is None
+        assert await store.take_lease("detector:x", "a", 60)
+        assert await store.lease_holder("detector:x") == "a"
+
+    run(store_url, scenario)
+
+
+def test_concurrent_owners_take_a_lease_once(store_url: str) -> None:
+    async def scenario(store: GatewayStore) -> None:
+        for round_ in range(5):
+            name = f"hub:{round_}"
+            taken = await asyncio.gather(*(store.take_lease(name, f"o{i}", 60) for i in range(8)))
+            assert taken.count(True) == 1
+            assert await store.lease_holder(name) == f"o{taken.index(True)}"
+
+    run(store_url, scenario)
+
+
+def test_a_stopping_worker_hands_back_its_requests_and_events_at_once(store_url: str) -> None:
+    async def scenario(store: GatewayStore) -> None:
+        first, second = await new_request(store), await new_request(store)
+        claimed = await store.claim_on_demand_requests("a", 60, 1, backend="legacy_billing")
+        assert [r.id for r in claimed] == [first]
+        assert await finish(store, first, "a")  # finished: not handed back
+        claimed = await store.claim_on_demand_requests("a", 60, 1, backend="legacy_billing")
+        assert [r.id for r in claimed] == [second]
+        assert await store.release_on_demand_claims("b", [second]) == 0
+        assert await store.release_on_demand_claims("a", [first, second]) == 1
+        again = await store.claim_on_demand_requests("b", 60, 5, backend="legacy_billing")
+        assert [r.id for r in again] == [second]
+        assert not await finish(store, second, "a")  # a's claim is gone
+
+        hub_id = await new_hub(store, "h")
+        await queue(store, hub_id, "e1", "e2", "e3")
+        assert ids(await store.claim_events(hub_id, 60, 2, "a")) == ["e1", "e2"]
+        assert await store.claim_events(hub_id, 60, 5, "b") == []  # behind a's claims
+        assert await store.release_event_claims("b") == 0
+        assert await store.release_event_claims("a") == 2
+        assert ids(await store.claim_events(hub_id, 60, 5, "b")) == ["e1", "e2", "e3"]
+
+    run(store_url, scenario)
+
+
+# The schema: Alembic revisions (gateway/migrations), under a lock.
+
+
+async def schema_differences(store: GatewayStore) -> list[Any]:
+    """What the migrated database lacks or has besides the store's tables (none: same).
+
+    The numbered migrations' `store_schema_version` stays in a store they made (unused,
+    so gateways of the version before can still start on it during an upgrade).
+    """
+    async with store.adapter.engine.connect() as conn:
+        differences = await conn.run_sync(
+            lambda sync: compare_metadata(MigrationContext.configure(sync), metadata)
+        )
+    return [
+        d for d in differences if d[:1] != ("remove_table",) or d[1].name != "store_schema_version"
+    ]
+
+
+async def revisions(store: GatewayStore) -> list[str]:
+    async with store.transaction() as conn:
+        return list((await conn.execute(text("SELECT version_num FROM alembic_version"))).scalars())
 
 
 def test_gateways_starting_together_migrate_the_store_once(store_url: str) -> None:
@@ -401,9 +482,8 @@ def test_gateways_starting_together_migrate_the_store_once(store_url: str) -> No
         stores = [GatewayStore(store_url) for _ in range(3)]
         try:
             await asyncio.gather(*(s.open() for s in stores))
-            async with stores[0].transaction() as conn:
-                versions = await conn.execute(text("SELECT version FROM store_schema_version"))
-                assert sorted(versions.scalars()) == list(range(1, len(MIGRATIONS) + 1))
+            assert await revisions(stores[0]) == [migrations.head()]
+            assert await schema_differences(stores[0]) == []
         finally:
             for store in stores:
                 await store.close()
@@ -411,22 +491,176 @@ def test_gateways_starting_together_migrate_the_store_once(store_url: str) -> No
     asyncio.run(main())
 
 
-def test_outbox_keys_outgrow_32_bits_on_postgresql_also_after_an_upgrade(postgres_url: str) -> None:
-    async def as_before_migration_4(store: GatewayStore) -> None:
-        async with store.transaction() as conn:
-            await conn.execute(text("ALTER TABLE outbox ALTER COLUMN seq TYPE INTEGER"))
-            await conn.execute(text("ALTER SEQUENCE outbox_seq_seq AS INTEGER"))
-            await conn.execute(text("DELETE FROM store_schema_version WHERE version = 4"))
-            with pytest.raises(SQLAlchemyError, match="out of bounds"):
-                async with conn.begin_nested():
-                    await conn.execute(text("SELECT setval('outbox_seq_seq', 3000000000)"))
+#: A store as the numbered in-code migrations 1 and 2 made it (before Alembic), with rows.
+OLD_STORE = {
+    "sqlite": [
+        "CREATE TABLE store_schema_version (version INTEGER NOT NULL, applied_at VARCHAR(20)"
+        " NOT NULL, PRIMARY KEY (version))",
+        "CREATE TABLE bill_on_demand (seq INTEGER NOT NULL, id VARCHAR(36) NOT NULL, state"
+        " VARCHAR(20) NOT NULL, billing_account_id VARCHAR(64) NOT NULL, billing_account_name"
+        " VARCHAR(200), name VARCHAR(200), description TEXT, related_party TEXT,"
+        " customer_bill_id VARCHAR(64), created_at VARCHAR(20) NOT NULL, updated_at VARCHAR(20)"
+        " NOT NULL, attempts INTEGER NOT NULL, lease_owner VARCHAR(36), lease_until FLOAT,"
+        " PRIMARY KEY (seq), UNIQUE (id))",
+        "CREATE INDEX ix_bill_on_demand_state ON bill_on_demand (state)",
+        "CREATE INDEX ix_bill_on_demand_billing_account_id ON bill_on_demand (billing_account_id)",
+        "CREATE INDEX ix_bill_on_demand_lease_until ON bill_on_demand (lease_until)",
+        "CREATE TABLE hub (seq INTEGER NOT NULL, id VARCHAR(36) NOT NULL, callback TEXT NOT"
+        " NULL, query TEXT, created_at VARCHAR(20) NOT NULL, PRIMARY KEY (seq), UNIQUE (id))",
+        "CREATE TABLE outbox (seq INTEGER NOT NULL, event_id VARCHAR(36) NOT NULL, hub_id"
+        " VARCHAR(36) NOT NULL, url TEXT NOT NULL, event_type VARCHAR(60) NOT NULL, payload TEXT"
+        " NOT NULL, state VARCHAR(12) NOT NULL, attempts INTEGER NOT NULL, due_at FLOAT NOT"
+        " NULL, created_at FLOAT NOT NULL, last_error TEXT, PRIMARY KEY (seq))",
+        "CREATE INDEX ix_outbox_hub_id ON outbox (hub_id)",
+        "CREATE INDEX ix_outbox_due ON outbox (state, due_at)",
+        "CREATE TABLE seen_state (resource VARCHAR(40) NOT NULL, key VARCHAR(64) NOT NULL,"
+        " state VARCHAR(40), PRIMARY KEY (resource, key))",
+        "CREATE TABLE watermark (name VARCHAR(60) NOT NULL, value TEXT NOT NULL,"
+        " PRIMARY KEY (name))",
+    ],
+    "postgresql": [
+        "CREATE TABLE store_schema_version (version INTEGER NOT NULL, applied_at VARCHAR(20)"
+        " NOT NULL, PRIMARY KEY (version))",
+        "CREATE TABLE bill_on_demand (seq SERIAL NOT NULL, id VARCHAR(36) NOT NULL, state"
+        " VARCHAR(20) NOT NULL, billing_account_id VARCHAR(64) NOT NULL, billing_account_name"
+        " VARCHAR(200), name VARCHAR(200), description TEXT, related_party TEXT,"
+        " customer_bill_id VARCHAR(64), created_at VARCHAR(20) NOT NULL, updated_at VARCHAR(20)"
+        " NOT NULL, attempts INTEGER NOT NULL, lease_owner VARCHAR(36), lease_until FLOAT,"
+        " PRIMARY KEY (seq), UNIQUE (id))",
+        "CREATE INDEX ix_bill_on_demand_state ON bill_on_demand (state)",
+        "CREATE INDEX ix_bill_on_demand_billing_account_id ON bill_on_demand (billing_account_id)",
+        "CREATE INDEX ix_bill_on_demand_lease_until ON bill_on_demand (lease_until)",
+        "CREATE TABLE hub (seq SERIAL NOT NULL, id VARCHAR(36) NOT NULL, callback TEXT NOT"
+        " NULL, query TEXT, created_at VARCHAR(20) NOT NULL, PRIMARY KEY (seq), UNIQUE (id))",
+        # Before migration 4, a 32-bit serial key.
+        "CREATE TABLE outbox (seq SERIAL NOT NULL, event_id VARCHAR(36) NOT NULL, hub_id"
+        " VARCHAR(36) NOT NULL, url TEXT NOT NULL, event_type VARCHAR(60) NOT NULL, payload TEXT"
+        " NOT NULL, state VARCHAR(12) NOT NULL, attempts INTEGER NOT NULL, due_at FLOAT NOT"
+        " NULL, created_at FLOAT NOT NULL, last_error TEXT, PRIMARY KEY (seq))",
+        "CREATE INDEX ix_outbox_hub_id ON outbox (hub_id)",
+        "CREATE INDEX ix_outbox_due ON outbox (state, due_at)",
+        "CREATE TABLE seen_state (resource VARCHAR(40) NOT NULL, key VARCHAR(64) NOT NULL,"
+        " state VARCHAR(40), PRIMARY KEY (resource, key))",
+        "CREATE TABLE watermark (name VARCHAR(60) NOT NULL, value TEXT NOT NULL,"
+        " PRIMARY KEY (name))",
+    ],
+}
+OLD_ROWS = [
+    "INSERT INTO store_schema_version VALUES (1, '2026-01-01T00:00:00Z'),"
+    " (2, '2026-01-01T00:00:00Z')",
+    "INSERT INTO bill_on_demand (id, state, billing_account_id, created_at, updated_at,"
+    " attempts) VALUES ('old-request', 'inProgress', 'ACC-OLD', '2026-01-01T00:00:00Z',"
+    " '2026-01-01T00:00:00Z', 0)",
+    "INSERT INTO hub (id, callback, created_at) VALUES ('old-hub', 'http://127.0.0.1:9/old',"
+    " '2026-01-01T00:00:00Z')",
+    "INSERT INTO outbox (event_id, hub_id, url, event_type, payload, state, attempts, due_at,"
+    " created_at) VALUES ('old-event', 'old-hub', 'http://127.0.0.1:9/old', 'E', '{}',"
+    " 'pending', 0, 0, 0)",
+    "INSERT INTO watermark VALUES ('detector:customerBill:legacy_billing',"
+    " '2026-01-01T00:00:00+00:00')",
+]
 
-    async def migrated(store: GatewayStore) -> None:
-        hub_id = await new_hub(store, "a")
-        async with store.transaction() as conn:
-            await conn.execute(text("SELECT setval('outbox_seq_seq', 3000000000)"))
-        await queue(store, hub_id, "e0")
-        assert [e.seq for e in await store.claim_events(hub_id, 60, 10)] == [3000000001]
 
-    run(postgres_url, as_before_migration_4)
-    run(postgres_url, migrated)
+def test_a_store_made_by_the_numbered_migrations_is_adopted_with_its_rows(store_url: str) -> None:
+    async def build_old_store() -> None:
+        engine = create_async_engine(store_url)
+        try:
+            async with engine.begin() as conn:
+                for statement in OLD_STORE[engine.dialect.name] + OLD_ROWS:
+                    await conn.execute(text(statement))
+        finally:
+            await engine.dispose()
+
+    async def adopted(store: GatewayStore) -> None:
+        assert await revisions(store) == [migrations.head()]
+        assert await schema_differences(store) == []
+        claimed = await store.claim_on_demand_requests(
+            "w", 60, 5, backend="legacy_billing", strays_besides=["legacy_billing"]
+        )
+        assert [(r.id, r.account_id, r.backend) for r in claimed] == [
+            ("old-request", "ACC-OLD", None)
+        ]
+        async with store.transaction() as conn:
+            assert [h.id for h in await store.hubs(conn)] == ["old-hub"]
+        old_events = await store.claim_events("old-hub", 60, 5, "w")
+        assert ids(old_events) == ["old-event"]
+        await store.settle_events([old_events[0].seq], [], [])
+        assert await store.get_watermark("detector:customerBill:legacy_billing") is not None
+        if store.adapter.engine.dialect.name == "postgresql":  # migration 4's 64-bit key
+            async with store.transaction() as conn:
+                await conn.execute(text("SELECT setval('outbox_seq_seq', 3000000000)"))
+            await queue(store, "old-hub", "e-big")
+            assert [e.seq for e in await store.claim_events("old-hub", 60, 5)] == [3000000001]
+
+    async def left_as_it_is(store: GatewayStore) -> None:
+        assert await revisions(store) == [migrations.head()]
+        assert await schema_differences(store) == []
+        assert await store.lease_holder("none") is None
+
+    asyncio.run(build_old_store())
+    run(store_url, adopted)
+    run(store_url, left_as_it_is)  # a current store is left as it is
+
+
+def test_five_processes_migrating_one_fresh_postgresql_database_make_one_schema(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    config = tmp_path / "store-only.yaml"
+    config.write_text("store: {url: '${GATEWAY_STORE_URL}'}\n")
+    env = {**os.environ, "GATEWAY_STORE_URL": postgres_url}
+    command = [sys.executable, "-m", "gateway", "migrate", "--config", str(config)]
+    processes = [
+        subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        for _ in range(5)
+    ]
+    outputs = [p.communicate(timeout=60)[0].decode() for p in processes]
+    assert [p.returncode for p in processes] == [0] * 5, outputs
+    assert all(f"at revision {migrations.head()}" in out for out in outputs), outputs
+
+    async def one_schema(store: GatewayStore) -> None:
+        assert await revisions(store) == [migrations.head()]
+        assert await schema_differences(store) == []
+
+    async def check() -> None:
+        store = GatewayStore(postgres_url)
+        await store.open(migrate=False)
+        try:
+            await one_schema(store)
+        finally:
+            await store.close()
+
+    asyncio.run(check())
+
+
+def test_migrate_reports_an_unreachable_store_in_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "store-only.yaml"
+    config.write_text("store: {url: 'postgresql+asyncpg://nobody@127.0.0.1:9/none'}\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway", "migrate", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 3
+    assert done.stderr.startswith("tmf678-gateway migrate: cannot connect to back end")
+    assert "gateway_store" in done.stderr and done.stderr.count("\n") == 1
+
+
+# Choosing the store.
+
+
+@pytest.mark.parametrize("name", ["default", "federated", "rest", "secure", "soap"])
+def test_the_bundled_configurations_take_the_store_from_the_environment(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = Path(__file__).resolve().parent.parent / "config" / f"{name}.yaml"
+    monkeypatch.delenv("GATEWAY_STORE_URL", raising=False)
+    monkeypatch.delenv("GATEWAY_STORE", raising=False)
+    monkeypatch.setenv("AUTH_JWKS_FILE", "var/dev-jwks.json")  # secure.yaml needs auth
+    monkeypatch.setenv("AUTH_ISSUER", "http://127.0.0.1/issuer")
+    default = load_config(path).store.url
+    assert default.startswith("sqlite+aiosqlite:///var/gateway_store") and "${" not in default
+    monkeypatch.setenv("GATEWAY_STORE", "/srv/store.sqlite")  # another file, as before
+    assert load_config(path).store.url == "sqlite+aiosqlite:////srv/store.sqlite"
+    monkeypatch.setenv("GATEWAY_STORE_URL", "postgresql+asyncpg://gw@db/gateway")
+    assert load_config(path).store.url == "postgresql+asyncpg://gw@db/gateway"
