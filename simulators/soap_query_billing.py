@@ -93,6 +93,8 @@ class QueryData:
     references: dict[str, str] = field(default_factory=dict)
     #: How many of each operation were called (tests count logins and queryMores).
     calls: Counter[str] = field(default_factory=Counter)
+    #: The query strings received, latest last (tests read what a gateway sent).
+    queries: list[str] = field(default_factory=list)
     sequence: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     @property
@@ -444,8 +446,10 @@ class QueryBillingService:
         )
 
     def query(self, call: etree._Element, session: str) -> Response:
+        text = call.findtext(f"{{{NS}}}queryString") or ""
+        self.data.queries.append(text)
         try:
-            query = parse_query(call.findtext(f"{{{NS}}}queryString") or "")
+            query = parse_query(text)
         except QueryError as exc:
             code = "INVALID_FIELD" if str(exc).startswith("INVALID_FIELD") else "MALFORMED_QUERY"
             return fault(code, str(exc))
