@@ -109,6 +109,8 @@ class SoapAdapter:
                     "session.carry", "a SOAP back end carries its session in a soap_header"
                 )
             self.session = Session(name, options.session, self._login)
+            # Checked with the mappings' operations when the WSDL arrives.
+            self._named.add(("session.login", options.session.login.operation))
 
     async def open(self) -> None:
         """Load the WSDL: from `wsdl`, else the local copy, else keep trying in the background.

@@ -79,11 +79,18 @@ async def checked_stream(
     """The batches of a scan, failing at a batch that repeats one or a record seen before."""
     seen: set[Any] = set()
     previous: list[Any] | None = None
-    async for batch in batches:
-        keys = _keys(batch, key_column)
-        if keys and keys == previous:
-            raise ReplyCheckFailed(backend, "a page that repeats the previous one")
-        if _first_repeat(keys, seen) is not None:
-            raise ReplyCheckFailed(backend, "the same record on two pages")
-        previous = keys
-        yield batch
+    try:
+        async for batch in batches:
+            keys = _keys(batch, key_column)
+            if keys and keys == previous:
+                raise ReplyCheckFailed(backend, "a page that repeats the previous one")
+            if _first_repeat(keys, seen) is not None:
+                raise ReplyCheckFailed(backend, "the same record on two pages")
+            previous = keys
+            yield batch
+    finally:
+        # The back end's generator holds a connection or a cursor: release it now, not
+        # whenever it is collected.
+        close = getattr(batches, "aclose", None)
+        if close is not None:
+            await close()
