@@ -383,3 +383,44 @@ def test_patch_of_state_and_bills_on_demand(fresh: tuple[TestClient, QueryData, 
         assert gone["state"] == "rejected", gone
     else:
         assert unknown.status_code in (400, 422), unknown.text
+
+
+def test_a_misspelt_field_of_a_polymorphic_object_stops_start_up(tmp_path: Path) -> None:
+    action = (ROOT / "mappings" / "soap_query" / "actions" / "generate.yaml").read_text()
+    broken = tmp_path / "generate.yaml"
+    broken.write_text(action.replace("Reference:", "Referense:"))
+    config = (ROOT / "config" / "soap_query.yaml").read_text()
+    config = config.replace("../mappings/soap_query/actions/generate.yaml", str(broken))
+    config = config.replace("../mappings/", f"{ROOT}/mappings/")
+    config_file = tmp_path / "soap_query.yaml"
+    config_file.write_text(config)
+    with ThreadedServer(create_simulator(seed(5))) as server, pytest.MonkeyPatch.context() as env:
+        env.setenv("SOAP_QUERY_URL", server.base)
+        env.setenv("GATEWAY_STORE", str(tmp_path / "store.sqlite"))
+        with pytest.raises(StartupError, match="Referense") as info:  # noqa: SIM117
+            with TestClient(create_app(load_config(config_file))):
+                pass
+    assert f"{broken}:" in str(info.value) and "no field 'Referense'" in str(info.value)
+
+
+def test_a_query_more_that_repeats_the_first_batch_is_a_502(
+    fresh: tuple[TestClient, QueryData, Any],
+) -> None:
+    client, _, service = fresh
+    first: dict[str, Any] = {}
+    original = service.query
+
+    def remembering(call: Any, session: str) -> Any:
+        first["reply"] = original(call, session)
+        return first["reply"]
+
+    def repeating(call: Any, session: str) -> Any:
+        reply = first["reply"]  # the first batch again, still "not done"
+        return type(reply)(reply.body, status_code=200, media_type="text/xml")
+
+    service.query, service.query_more = remembering, repeating
+    for params in ("offset=0&limit=120", "state=sent&limit=5&sort=amountDue.value"):
+        response = client.get(f"{API}/customerBill?{params}")
+        assert response.status_code == 502, response.text
+        assert_valid("Error", response.json())
+        assert "'billing'" in response.json()["message"]
