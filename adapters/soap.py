@@ -34,8 +34,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import AsyncIterator, Mapping
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import httpx
 import structlog
@@ -57,6 +58,10 @@ from adapters.base import (
     http_failure,
 )
 from adapters.keyed import KeyedSource, Record
+from adapters.session import Session, SessionOptions
+
+if TYPE_CHECKING:
+    from adapters.soap_query import SoapQuerySource
 
 log = structlog.get_logger("adapters.soap")
 
@@ -75,6 +80,8 @@ class SoapOptions(HttpOptions):
     wsdl_file: str | None = None
     address: str | None = Field(None, pattern=r"^https?://")
     wsdl_retry_max_seconds: float = Field(30.0, gt=0)
+    #: Session login (adapters/session.py); a SOAP back end carries it in a SOAP header.
+    session: SessionOptions | None = None
 
 
 class SoapAdapter:
@@ -95,6 +102,15 @@ class SoapAdapter:
         #: Why the back end cannot be used now (None once the WSDL is loaded and fits).
         self._unready: str | None = "WSDL not loaded"
         self._loader: asyncio.Task[None] | None = None
+        self.session: Session | None = None
+        if options.session is not None:
+            if options.session.carry.soap_header is None:
+                raise SourceSpecError(
+                    "session.carry", "a SOAP back end carries its session in a soap_header"
+                )
+            self.session = Session(name, options.session, self._login)
+            # Checked with the mappings' operations when the WSDL arrives.
+            self._named.add(("session.login", options.session.login.operation))
 
     async def open(self) -> None:
         """Load the WSDL: from `wsdl`, else the local copy, else keep trying in the background.
@@ -182,7 +198,12 @@ class SoapAdapter:
             self._http_client = None
         self.client = self._service = None
 
-    async def bind(self, spec: Mapping[str, Any]) -> SoapSource:
+    async def bind(self, spec: Mapping[str, Any]) -> SoapSource | SoapQuerySource:
+        """A source: `query:` for a query-language API (adapters/soap_query.py), else `list:`."""
+        if "query" in spec:
+            from adapters.soap_query import SoapQuerySource  # it builds on this module
+
+            return SoapQuerySource(self, spec)
         return SoapSource(self, spec)
 
     def action(self, spec: Mapping[str, Any]) -> SoapAction:
@@ -197,14 +218,61 @@ class SoapAdapter:
         return name
 
     async def call(self, operation: str, request: Mapping[str, Any]) -> etree._Element:
-        """The reply's SOAP Body; a Fault becomes `SoapFault`, transport trouble BackendError."""
+        """The reply's SOAP Body; a Fault becomes `SoapFault`, transport trouble BackendError.
+
+        With a session configured, the call carries it, and a call refused for a stale
+        session is repeated once after a new login (shared with concurrent callers).
+        """
+        session = self.session
+        if session is None or operation == session.options.login.operation:
+            return await self._call(operation, request, None)
+        token = await session.token()
+        try:
+            return await self._call(operation, request, token)
+        except SoapFault as fault:
+            if not session.is_invalid(fault.code):
+                raise
+            log.info("soap_session_refused", backend=self.name, operation=operation)
+        return await self._call(operation, request, await session.renewed(token))
+
+    async def _login(self) -> str:
+        """Log in (the session's declared call) and return the session id."""
+        assert self.session is not None
+        login = self.session.options.login
+        body = await self._call(login.operation, login.request, None)
+        token = _text(_find(body, login.result))
+        if not token:
+            raise BackendReplyError(
+                f"back end {self.name!r}: {login.operation} reply has no {login.result!r}"
+            )
+        return token
+
+    def _session_header(self, token: str) -> list[Any]:
+        assert self.session is not None and self.client is not None
+        place = self.session.options.carry.soap_header
+        assert place is not None
+        element = _schema_element(self.client, place.element)
+        if element is None:
+            raise SoapRequestRefused(self.name, "session", f"no element {place.element!r}")
+        return [element(**{place.field: token})]
+
+    async def _call(
+        self, operation: str, request: Mapping[str, Any], token: str | None
+    ) -> etree._Element:
         if self._service is None:
             raise SoapNotReady(self.name, operation, self._unready or "WSDL not loaded")
         try:
-            async with self.http.call(operation):
-                reply = await getattr(self._service, operation)(**request)
+            built = {k: self._build(v) for k, v in request.items()}
+            if token is not None:
+                built["_soapheaders"] = self._session_header(token)
         except (zeep.exceptions.Error, TypeError, ValueError) as exc:
-            raise BackendError(f"back end {self.name!r}: {operation} request: {exc}") from exc
+            raise SoapRequestRefused(self.name, operation, str(exc)) from exc
+        try:
+            async with self.http.call(operation):
+                reply = await getattr(self._service, operation)(**built)
+        except (zeep.exceptions.Error, TypeError, ValueError) as exc:
+            # zeep builds the request before sending: a refusal is the mapping's mistake.
+            raise SoapRequestRefused(self.name, operation, str(exc)) from exc
         try:
             envelope = etree.fromstring(reply.content)
         except etree.XMLSyntaxError as exc:
@@ -228,6 +296,66 @@ class SoapAdapter:
         if reply.status_code != 200:
             raise _status_failure(self.name, operation, reply)
         return body
+
+    def _build(self, value: Any) -> Any:
+        """A request value with `{"@type": T, ...}` objects made typed (xsi:type) by zeep."""
+        if isinstance(value, list):
+            return [self._build(v) for v in value]
+        if not isinstance(value, Mapping):
+            return value
+        fields = {k: self._build(v) for k, v in value.items() if k != "@type"}
+        if "@type" not in value:
+            return fields
+        assert self.client is not None
+        kind = _schema_type(self.client, str(value["@type"]))
+        if kind is None:
+            raise ValueError(f"the WSDL has no type {value['@type']!r}")
+        return kind(**fields)
+
+    def type_fields(self, name: str) -> frozenset[str] | None:
+        """The element names of the WSDL's complex type `name` (inherited ones too).
+
+        None while the WSDL is not loaded; SourceSpecError when it has no such type.
+        """
+        if self.client is None:
+            return None
+        kind = _schema_type(self.client, name)
+        if kind is None or not hasattr(kind, "elements"):
+            raise SourceSpecError("source", f"the WSDL of {self.name!r} has no type {name!r}")
+        return frozenset(field for field, _ in kind.elements)
+
+    def check_request(self, place: str, template: Any) -> None:
+        """Start-up check of a request template's typed objects against the WSDL."""
+        if isinstance(template, list):
+            for item in template:
+                self.check_request(place, item)
+            return
+        if not isinstance(template, Mapping):
+            return
+        if "@type" in template:
+            known = self.type_fields(str(template["@type"]))
+            unknown = sorted(set(template) - {"@type"} - (known or set(template)))
+            if unknown:
+                raise SourceSpecError(
+                    place, f"type {template['@type']!r} has no field {unknown[0]!r} in the WSDL"
+                )
+        for value in template.values():
+            self.check_request(place, value)
+
+
+def _schema_type(client: zeep.AsyncClient, name: str) -> Any:
+    """The WSDL's type of that local name (any namespace), or None."""
+    for kind in client.wsdl.types.types:
+        if kind.qname is not None and kind.qname.localname == name:
+            return kind
+    return None
+
+
+def _schema_element(client: zeep.AsyncClient, name: str) -> Any:
+    for element in client.wsdl.types.elements:
+        if element.qname is not None and element.qname.localname == name:
+            return element
+    return None
 
 
 def _has(client: zeep.AsyncClient, operation: str) -> bool:
@@ -256,6 +384,16 @@ class SoapNotReady(BackendError):
         #: What the caller's TMF Error may say of it (no hosts, no paths).
         self.summary = why
         super().__init__(f"back end {backend!r}: {operation}: {why}, not callable yet", status=503)
+
+
+class SoapRequestRefused(BackendReplyError):
+    """zeep refused to build a request (a field or type the WSDL lacks): a configuration
+    error, never retried; an on-demand request ends at once with the reason."""
+
+    def __init__(self, backend: str, operation: str, detail: str) -> None:
+        text = " ".join(f"{operation} request does not fit the WSDL: {detail}".split())
+        self.summary = text if len(text) <= 120 else text[:119] + "…"
+        super().__init__(f"back end {backend!r}: {text}")
 
 
 #: How much of a SOAP Fault's text a caller sees (the log has all of it).
@@ -306,17 +444,73 @@ def _record(element: etree._Element) -> Record:
     return out
 
 
+_WHOLE = re.compile(r"\{([\w.]+)\}")
+_PLACEHOLDER = re.compile(r"\{([\w.]+)(?::(text|int|number))?\}")
+
+
+def quoted_literal(text: str) -> str:
+    """Text made safe inside a single-quoted query-language literal (`\\` and `'` escaped)."""
+    return text.replace("\\", "\\\\").replace("'", "\\'")
+
+
+def _typed_value(name: str, kind: str | None, value: Any) -> str:
+    """A placeholder's value inside a string: text escaped, or a number checked as one."""
+    if kind in ("int", "number"):
+        text = str(value).strip()
+        pattern = r"-?\d+" if kind == "int" else r"-?\d+(\.\d+)?"
+        if isinstance(value, bool) or not re.fullmatch(pattern, text):
+            raise ValueError(
+                f"placeholder {name!r} takes {'an integer' if kind == 'int' else 'a number'}"
+            )
+        return text
+    return quoted_literal(str(value))
+
+
+def fill_text(template: str, values: Mapping[str, Any]) -> str:
+    """A string template with `{name}` (escaped text), `{name:int}`, `{name:number}` filled.
+
+    A placeholder without a value is a ValueError: a query with a hole would mean another.
+    """
+
+    def one(found: re.Match[str]) -> str:
+        name, kind = found.group(1), found.group(2)
+        if values.get(name) is None:
+            raise ValueError(f"no value for placeholder {name!r}")
+        return _typed_value(name, kind, values[name])
+
+    return _PLACEHOLDER.sub(one, template)
+
+
 def _fill(template: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
-    """A request from a template whose string values may be `{placeholders}`."""
+    """A request from a template whose values may be `{placeholders}`.
+
+    A whole-value placeholder passes the value as it is (and is left out when it has
+    none); one inside a longer string is filled as text by `fill_text`. Nested objects
+    (typed ones: `{"@type": Invoice, ...}`) and lists are filled alike.
+    """
     out: dict[str, Any] = {}
     for key, value in template.items():
-        if isinstance(value, str) and value.startswith("{") and value.endswith("}"):
-            name = value[1:-1]
-            if name in values and values[name] is not None:
-                out[key] = values[name]
-        else:
-            out[key] = value
+        filled = _fill_value(value, values)
+        if filled is not _ABSENT:
+            out[key] = filled
     return out
+
+
+_ABSENT = object()
+
+
+def _fill_value(value: Any, values: Mapping[str, Any]) -> Any:
+    if isinstance(value, str):
+        whole = _WHOLE.fullmatch(value)
+        if whole is not None:
+            found = values.get(whole.group(1))
+            return _ABSENT if found is None else found
+        return fill_text(value, values) if "{" in value else value
+    if isinstance(value, Mapping):
+        return _fill(value, values)
+    if isinstance(value, list):
+        return [v for v in (_fill_value(item, values) for item in value) if v is not _ABSENT]
+    return value
 
 
 class SoapSource(KeyedSource):
@@ -432,13 +626,21 @@ class SoapAction:
         for place, part in (("check", self.check_spec), ("run", self.run_spec)):
             if part:
                 adapter._operation(part.get("operation"), place)
+                adapter.check_request(f"{place}.request", part.get("request") or {})
 
     async def _call(self, spec: Mapping[str, Any], params: Mapping[str, Any]) -> tuple[str, Any]:
         operation = spec["operation"]
-        body = await self.adapter.call(operation, _fill(spec.get("request") or {}, params))
+        try:
+            request = _fill(spec.get("request") or {}, params)
+        except ValueError as exc:
+            raise SoapRequestRefused(self.adapter.name, operation, str(exc)) from exc
+        body = await self.adapter.call(operation, request)
         name = self.adapter.name
+        # `result` may list several elements: the first present tells the outcome (an error
+        # code when there is one, else the success flag).
         result = spec.get("result", "result")
-        outcome = _text(_find(body, result))
+        names = result if isinstance(result, list) else [result]
+        outcome = next((t for t in (_text(_find(body, n)) for n in names) if t is not None), None)
         if outcome is None:
             raise BackendReplyError(f"back end {name!r}: {operation} reply has no {result!r}")
         rejected = (spec.get("reject") or {}).get(outcome)

@@ -27,6 +27,7 @@ from gateway.errors import ApiError
 from gateway.oas import AttributeTypes
 from gateway.pushdown import ReadPlan, plan_read, reverse_filter
 from gateway.query import Filter, Query
+from gateway.reply_checks import checked_page, checked_stream
 from gateway.request_scope import current_request
 from gateway.residual import compile_filters, sort_key
 from gateway.resilience import BackendGuard
@@ -135,6 +136,7 @@ class ResourceReader:
         plan = plan_read(query, self.mapping, self.source)
         if plan.windowed_by_backend:
             page = await self.source.page(plan.backend)
+            page = checked_page(self.backend, self.source.key_column, plan.backend, page)
             to_tmf = self.mapping.to_tmf
             return [to_tmf(record, base) for record in page.records], page.total
         return await self._scan(plan, query, base)
@@ -161,7 +163,8 @@ class ResourceReader:
         if budget is not None:
             await check_before_scan(self.source, plan, self.mapping, budget)
         read = 0
-        async for records in self.source.stream(plan.backend, self.batch_size):
+        batches = self.source.stream(plan.backend, self.batch_size)
+        async for records in checked_stream(self.backend, self.source.key_column, batches):
             read += len(records)
             if budget is not None and read > budget:
                 raise too_broad(plan, self.mapping, budget)

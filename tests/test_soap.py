@@ -391,3 +391,49 @@ def test_bill_now_ok_without_its_invoice_ends_the_request_with_the_reason(
         assert "BillNow answered 'OK' without 'invoiceRef'" in failed["description"]
         assert_valid("CustomerBillOnDemand", failed)
         assert len([c for c in back_end.calls if soap_bill_now(c)]) == 1  # not retried
+
+
+# Request templates: placeholders inside strings, escaped for a quoted literal.
+
+
+def test_placeholders_inside_strings_are_escaped_and_typed() -> None:
+    from adapters.soap import _fill, fill_text
+
+    assert fill_text("where Id = '{key}'", {"key": "a'b\\c"}) == "where Id = 'a\\'b\\\\c'"
+    assert fill_text("where N = {n:int} and A > {a:number}", {"n": 42, "a": "1.5"}) == (
+        "where N = 42 and A > 1.5"
+    )
+    for bad in ({"n": "1 or 1=1"}, {"n": True}, {}):
+        with pytest.raises(ValueError):
+            fill_text("where N = {n:int}", bad)
+    # A whole-value placeholder passes the value as it is (left out when it has none);
+    # nested and typed objects are filled alike.
+    template = {
+        "a": "{n}",
+        "b": "{missing}",
+        "zObjects": [{"@type": "Invoice", "Id": "{key}", "Note": "of {key}"}],
+    }
+    assert _fill(template, {"n": 7, "key": "k'1"}) == {
+        "a": 7,
+        "zObjects": [{"@type": "Invoice", "Id": "k'1", "Note": "of k\\'1"}],
+    }
+
+
+def test_a_session_is_carried_in_exactly_one_place() -> None:
+    from pydantic import ValidationError
+
+    from adapters.session import SessionOptions
+
+    login = {"operation": "login", "result": "Session"}
+    with pytest.raises(ValidationError, match="exactly one"):
+        SessionOptions.model_validate({"login": login, "carry": {}})
+    with pytest.raises(ValidationError, match="exactly one"):
+        SessionOptions.model_validate(
+            {"login": login, "carry": {"cookie": {"name": "s"}, "http_header": {"name": "X"}}}
+        )
+    rest = SessionOptions.model_validate(
+        {"login": login, "carry": {"http_header": {"name": "X-Session", "format": "S {session}"}}}
+    )
+    assert rest.carry.http_header is not None
+    with pytest.raises(Exception, match="soap_header"):
+        SoapAdapter("b", SoapOptions(wsdl="http://x/w.wsdl", session=rest))
