@@ -138,7 +138,7 @@ def test_offset_and_next_link_paging(http: respx.MockRouter) -> None:
         "list": {
             "path": "/next",
             "records": "rows",
-            "paging": {"style": "next", "next": "links.next"},
+            "paging": {"style": "next", "next": "links.next", "size": "n"},
         },
     }
     page = run(with_source(lambda s: s.page(Plan(offset=2, limit=2)), spec))
