@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
+from urllib.parse import urlencode
 
 import httpx
 
@@ -92,14 +93,18 @@ class Call:
     def request(self, values: Mapping[str, Any], path: str) -> tuple[str, str, dict[str, Any]]:
         """Method, path and httpx keyword arguments for this call with `values` filled in."""
         kwargs: dict[str, Any] = {}
-        if self.body is not None:
-            body = {k: _fill(v, values, self.path) for k, v in self.body.items()}
-            kwargs["data" if self.encoding == "form" else "json"] = body
-        elif self.method in ("POST", "PUT", "PATCH") and self.encoding == "form":
-            kwargs["data"] = {}
+        headers: dict[str, str] = {}
+        body = {k: _fill(v, values, self.path) for k, v in (self.body or {}).items()}
+        if self.encoding == "form" and (body or self.method in ("POST", "PUT", "PATCH")):
+            # Encoded here: an empty form is still a form (httpx would send no type).
+            kwargs["content"] = urlencode(body).encode()
+            headers["Content-Type"] = "application/x-www-form-urlencoded"
+        elif self.body is not None:
+            kwargs["json"] = body
         if self.idempotency_key is not None:
-            key = _fill(self.idempotency_key, values, self.path)
-            kwargs["headers"] = {"Idempotency-Key": key}
+            headers["Idempotency-Key"] = _fill(self.idempotency_key, values, self.path)
+        if headers:
+            kwargs["headers"] = headers
         return self.method, path, kwargs
 
 

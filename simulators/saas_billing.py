@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import parse_qsl
 
 import orjson
 import uvicorn
@@ -191,7 +192,7 @@ def create_app(data: SaasData | None = None) -> Starlette:
         return _error(401, "authentication_error", "Invalid API Key provided")
 
     async def list_invoices(request: Request) -> JSONResponse:
-        data.calls.append(f"GET {request.url.path}")
+        data.calls.append(f"GET {request.url.path}?{request.url.query}")
         if not authorised(request):
             return denied()
         equal: dict[str, list[str]] = {}
@@ -264,11 +265,11 @@ def create_app(data: SaasData | None = None) -> Starlette:
         kind = request.headers.get("content-type", "").split(";")[0].strip()
         if kind not in ("", "application/x-www-form-urlencoded"):
             return _invalid("Request bodies are form-encoded (application/x-www-form-urlencoded)")
-        form = dict((await request.form()).items())
+        form = dict(parse_qsl((await request.body()).decode(), keep_blank_values=True))
         for name in form:
             if name not in allowed:
                 return _invalid(f"Received unknown parameter: {name}", name)
-        return {k: str(v) for k, v in form.items()}
+        return form
 
     def idempotent(allowed: set[str], work: Any) -> Any:
         """A POST handler answering a retry with its `Idempotency-Key` as the first time."""
