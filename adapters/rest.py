@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from functools import lru_cache
 from string import Formatter
@@ -59,7 +60,6 @@ from adapters.base import (
     Predicate,
     QueryRefused,
     SourceSpecError,
-    http_failure,
     key_lookup,
 )
 from adapters.keyed import KeyedSource, Record
@@ -230,10 +230,6 @@ class RestAdapter:
         return reply_failure(self.name, what, reply, self.error_message)
 
 
-def _failure(backend: str, what: str, reply: httpx.Response) -> BackendError:
-    return http_failure(backend, what, reply.status_code, reply.headers.get("retry-after"))
-
-
 def _is_json(reply: httpx.Response) -> bool:
     """Whether the reply is the API speaking (JSON), not a proxy's or server's HTML page."""
     kind = str(reply.headers.get("content-type", "")).split(";")[0].strip().lower()
@@ -334,7 +330,8 @@ class RestSource(KeyedSource):
         self.list_path = listing["path"]
         self.records_at = listing.get("records")
         self.total_at = listing.get("total")
-        self.paging = Paging.from_spec(listing.get("paging"))
+        # No paging block: `?page=N&size=M` (sizes are always sent, never the API's default).
+        self.paging = Paging.from_spec(listing.get("paging") or {"style": "page", "size": "size"})
         self.max_size = self.paging.max_size
         self.sort = dict(listing.get("sort") or {})
         self.parent_fields = _parent_fields(spec.get("parent_fields"))
@@ -573,7 +570,8 @@ class Updates:
                 status=422,
                 title="Change not supported",
             )
-        values = {"key": key, "value": value, "request_id": _request_id() or ""}
+        # Outside a request (no id to repeat), a key of its own: never one shared by two.
+        values = {"key": key, "value": value, "request_id": _request_id() or uuid.uuid4().hex}
         status, _ = await run_steps(adapter, steps, values, "update", refuse=True)
         if status == 404:
             return 0  # the record is gone: the gateway's re-read says so
@@ -717,6 +715,9 @@ class NestedRestSource:
 
     def can_sort(self, column: str) -> bool:
         return False
+
+    def check_writes(self, columns: Sequence[str]) -> str | None:
+        return "records nested in another list's records are read only"
 
     async def _matching(self, where: Predicate) -> AsyncIterator[list[Record]]:
         """Rows of the parents `where` selects (a look-up by key: the row itself)."""

@@ -101,7 +101,5 @@ class ListFilters:
 
 
 def _text(value: Any) -> str:
-    """A value as a query parameter: booleans as the APIs write them."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
+    """A value as a query parameter (as `str` writes it, booleans included)."""
     return str(value)
