@@ -142,6 +142,30 @@ class BackendReplyError(BackendError):
     """
 
 
+class QueryRefused(Exception):
+    """A request the back end cannot serve as asked: a query it could answer only by reading
+    more than it may (a list without a count, longer than its walk budget), a state change
+    it refuses. The caller's 4xx, not a failure of the back end.
+
+    Not a `BackendError`, so it is neither retried nor held against the back end's breaker.
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        message: str,
+        *,
+        status: int = 400,
+        title: str = "Query needs a narrowing filter",
+    ) -> None:
+        self.reason = reason
+        #: What the caller is told (no host names, no paths), under `title`.
+        self.message = message
+        self.status = status
+        self.title = title
+        super().__init__(reason)
+
+
 # Statuses by which an HTTP back end says it is overloaded or down for now: worth another
 # try, later. Anything else unexpected is its fault (502), not a passing state.
 TRANSIENT_HTTP = frozenset({429, 502, 503, 504})

@@ -17,10 +17,16 @@ from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Route
 from starlette.types import Lifespan
 
+from adapters.base import QueryRefused
 from gateway.access import Access
 from gateway.api_description import ApiDescription, api_description_routes
 from gateway.config import GatewayConfig
-from gateway.errors import ApiError, api_error_handler, http_error_handler
+from gateway.errors import (
+    ApiError,
+    api_error_handler,
+    http_error_handler,
+    query_refused_handler,
+)
 from gateway.guards import GuardMiddleware
 from gateway.health import health_routes
 from gateway.logs import RequestLogMiddleware
@@ -123,7 +129,11 @@ def _starlette(
     return Starlette(
         routes=routes,
         middleware=[Middleware(RequestLogMiddleware, metrics=metrics), guard, in_flight],
-        exception_handlers={ApiError: api_error_handler, HTTPException: http_error_handler},
+        exception_handlers={
+            ApiError: api_error_handler,
+            HTTPException: http_error_handler,
+            QueryRefused: query_refused_handler,
+        },
         lifespan=lifespan,
     )
 

@@ -10,10 +10,15 @@ from __future__ import annotations
 from http import HTTPStatus
 
 import orjson
+import structlog
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Match, Route
+
+from adapters.base import QueryRefused
+
+log = structlog.get_logger("gateway.errors")
 
 #: The most characters of caller input a message quotes (`clip`).
 MAX_ECHO = 200
@@ -88,6 +93,14 @@ def error_response(error: ApiError) -> Response:
 async def api_error_handler(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
     return error_response(exc)
+
+
+async def query_refused_handler(request: Request, exc: Exception) -> Response:
+    """A request a back end cannot serve as asked (adapters/base.py): a 4xx."""
+    assert isinstance(exc, QueryRefused)
+    log.info("query_refused", status=exc.status, detail=exc.reason)
+    code = "INVALID_QUERY" if exc.status == 400 else None
+    return error_response(ApiError(exc.status, exc.title, exc.message, code=code))
 
 
 async def http_error_handler(request: Request, exc: Exception) -> Response:

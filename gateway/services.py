@@ -334,6 +334,14 @@ async def bind_reader(
         )
     except MappingSpecError as exc:
         raise StartupError(str(exc)) from exc
+    check_writes = getattr(source, "check_writes", None)  # can each be written? (REST)
+    if callable(check_writes) and mapping.writable:
+        written = [ref.column for ref in mapping.writable.values()]
+        if mapping.stamp is not None:
+            written.append(mapping.stamp.column)
+        problem = check_writes(written)
+        if problem is not None:
+            raise StartupError(f"{file}: writes: {problem}")
     log.info("resource_ready", resource=collection, backend=adapter.name, mapping=file)
     return ResourceReader(
         mapping=mapping,

@@ -682,6 +682,129 @@ class Json(Transform):
         return orjson.dumps(value).decode()
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class UnixTime(_Instants):
+    """A unix time in seconds or milliseconds (SaaS APIs), served as RFC 3339 in `zone`;
+    ranges and sort push down as the number (`created[gte]=1714521600`)."""
+
+    json_type = "date-time"
+
+    def __init__(self, per_second: int, zone: str) -> None:
+        self.name = "unix_seconds" if per_second == 1 else "unix_milliseconds"
+        self.per_second = per_second
+        self.zone = _zone(zone)
+        self._read_by(self._from_number, ())  # numbers: 1 == True == 1.0, none kept
+
+    def _from_number(self, raw: Any) -> datetime:
+        if isinstance(raw, bool) or not isinstance(raw, int | float):
+            raise TypeError(f"not a unix time: {raw!r}")
+        return datetime.fromtimestamp(raw / self.per_second, self.zone)
+
+    def bind(self, kind: Kind | None) -> Transform:
+        _refuse(self, kind, frozenset({"integer", "decimal", "float"}), "")
+        return self
+
+    def floor_raw(self, value: Any) -> int:
+        if not isinstance(value, datetime):
+            raise TypeError("a date filter needs a date-time")
+        delta = value - _EPOCH
+        seconds = delta.days * 86400 + delta.seconds
+        return seconds * self.per_second + delta.microseconds * self.per_second // 1_000_000
+
+
+class LetterCase(Transform):
+    """Text the back end keeps in one letter case (`usd`) served in the other (`USD`)."""
+
+    ordered = False
+    json_type = "string"
+
+    def __init__(self, upper: bool) -> None:
+        self.name = "upper" if upper else "lower"
+        self.upper = upper
+
+    def bind(self, kind: Kind | None) -> Transform:
+        _refuse(self, kind, frozenset({"text"}), "")
+        return self
+
+    def to_tmf(self, raw: Any) -> str:
+        return str(raw).upper() if self.upper else str(raw).lower()
+
+    def to_raw(self, value: Any) -> str:
+        return str(value).lower() if self.upper else str(value).upper()
+
+    def condition(self, column: str, op: str, value: Any) -> Predicate | None:
+        if op not in ("eq", "ne") or not isinstance(value, str):
+            return None
+        if self.to_tmf(value) != value:  # never served so: matches nothing
+            return MATCH_NONE if op == "eq" else MATCH_ALL
+        raw = self.to_raw(value)
+        if op == "eq":
+            return Compare(column, "eq", raw)
+        return AnyOf((Compare(column, "ne", raw), IsNull(column)))
+
+
+class Chain(Transform):
+    """Transforms applied in turn (`[unix_seconds, ...]`); filters through a chain of more
+    than one are the gateway's."""
+
+    name = "chain"
+
+    def __init__(self, links: Sequence[Transform]) -> None:
+        if not links:
+            raise TransformArgError("a chain of transforms needs at least one")
+        self.links = tuple(links)
+        self.json_type = self.links[-1].json_type
+        self.ordered = all(link.ordered for link in self.links)
+
+    def bind(self, kind: Kind | None) -> Transform:
+        first = self.links[0].bind(kind)
+        rest = [link.bind(None) if type(link) is not Transform else link for link in self.links[1:]]
+        return first if not rest else Chain([first, *rest])
+
+    def values(self) -> tuple[Any, ...] | None:
+        return self.links[-1].values()
+
+    def to_tmf(self, raw: Any) -> Any:
+        for link in self.links:
+            raw = link.to_tmf(raw)
+        return raw
+
+    def typed(self, raw: Any) -> Any:
+        for link in self.links[:-1]:
+            raw = link.to_tmf(raw)
+        return self.links[-1].typed(raw)
+
+    def to_raw(self, value: Any) -> Any:
+        for link in reversed(self.links):
+            value = link.to_raw(value)
+        return value
+
+    def condition(self, column: str, op: str, value: Any) -> Predicate | None:
+        return self.links[0].condition(column, op, value) if len(self.links) == 1 else None
+
+
+def _unix(per_second: int) -> Callable[[Any], Transform]:
+    def make(args: Any) -> Transform:
+        if args is None:
+            args = {}
+        if not isinstance(args, Mapping) or set(args) - {"zone"}:
+            raise TransformArgError("unix time takes {zone: IANA zone} (UTC when not given)")
+        return UnixTime(per_second, str(args.get("zone", "UTC")))
+
+    return make
+
+
+def _case(upper: bool) -> Callable[[Any], Transform]:
+    def make(args: Any) -> Transform:
+        if args not in (None, {}):
+            raise TransformArgError("upper and lower take no arguments")
+        return LetterCase(upper)
+
+    return make
+
+
 def _all(terms: Sequence[Predicate]) -> Predicate:
     return terms[0] if len(terms) == 1 else AllOf(tuple(terms))
 
@@ -690,6 +813,8 @@ def build_transform(spec: Any) -> Transform:
     """A transform from its spec: a name, or a one-key mapping `{name: arguments}`."""
     if spec is None:
         return Transform()
+    if isinstance(spec, list):  # a chain, applied in turn
+        return Chain([build_transform(link) for link in spec])
     if isinstance(spec, str):
         name, args = spec, None
     elif isinstance(spec, Mapping) and len(spec) == 1:
@@ -737,4 +862,8 @@ TRANSFORMS: dict[str, Callable[[Any], Transform]] = {
     "json": _no_args(Json),
     "uuid": _no_args(UuidText),
     "rfc3339": _no_args(Rfc3339Text),
+    "unix_seconds": _unix(1),
+    "unix_milliseconds": _unix(1000),
+    "upper": _case(True),
+    "lower": _case(False),
 }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ import pytest
 import respx
 from starlette.testclient import TestClient
 
-from adapters.base import AnyOf, BackendError, Compare, Plan, SortKey
+from adapters.base import AllOf, AnyOf, BackendError, Compare, Plan, SortKey, SourceSpecError
 from adapters.rest import RestAdapter, RestOptions, RestSource, flatten
 from gateway.app import create_app
 from gateway.config import load_config
@@ -138,7 +139,7 @@ def test_offset_and_next_link_paging(http: respx.MockRouter) -> None:
         "list": {
             "path": "/next",
             "records": "rows",
-            "paging": {"style": "next", "next": "links.next"},
+            "paging": {"style": "next", "next": "links.next", "size": "n"},
         },
     }
     page = run(with_source(lambda s: s.page(Plan(offset=2, limit=2)), spec))
@@ -548,3 +549,96 @@ def test_charges_and_bill_runs_through_the_rest_back_end(rest_gateway: TestClien
     march = fetch_all(rest_gateway, "billCycle", "name=ENT-2024-03")
     assert [c["id"] for c in march] == ["BR-202403"]
     assert rest_gateway.get(f"{API}/billCycle/BR-209901").status_code == 404
+
+
+def _listing(path: str, paging: dict[str, Any], total: str | None = None) -> dict[str, Any]:
+    listing: dict[str, Any] = {"path": path, "records": "rows", "paging": paging}
+    if total is not None:
+        listing["total"] = total
+    return {"key": "id", "list": listing}
+
+
+def test_offset_paging_without_a_total_counts_by_reading_through(
+    http: respx.MockRouter,
+) -> None:
+    def by_offset(request: httpx.Request) -> httpx.Response:
+        start, limit = int(request.url.params["from"]), int(request.url.params["max"])
+        return httpx.Response(200, json={"rows": ITEMS[start : start + min(limit, 2)]})
+
+    route = http.get(f"{BASE}/off").mock(side_effect=by_offset)  # serves 2 at most
+    spec = _listing("/off", {"style": "offset", "offset": "from", "limit": "max", "max_size": 4})
+    page = run(with_source(lambda s: s.page(Plan(offset=3, limit=1)), spec))
+    assert [r["id"] for r in page.records] == ["i3"] and page.total == 5
+    offsets = [c.request.url.params["from"] for c in route.calls]
+    assert offsets == ["0", "2", "4", "5"]  # short pages are not the end: the empty one is
+
+
+def test_a_page_api_capping_its_pages_is_an_error_not_a_short_answer(
+    http: respx.MockRouter,
+) -> None:
+    def capped(request: httpx.Request) -> httpx.Response:
+        page, size = int(request.url.params["p"]), min(int(request.url.params["n"]), 2)
+        return httpx.Response(200, json={"rows": ITEMS[(page - 1) * size : page * size]})
+
+    http.get(f"{BASE}/capped").mock(side_effect=capped)
+    spec = _listing("/capped", {"style": "page", "page": "p", "size": "n", "max_size": 4})
+    with pytest.raises(BackendError, match="set max_size to at most 2"):
+        run(with_source(lambda s: s.page(Plan()), spec))
+
+
+def test_a_total_the_pages_do_not_hold_is_an_error(http: respx.MockRouter) -> None:
+    def lying(request: httpx.Request) -> httpx.Response:
+        start, limit = int(request.url.params["o"]), int(request.url.params["l"])
+        return httpx.Response(200, json={"rows": ITEMS[:2][start : start + limit], "count": 9})
+
+    http.get(f"{BASE}/lying").mock(side_effect=lying)
+    spec = _listing(
+        "/lying", {"style": "offset", "offset": "o", "limit": "l", "max_size": 2}, "count"
+    )
+    with pytest.raises(BackendError, match="its total says 9 records"):
+        run(with_source(lambda s: s.page(Plan(offset=0, limit=5)), spec))
+
+
+@pytest.mark.parametrize(
+    ("paging", "reason"),
+    [
+        ({"style": "next", "next": "links.next"}, "name the page size's parameter"),
+        ({"style": "cursor", "size": "limit"}, "cursor paging needs cursor"),
+        ({"style": "sideways", "size": "n"}, "give the style"),
+        ({"style": "page", "size": "n", "cursor": "x"}, "unknown key(s) ['cursor']"),
+    ],
+)
+def test_paging_blocks_are_checked_at_start_up(paging: dict[str, Any], reason: str) -> None:
+    adapter = RestAdapter("b", RestOptions(base_url=BASE))
+    with pytest.raises(SourceSpecError, match=re.escape(reason)):
+        RestSource(adapter, _listing("/x", paging))
+
+
+def test_range_filters_in_the_apis_own_syntax() -> None:
+    spec = _listing("/x", {"style": "page", "size": "n"})
+    spec["list"]["filters"] = {
+        "created": {"ranges": "bracket"},
+        "amount": {"param": "amount", "ranges": "suffix"},
+        "issued": {"ranges": {"gte": "from", "lte": "to"}},
+    }
+    source = RestSource(RestAdapter("b", RestOptions(base_url=BASE)), spec)
+    where = AllOf(
+        (
+            Compare("created", "gte", 1700000000),
+            Compare("created", "lt", 1800000000),
+            Compare("amount", "gt", 1000),
+            Compare("amount", "eq", 7),
+            Compare("issued", "lte", "2024-05-01"),
+        )
+    )
+    assert source.list_filters.query(where) == {
+        "created[gte]": "1700000000",
+        "created[lt]": "1800000000",
+        "amount_gt": "1000",
+        "amount": "7",
+        "to": "2024-05-01",
+    }
+    assert not source.accepts(Compare("issued", "gt", "2024-05-01"))  # no parameter for it
+    assert not source.accepts(
+        AllOf((Compare("created", "gte", 1), Compare("created", "gte", 2)))
+    )  # the same parameter twice
