@@ -80,7 +80,7 @@ from adapters.predicates import (
 )
 from adapters.sql_actions import SqlAction
 from adapters.sql_derived import COMPARE, ChildTable, NotInSql, SqlExpressions
-from adapters.sql_regex import regex_condition, register_re2, runs_re2
+from adapters.sql_regex import literal, regex_condition, register_re2, runs_re2
 
 
 class SqlOptions(BackendOptions):
@@ -376,7 +376,7 @@ class SqlSource:
             return column in self.children
         known = column in self.table.c or column in self._computed
         if op in (REGEX, REGEX_CANDIDATES):
-            return column in self.table.c and self._regex_ok(self._column_kind(column), op)
+            return column in self.table.c and self._regex_ok(self._column_kind(column), op, None)
         return known and (op in COMPARE_OPS or op == NOT_NULL)
 
     def _column_kind(self, column: str) -> Kind | None:
@@ -384,13 +384,21 @@ class SqlSource:
         assert isinstance(columns, TypedColumns)
         return columns.kinds.get(column)
 
-    def _regex_ok(self, kind: Kind | None, op: str) -> bool:
-        """Regex on text only; exact (`regex`) only where RE2 runs in the database."""
-        return kind == "text" and (op == REGEX_CANDIDATES or runs_re2(self._dialect))
+    def _regex_ok(self, kind: Kind | None, op: str, pattern: Any) -> bool:
+        """Regex on text only; exact (`regex`) where RE2 runs in the database, or where
+        the pattern is a literal that a LIKE (and a range) says all of (PostgreSQL)."""
+        if kind != "text":
+            return False
+        if op == REGEX_CANDIDATES or runs_re2(self._dialect):
+            return True
+        return self._dialect == "postgresql" and isinstance(pattern, str) and literal(pattern)
 
     def accepts(self, predicate: Predicate) -> bool:
         """Whether every term can run here, child-row matches included."""
         if isinstance(predicate, Compare):
+            if predicate.op == REGEX and predicate.column in self.table.c:
+                kind = self._column_kind(predicate.column)
+                return self._regex_ok(kind, predicate.op, predicate.value)
             if predicate.op not in CHILD_OPS:
                 return self.can_push(predicate.column, predicate.op)
             child = self.children.get(predicate.column)
@@ -419,7 +427,7 @@ class SqlSource:
                 return False
             if predicate.op in (REGEX, REGEX_CANDIDATES):
                 kind = columns.child_kinds[child].get(predicate.column)
-                return self._regex_ok(kind, predicate.op)
+                return self._regex_ok(kind, predicate.op, predicate.value)
             return predicate.op in COMPARE_OPS or predicate.op == NOT_NULL
         if isinstance(predicate, IsNull):
             return predicate.column in table.c
@@ -535,8 +543,9 @@ class SqlSource:
         A page filtered on child rows is where semi-join and probe differ most: for a
         common match (every fifth bill) walking the sort's index (or the key's) and
         probing each record finds 20 at once, while the semi-join gathers all 190,000
-        matches first; for a rare one it is the other way round. The count, needed anyway, tells which: it comes
-        first, and the index walks when it would read fewer records than the matches.
+        matches first; for a rare one it is the other way round. The count, needed
+        anyway, tells which: it comes first, and the index walks when it would read
+        fewer records than the matches.
         """
         total: int | None = None
         try:
