@@ -125,7 +125,7 @@ def _create_missing_indexes(conn: Connection) -> int:
     for table in metadata.sorted_tables:
         for index in table.indexes:
             if (table.name, str(index.name).lower()) not in existing:
-                index.create(conn)
+                index.create(conn)  # not at all where its `ddl_if` says another dialect
                 created += 1
     return created
 

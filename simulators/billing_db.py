@@ -62,7 +62,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import create_async_engine
-from sqlalchemy.schema import AddConstraint, CreateIndex, CreateTable
+from sqlalchemy.schema import AddConstraint, CreateTable
 from sqlalchemy.types import TypeEngine
 from sqlalchemy.util import await_only as await_
 
@@ -280,6 +280,11 @@ Index("IX_INV_HDR_NET_AMT", inv_hdr.c.NET_AMT)
 # a page walked by the sort's index reads the index only.
 Index("IX_INV_HDR_DT_DESC_ID", inv_hdr.c.INV_DT.desc(), inv_hdr.c.INV_ID)
 Index("IX_INV_TAX_INV_CD", inv_tax.c.INV_ID, inv_tax.c.TAX_CD)
+# SQLite only: INV_ID is the rowid, so "is this bill there" (each match of a semi-join
+# count, 190,000 for `taxItem.taxCategory=VAT7`) otherwise reads the wide table's pages;
+# this index of the keys alone answers it from a tenth of the pages (30 % less CPU).
+# PostgreSQL and MariaDB have their primary key's index for that.
+Index("IX_INV_HDR_INV_ID", inv_hdr.c.INV_ID).ddl_if(dialect="sqlite")
 
 _ALL_TABLES = (acct_master, bill_run, inv_hdr, inv_tax, chg_line)
 
@@ -970,7 +975,7 @@ def _seed(
     if deferred:
         for table in metadata.sorted_tables:
             for index in sorted(table.indexes, key=lambda ix: str(ix.name)):
-                conn.execute(CreateIndex(index))
+                index.create(conn)  # as create_all would: honours `ddl_if`
             for constraint in table.foreign_key_constraints:
                 # Not isolated: the shared `metadata` must create it inline next time.
                 conn.execute(AddConstraint(constraint, isolate_from_table=False))
