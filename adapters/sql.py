@@ -5,7 +5,7 @@ a PostgreSQL billing database. Tables are reflected once at start-up; per reques
 adapter only builds a statement from the plan, with every value a bound parameter.
 Beyond comparisons it runs the terms of adapters/predicates.py: regexes (an index range,
 a LIKE, and on SQLite RE2 itself: adapters/sql_regex.py) and matches on child rows (a
-semi-join, or an EXISTS probe when a sort's index should drive the page).
+semi-join, or an EXISTS probe when an index, the sort's or the key's, should drive the page).
 
 A mapping's `source:` block for this adapter:
 
