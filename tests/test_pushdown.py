@@ -530,3 +530,25 @@ def test_no_child_row_matching_is_counted_as_the_complement(app_client, sql: Sta
     total = int(response.headers["X-Total-Count"])
     assert total == every - int(with_vat7.headers["X-Total-Count"])
     assert 0 < total < every
+
+
+def test_child_row_counts_use_an_enforced_foreign_key_only(oracle_readers) -> None:
+    """PostgreSQL enforces INV_TAX's foreign key: the distinct keys of matching tax lines
+    count the bills. SQLite does not enforce it: the semi-join checks each bill is there."""
+    client, readers = oracle_readers
+    reader = readers["customerBill"]
+    engine = reader.source.adapter.engine.sync_engine
+    statements = Statements()
+    event.listen(engine, "before_cursor_execute", statements)
+    try:
+        response = client.get(f"{API}/customerBill?taxItem.taxCategory=VAT7&limit=1&offset=3")
+    finally:
+        event.remove(engine, "before_cursor_execute", statements)
+    assert response.status_code == 200
+    counts = [s for s, _ in statements.seen if "count(*)" in s and "INV_TAX" in s]
+    assert len(counts) == 1, statements.seen
+    distinct = "SELECT DISTINCT" in counts[0]
+    assert distinct == (engine.dialect.name == "postgresql"), counts[0]
+    every = client.get(f"{API}/customerBill?limit=1000").json()
+    expected = sum(any(t["taxCategory"] == "VAT7" for t in b.get("taxItem", [])) for b in every)
+    assert int(response.headers["X-Total-Count"]) == expected > 0
