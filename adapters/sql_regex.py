@@ -368,6 +368,17 @@ def regex_condition(
     return and_(true(), *terms)
 
 
+def literal(pattern: str) -> bool:
+    """Whether the pattern is only a literal prefix or one literal (`^INV24-0009`, `Roaming`).
+
+    Such a pattern means exactly its LIKE (`'INV24-0009%'`, `'%Roaming%'`), which
+    `regex_condition` always adds: exact wherever LIKE compares case-sensitively,
+    character by character (PostgreSQL, whatever the collation).
+    """
+    facts = analyse(pattern)
+    return facts.literal_only and like_pattern(facts.prefix, facts.fragments) is not None
+
+
 def runs_re2(dialect: str) -> bool:
     """Whether `regex_condition` is exact on this dialect (RE2 runs in the database)."""
     return dialect == "sqlite"

@@ -13,11 +13,13 @@ ran ("down": the back end answered the page and the total; "gateway": the gatewa
 filtered or sorted a stream). One run, this machine; not a test.
 
     python bench/query_shapes.py --db var/bench_billing.sqlite [--repeat 5]
+    python bench/query_shapes.py --url postgresql+asyncpg://postgres@127.0.0.1:5432/DB
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import statistics
 import sys
 import time
@@ -25,7 +27,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from sqlalchemy import create_engine
+from sqlalchemy import Connection, inspect
+from sqlalchemy.ext.asyncio import create_async_engine
 from starlette.testclient import TestClient
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -91,44 +94,74 @@ EXTRA = [
 ]
 
 
-def ensure_indexes(db: Path) -> None:
+def ensure_indexes(url: str) -> None:
     """The schema's indexes, and planner statistics, as a real biller's database has them.
 
-    Cheap when they are there; a database seeded before an index was added gets it. The
-    statistics (ANALYZE) let SQLite prefer the sort's index over a broad range's.
+    Cheap when they are there; a database seeded before an index was added gets it, and
+    then fresh statistics (ANALYZE), which let the planner prefer the sort's index over a
+    broad range's.
     """
-    engine = create_engine(f"sqlite:///{db}")
+    asyncio.run(_ensure_indexes(url))
+
+
+async def _ensure_indexes(url: str) -> None:
+    engine = create_async_engine(url)
     try:
-        with engine.begin() as conn:
-            for table in metadata.sorted_tables:
-                for index in table.indexes:
-                    index.create(conn, checkfirst=True)
-            analysed = conn.exec_driver_sql(
-                "SELECT count(*) FROM sqlite_master WHERE name = 'sqlite_stat1'"
-            ).scalar_one()
-            if (
-                not analysed
-                or not conn.exec_driver_sql("SELECT count(*) FROM sqlite_stat1").scalar_one()
-            ):
-                conn.exec_driver_sql("ANALYZE")
+        async with engine.begin() as conn:
+            created = await conn.run_sync(_create_missing_indexes)
+            if created or not await conn.run_sync(_analysed):
+                await conn.exec_driver_sql("ANALYZE")
     finally:
-        engine.dispose()
+        await engine.dispose()
+
+
+def _create_missing_indexes(conn: Connection) -> int:
+    existing = {
+        (table.name, str(index["name"]).lower())
+        for table in metadata.sorted_tables
+        for index in inspect(conn).get_indexes(table.name)
+    }
+    created = 0
+    for table in metadata.sorted_tables:
+        for index in table.indexes:
+            if (table.name, str(index.name).lower()) not in existing:
+                index.create(conn)  # not at all where its `ddl_if` says another dialect
+                created += 1
+    return created
+
+
+def _analysed(conn: Connection) -> bool:
+    if conn.dialect.name == "sqlite":
+        query = "SELECT count(*) FROM sqlite_master WHERE name = 'sqlite_stat1'"
+        if not conn.exec_driver_sql(query).scalar_one():
+            return False
+        return bool(conn.exec_driver_sql("SELECT count(*) FROM sqlite_stat1").scalar_one())
+    query = (
+        "SELECT count(*) FROM pg_stat_user_tables WHERE relname = 'INV_HDR'"
+        " AND (last_analyze IS NOT NULL OR last_autoanalyze IS NOT NULL)"
+    )
+    return bool(conn.exec_driver_sql(query).scalar_one())
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--db", type=Path, default=ROOT / "var" / "bench_billing.sqlite")
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument(
+        "--url",
+        default="",
+        help="the demo database elsewhere: an async SQLAlchemy URL (postgresql+asyncpg://...),"
+        " seeded with `python -m simulators.billing_db --url URL --bills N`",
+    )
     parser.add_argument("--only", default="", help="measure the shapes whose query has this")
     args = parser.parse_args()
-    if not args.db.exists():
+    url = args.url or f"sqlite+aiosqlite:///{args.db}"
+    if not args.url and not args.db.exists():
         print(f"{args.db} does not exist: run `make bench-db`", file=sys.stderr)
         return 1
-    ensure_indexes(args.db)
+    ensure_indexes(url)
     config = load_config(ROOT / "config" / "default.yaml")
-    backend = config.backends["legacy_billing"].model_copy(
-        update={"url": f"sqlite+aiosqlite:///{args.db}"}
-    )
+    backend = config.backends["legacy_billing"].model_copy(update={"url": url})
     store = args.db.with_name("bench_store.sqlite")
     config = config.model_copy(
         update={

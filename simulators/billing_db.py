@@ -62,7 +62,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import create_async_engine
-from sqlalchemy.schema import AddConstraint, CreateIndex, CreateTable
+from sqlalchemy.schema import AddConstraint, CreateTable
 from sqlalchemy.types import TypeEngine
 from sqlalchemy.util import await_only as await_
 
@@ -274,6 +274,17 @@ Index("IX_CHG_LINE_CHG_NM", chg_line.c.CHG_NM)
 Index("IX_CHG_LINE_POST_TS", chg_line.c.POST_TS)
 Index("IX_CHG_LINE_NET_AMT", chg_line.c.NET_AMT)
 Index("IX_INV_HDR_NET_AMT", inv_hdr.c.NET_AMT)
+# The newest bills first, ties by INV_ID: `sort=-billDate` with the gateway's tie-break,
+# read off the index with no sort at all (a cycle run gives 75,000 bills one date, which
+# a plain INV_DT index leaves to a sort). Tax lines of a bill by code: the probe of
+# a page walked by the sort's index reads the index only.
+Index("IX_INV_HDR_DT_DESC_ID", inv_hdr.c.INV_DT.desc(), inv_hdr.c.INV_ID)
+Index("IX_INV_TAX_INV_CD", inv_tax.c.INV_ID, inv_tax.c.TAX_CD)
+# SQLite only: INV_ID is the rowid, so "is this bill there" (each match of a semi-join
+# count, 190,000 for `taxItem.taxCategory=VAT7`) otherwise reads the wide table's pages;
+# this index of the keys alone answers it from a tenth of the pages (30 % less CPU).
+# PostgreSQL and MariaDB have their primary key's index for that.
+Index("IX_INV_HDR_INV_ID", inv_hdr.c.INV_ID).ddl_if(dialect="sqlite")
 
 _ALL_TABLES = (acct_master, bill_run, inv_hdr, inv_tax, chg_line)
 
@@ -964,7 +975,7 @@ def _seed(
     if deferred:
         for table in metadata.sorted_tables:
             for index in sorted(table.indexes, key=lambda ix: str(ix.name)):
-                conn.execute(CreateIndex(index))
+                index.create(conn)  # as create_all would: honours `ddl_if`
             for constraint in table.foreign_key_constraints:
                 # Not isolated: the shared `metadata` must create it inline next time.
                 conn.execute(AddConstraint(constraint, isolate_from_table=False))
@@ -973,6 +984,11 @@ def _seed(
     elif dialect in ("mysql", "mariadb"):
         conn.exec_driver_sql("SET SESSION foreign_key_checks = 1, unique_checks = 1")
     conn.commit()
+    # Planner statistics ship with the data: without them SQLite takes a broad range's
+    # index over the sort's, and PostgreSQL guesses until autovacuum gets round to it.
+    if dialect in ("sqlite", "postgresql"):
+        conn.exec_driver_sql("ANALYZE")
+        conn.commit()
     if dialect == "sqlite":
         conn.exec_driver_sql("PRAGMA synchronous=FULL")
         conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")

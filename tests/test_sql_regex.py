@@ -191,3 +191,39 @@ def test_postgresql_candidates_hold_every_re2_match(pg_url: str) -> None:
     assert not missing
     # ... and they do narrow: a prefix or a literal leaves most rows out.
     assert len(candidates["^a%"]) < len(texts) // 4
+
+
+async def _exact_on_postgresql(url: str, patterns: list[str]) -> dict[str, set[int] | None]:
+    """Each pattern's rows where the adapter takes it as exact (`regex`), else None."""
+    adapter = SqlAdapter("words", SqlOptions(url=url))
+    await adapter.open()
+    try:
+        source = await adapter.bind({"table": "words", "key": "id"})
+        out: dict[str, set[int] | None] = {}
+        for pattern in patterns:
+            term = Compare("word", "regex", pattern)
+            if not source.accepts(term):
+                out[pattern] = None
+                continue
+            page = await source.page(Plan(term))
+            out[pattern] = {r["id"] for r in page.records}
+        return out
+    finally:
+        await adapter.close()
+
+
+def test_postgresql_answers_literal_patterns_exactly(pg_url: str) -> None:
+    """A literal prefix or one literal is its LIKE: exact on PostgreSQL, no RE2 re-check."""
+    texts = random_texts(200)
+    from_texts = [f"^{re2.escape(t[:2])}" for t in texts[:20] if t] + [
+        re2.escape(t[1:3]) for t in texts[20:40] if len(t) > 2
+    ]
+    plain = ["^a_", "%", "_b", "^A", "ab"]  # LIKE's own wildcards, and case
+    others = ["^a.", "a|b", "(?i)a", "[ab]"]
+    asyncio.run(_seed(pg_url, texts))
+    found = asyncio.run(_exact_on_postgresql(pg_url, from_texts + plain + others))
+    expected = _expected(from_texts + plain, texts)
+    taken = {p: rows for p, rows in found.items() if rows is not None}
+    assert taken == {p: expected[p] for p in taken}
+    assert set(plain) <= set(taken) and any(taken.values())
+    assert all(found[p] is None for p in others)  # left to the candidates and RE2
