@@ -36,15 +36,17 @@ query push-down reverses. docs/mappings.md is the reference.
 
 from __future__ import annotations
 
+import dataclasses
 import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from adapters.base import SourceColumns
 from adapters.expressions import Expr
-from adapters.kinds import NUMERIC_KINDS, Kind, kind_of
+from adapters.kinds import KIND_NAMES, NUMERIC_KINDS, Kind, kind_of
 from mappings import nodes
 from mappings.derived import DERIVED_KEYS, ExpressionReader, known_values
 from mappings.errors import MappingSpecError
@@ -349,7 +351,9 @@ class _Compiler:
         kinds = node.keys() & _LEAF_KEYS
         if len(kinds) != 1:
             raise self.fail(path, line, f"a value has exactly one of {sorted(_LEAF_KEYS)}")
-        extra = node.keys() - _LEAF_KEYS - {"transform"} - ({"else"} if "case" in kinds else set())
+        allowed = {"transform"} | ({"else"} if "case" in kinds else set())
+        allowed |= {"default"} if "sum" in kinds and isinstance(node.get("sum"), list) else set()
+        extra = node.keys() - _LEAF_KEYS - allowed
         if extra:
             raise self.fail(path, line, f"unknown key(s) {sorted(extra)}")
         (kind,) = kinds
@@ -357,16 +361,17 @@ class _Compiler:
             if "transform" in node:
                 raise self.fail(path, node.line_of("transform"), "const takes no transform")
             return nodes.ConstNode(node["const"]), node.line_of("const")
-        if kind == "template":
-            if "transform" in node:
-                raise self.fail(path, node.line_of("transform"), "template takes no transform")
-            built = self.template(node["template"], path, node.line_of("template"), scope)
-            return built, node.line_of("template")
         try:
             transform = build_transform(node.get("transform"))
         except TransformArgError as exc:
             raise self.fail(f"{path}.transform", node.line_of("transform"), str(exc)) from None
         where_line = node.line_of("transform") if "transform" in node else node.line_of(kind)
+        if kind == "template":
+            built = self.template(node["template"], path, node.line_of("template"), scope)
+            if "transform" not in node:
+                return built, node.line_of("template")
+            transform = self.bind(transform, "text", path, where_line)
+            return dataclasses.replace(built, transform=transform), where_line
         if kind in DERIVED_KEYS or (kind == "sum" and not isinstance(node["sum"], list)):
             return self.derived(node, path, scope, transform, where_line), where_line
         if kind == "sum":
@@ -377,10 +382,24 @@ class _Compiler:
             column_kinds = [kind_of(self.columns, c, scope) for c in columns]
             for column, column_kind in zip(columns, column_kinds, strict=True):
                 if column_kind is not None and column_kind not in NUMERIC_KINDS:
-                    raise self.fail(path, node.line_of("sum"), f"sum of a non-number {column}")
+                    raise self.fail(
+                        path,
+                        node.line_of("sum"),
+                        f"sum of a non-number {column} (declared {KIND_NAMES[column_kind]})",
+                    )
             widest = next((k for k in _WIDEST if k in column_kinds), None)
+            if widest is None and type(transform) is Transform:
+                widest = "decimal"  # text or numbers, summed exactly: served as a number
             transform = self.bind(transform, widest, path, where_line)
-            summed = nodes.SumNode(path, columns, transform, self.where(node.line_of("sum")))
+            default = self.sum_default(node, path)
+            summed = nodes.SumNode(
+                path,
+                columns,
+                transform,
+                self.where(node.line_of("sum")),
+                default,
+                typed=None not in column_kinds,
+            )
             return summed, where_line
         column = self.check_column(node["column"], path, node.line_of("column"), scope)
         transform = self.bind(transform, kind_of(self.columns, column, scope), path, where_line)
@@ -388,6 +407,21 @@ class _Compiler:
         if pushable and scope is None and all(g == column for g in self.guards):
             self.fields[path] = FieldRef(column, transform)
         return read, where_line
+
+    def sum_default(self, node: SpecMap, path: str) -> int | Decimal | None:
+        """`default:` of a sum of columns: what a null (or absent) term counts as."""
+        if "default" not in node:
+            return None
+        value = node["default"]
+        line = node.line_of("default")
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise self.fail(path, line, f"default of a sum must be a number, not {value!r}")
+        try:
+            return nodes.number_of(value)
+        except ValueError:
+            raise self.fail(
+                path, line, f"default of a sum must be a number, not {value!r}"
+            ) from None
 
     def derived(
         self,

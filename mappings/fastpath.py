@@ -29,6 +29,7 @@ from mappings.nodes import (
     ResourceNode,
     SumNode,
     TemplateNode,
+    number_of,
 )
 from mappings.transforms import (
     AwareDateTime,
@@ -101,7 +102,7 @@ def specialise(tree: ResourceNode) -> FastPath:
     """`tree`'s twin without per-value calls; the tree still reports every failure."""
     writer = _Writer()
     writer.names.update(slow=tree, RESOURCE=tree.resource, PREFIX=f"/{tree.collection}/")
-    writer.names.update(NUMBERS=frozenset({int, Decimal}))
+    writer.names.update(NUMBERS=frozenset({int, Decimal}), SUM=_exact_sum)
     body = " " * 8
     ident = writer.value(tree.ident, body)
     writer.lines.append(f"{body}ident = {ident.expression()}")
@@ -124,6 +125,14 @@ def specialise(tree: ResourceNode) -> FastPath:
     exec(compile(source, f"<mapping {tree.resource}>", "exec"), namespace)  # noqa: S102
     fast: ToTmf = namespace["fast"]
     return FastPath(fast, source, tree)
+
+
+def _exact_sum(raws: tuple[Any, ...]) -> int | Decimal:
+    """The sum of terms of unknown types, exactly, as `SumNode` adds them (it names errors)."""
+    total: int | Decimal = 0
+    for raw in raws:
+        total += number_of(raw)
+    return total
 
 
 class _Writer:
@@ -193,12 +202,19 @@ class _Writer:
                 literal = type(value) in _LITERAL_TYPES
                 expr = repr(value) if literal else self.name(value, "k")
                 return _Value((), expr, nullable=value is None)
-            case TemplateNode(pieces=pieces):
-                return self.template(pieces, indent)
-            case SumNode(columns=columns, transform=transform):
+            case TemplateNode(pieces=pieces, transform=transform):
+                text = self.template(pieces, indent)
+                if transform is None:
+                    return text
+                return _Value(text.guards, *self.converted(transform, text.expr))
+            case SumNode(columns=columns, transform=transform, default=default, typed=typed):
                 temps = [self.read(column, indent) for column in columns]
-                guards = self.guard(*temps)
-                total = f"sum(({', '.join(temps)},))"
+                if default is None:
+                    guards, terms = self.guard(*temps), temps
+                else:  # a null term counts as the default: no guard
+                    fill = self.name(default, "k")
+                    guards, terms = (), [f"({t} if {t} is not None else {fill})" for t in temps]
+                total = f"{'sum' if typed else 'SUM'}(({', '.join(terms)},))"
                 return _Value(guards, *self.converted(transform, total))
             case DerivedNode():
                 # The node computes (and fails) itself: expressions are rare and varied.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from typing import Any, TypeAlias
 
 from adapters.expressions import Condition, Expr, MissingData, Truth
@@ -71,14 +72,26 @@ class TemplateNode(_Located):
     """Text with columns (and `{base}`) filled in; None when a column read is null.
 
     `pieces` are (literal text, then a column name, "base" or None), as `string.Formatter`
-    parses them, filled in order.
+    parses them, filled in order. `transform` (if any) turns the built text into the TMF
+    value (`upper`, a chain); filters on such a value are the gateway's (reverse_paths).
     """
 
     path: str
     pieces: tuple[tuple[str, str | None], ...]
     at: str = ""
+    transform: Transform | None = None
 
-    def __call__(self, record: Record, base: str) -> str | None:
+    def __call__(self, record: Record, base: str) -> Any:
+        text = self.text(record, base)
+        if text is None or self.transform is None:
+            return text
+        try:
+            return self.transform.to_tmf(text)
+        except _BAD_VALUE as exc:
+            raise self._error(f"template gave {text!r}: {exc}") from None
+
+    def text(self, record: Record, base: str) -> str | None:
+        """The template's text, before any transform."""
         out = []
         for literal, name in self.pieces:
             out.append(literal)
@@ -99,24 +112,70 @@ class TemplateNode(_Located):
 
 @dataclass(frozen=True, slots=True)
 class SumNode(_Located):
-    """The sum of several columns through a transform; None when any of them is null."""
+    """The sum of several columns through a transform.
+
+    A null term (an absent optional field is null) counts as `default`; with no default,
+    the sum is None and the attribute is left out. Numbers given as text ("12.50", as
+    SOAP and REST replies give them) are read as exact decimals; a value that is not a
+    number is the record's error, naming the column and the mapping's line. `typed`: the
+    column kinds were reflected and are all numeric, so the values are summed as they are.
+    """
 
     path: str
     columns: tuple[str, ...]
     transform: Transform
     at: str = ""
+    default: int | Decimal | None = None
+    #: Every column is known to hold numbers (reflected kinds): no text to read.
+    typed: bool = False
 
     def __call__(self, record: Record, base: str) -> Any:
+        raws = []
+        for column in self.columns:
+            try:
+                raw = record[column]
+            except KeyError:
+                raise self._missing(column) from None
+            if raw is None:
+                if self.default is None:
+                    return None
+                raw = self.default
+            raws.append(raw)
+        total: int | Decimal = 0
+        if self.typed:  # numbers as the back end's column types say
+            total = sum(raws)
+        else:  # replies of unknown types: each term read as an exact number
+            for column, raw in zip(self.columns, raws, strict=True):
+                try:
+                    total += number_of(raw)
+                except ValueError as exc:
+                    raise self._error(f"column {column}={raw!r}: {exc}") from None
         try:
-            raws = [record[c] for c in self.columns]
-        except KeyError as exc:
-            raise self._missing(exc.args[0]) from None
-        if any(r is None for r in raws):
-            return None
-        try:
-            return self.transform.to_tmf(sum(raws))
+            return self.transform.to_tmf(total)
         except _BAD_VALUE as exc:
-            raise self._error(f"columns {list(self.columns)}={raws!r}: {exc}") from None
+            raise self._error(f"columns {list(self.columns)} sum to {total!r}: {exc}") from None
+
+
+def number_of(raw: Any) -> int | Decimal:
+    """A term of a sum as an exact number: ints as they are, the rest as decimals.
+
+    Text is read as a decimal ("12.50", " 7 "), a float by its shortest repr; booleans,
+    non-finite values and anything else are not numbers (ValueError).
+    """
+    if type(raw) is int or type(raw) is Decimal:
+        number: int | Decimal = raw
+    elif isinstance(raw, str | float) and not isinstance(raw, bool):
+        try:
+            number = Decimal(raw.strip() if isinstance(raw, str) else repr(raw))
+        except InvalidOperation:
+            raise ValueError("not a number") from None
+    elif isinstance(raw, int | Decimal) and not isinstance(raw, bool):
+        number = raw
+    else:
+        raise ValueError(f"not a number ({type(raw).__name__})")
+    if isinstance(number, Decimal) and not number.is_finite():
+        raise ValueError("not a finite number")
+    return number
 
 
 @dataclass(frozen=True, slots=True)

@@ -90,6 +90,8 @@ def range_of(node: nodes.Node) -> Range:
     if isinstance(node, nodes.ConstNode):
         return const_range(node.value)
     if isinstance(node, nodes.TemplateNode):
+        if node.transform is not None:  # the transform's values, as for a column
+            return Range(frozenset({node.transform.json_type}), node.transform.values())
         return Range(frozenset({"string"}), None)
     if isinstance(node, nodes.ObjectNode):
         return Range(frozenset({"object"}), None)

@@ -79,7 +79,9 @@ class _Walker:
         where: Condition | None,
         reversible: bool,
     ) -> None:
-        if isinstance(node, ColumnNode | ConstNode | TemplateNode):
+        if isinstance(node, TemplateNode) and node.transform is not None:
+            self._add(path, None)  # a transformed template: filtered by the gateway
+        elif isinstance(node, ColumnNode | ConstNode | TemplateNode):
             self._add(path, Occurrence(node, guards, child, where) if reversible else None)
         elif isinstance(node, SumNode | DerivedNode):
             self._add(path, None)

@@ -561,9 +561,12 @@ class DecimalText(Transform):
 
     def to_tmf(self, raw: Any) -> float:
         try:
-            return float(Decimal(str(raw).strip()))
+            number = Decimal(str(raw).strip())
         except InvalidOperation as exc:
             raise ValueError(f"not a decimal number: {raw!r}") from exc
+        if not number.is_finite():  # JSON has no NaN or Infinity
+            raise ValueError(f"not a finite number: {raw!r}")
+        return float(number)
 
 
 def _code_reader(kind: Kind | None) -> Callable[[str], Any] | None:

@@ -255,7 +255,12 @@ NATIVE_SPEC = SPEC.replace('{date: {format: "%Y%m%d", zone: UTC}}', "{date: {zon
             17,
             "code 'A' can never be read from this INTEGER column",
         ),
-        ("value: {sum: [AMT, TAX]", "value: {sum: [AMT, CUR]", 13, "sum of a non-number CUR"),
+        (
+            "value: {sum: [AMT, TAX]",
+            "value: {sum: [AMT, CUR]",
+            13,
+            "sum of a non-number CUR (declared text (CHAR/VARCHAR))",
+        ),
         (
             "{column: RUN, transform: integer_text}",
             "{column: DT, transform: integer_text}",
@@ -716,3 +721,136 @@ def test_places_in_a_spec_have_their_own_lines(tmp_path: Path) -> None:
     assert spec.line_at("source.children.taxes.order_by") == 5  # not written: its mapping
     assert spec.line_at("source.types.X") == 2
     assert spec.line_at("source") == 2
+
+
+TEMPLATED = SPEC.replace(
+    "  billNo: NO\n", '  billNo: {template: "{NO}-{RUN}", transform: upper}\n'
+).replace(
+    '    href: {template: "{base}/billCycle/{RUN}"}\n',
+    '    href: {template: "{base}/billCycle/{RUN}", transform: [lower, upper]}\n',
+)
+
+
+def test_a_template_result_goes_through_its_transform(tmp_path: Path) -> None:
+    mapping = compiled(tmp_path, TEMPLATED)
+    out = mapping.to_tmf({**RECORD, "NO": "b-7x"}, BASE)
+    assert out["billNo"] == "B-7X-3"
+    assert out["billCycle"]["href"] == "HTTPS://GW/API/BILLCYCLE/3"  # a chain, in turn
+    assert "billNo" not in mapping.to_tmf({**RECORD, "RUN": None}, BASE)  # null stays null
+    assert "billNo" in mapping.produced and "billNo" not in mapping.fields
+
+
+def test_a_template_transform_is_checked_against_the_oas(tmp_path: Path) -> None:
+    text = TEMPLATED.replace("transform: upper}", "transform: {minor_units: 2}}")
+    with pytest.raises(MappingSpecError) as info:
+        compiled(tmp_path, text)
+    assert "billNo" in str(info.value) and ":5:" in str(info.value)
+
+
+CUSTOMER_BILL = ROOT / "mappings" / "legacy_sql" / "customer_bill.yaml"
+LOWER_FROM = 'name: {template: "{INV_NO}.pdf"}'
+LOWER_TO = 'name: {template: "{INV_NO}.pdf", transform: lower}'
+
+
+def test_filters_on_a_transformed_template_are_exact_with_push_down_on_and_off(
+    demo_db: Path, tmp_path: Path
+) -> None:
+    import dataclasses
+
+    from gateway.pushdown import plan_read
+    from gateway.query import parse_query
+    from tests.test_pushdown import NothingPushed
+
+    mapping_file = tmp_path / "customer_bill.yaml"
+    text = CUSTOMER_BILL.read_text()
+    assert LOWER_FROM in text
+    mapping_file.write_text(text.replace(LOWER_FROM, LOWER_TO))
+    config = gateway_config(demo_db, events=None, on_demand=None)
+    binding = config.resources["customerBill"].model_copy(update={"mapping": mapping_file})
+    config = config.model_copy(update={"resources": {**config.resources, "customerBill": binding}})
+    with sqlite3.connect(demo_db) as conn:
+        numbers = [
+            no for (no,) in conn.execute("SELECT INV_NO FROM INV_HDR WHERE ARCH_KEY IS NOT NULL")
+        ]
+        ids = dict(conn.execute("SELECT INV_NO, INV_ID FROM INV_HDR"))
+    assert len(numbers) > 2, "no archived bills: the test would prove nothing"
+    attributes = attribute_types("CustomerBill")
+    app = create_app(config)
+    with TestClient(app) as client:
+        on = dataclasses.replace(app.state.services.customer_bills, cache=None, guard=None)
+        off = dataclasses.replace(on, source=NothingPushed(on.source))
+
+        def read(reader: object, term: str) -> tuple[list[str], int]:
+            query = parse_query(term, attributes, default_limit=20, max_limit=5000)
+            found, total = client.portal.call(reader.list, query, "h")  # type: ignore[attr-defined]
+            return sorted(r["id"] for r in found), total
+
+        chosen = numbers[len(numbers) // 2]
+        cases = {
+            f"billDocument.name={chosen.lower()}.pdf&limit=5000": [str(ids[chosen])],
+            f"billDocument.name={chosen}.pdf&limit=5000": [],  # served in lower case only
+        }
+        for term, expected in cases.items():
+            assert read(on, term) == read(off, term) == (expected, len(expected)), term
+            query = parse_query(term, attributes, default_limit=20, max_limit=5000)
+            assert plan_read(query, on.mapping, on.source).residual, "not the gateway's"
+        response = client.get(f"{API}/customerBill?billDocument.name={chosen.lower()}.pdf")
+        assert response.status_code == 200
+        assert [bill["id"] for bill in response.json()] == [str(ids[chosen])]
+
+
+#: The record's amounts as text (AMT is read as decimal text beside the sum).
+TEXT_AMOUNTS = SPEC.replace(
+    "value: {column: AMT, transform: {minor_units: 2}}\n  taxI",
+    "value: {column: AMT, transform: decimal}\n  taxI",
+)
+TEXT_SUM = TEXT_AMOUNTS.replace(
+    "value: {sum: [AMT, TAX], transform: {minor_units: 2}}", "value: {sum: [AMT, TAX]}"
+)
+DEFAULT_SUM = TEXT_AMOUNTS.replace(
+    "value: {sum: [AMT, TAX], transform: {minor_units: 2}}", "value: {sum: [AMT, TAX], default: 0}"
+)
+
+
+@pytest.mark.parametrize(
+    ("amount", "tax", "total"),
+    [("12.50", "0.10", 12.6), ("0.1", "0.2", 0.3), (" 7 ", 2, 9), (1, Decimal("2.25"), 3.25)],
+)
+def test_a_sum_adds_numbers_given_as_text_exactly(
+    tmp_path: Path, amount: object, tax: object, total: float
+) -> None:
+    mapping = compiled(tmp_path, TEXT_SUM)
+    out = mapping.to_tmf({**RECORD, "AMT": amount, "TAX": tax}, BASE)
+    assert out["taxIncludedAmount"]["value"] == total
+    assert mapping.fast_path.slow({**RECORD, "AMT": amount, "TAX": tax}, BASE) == out
+
+
+def test_a_sum_of_a_value_that_is_not_a_number_names_file_line_and_column(
+    tmp_path: Path,
+) -> None:
+    mapping = compiled(tmp_path, TEXT_SUM)
+    for bad in ("12,50", "NaN", True, "abc"):
+        with pytest.raises(RecordMappingError) as info:
+            mapping.to_tmf({**RECORD, "TAX": bad}, BASE)
+        assert info.value.field == "taxIncludedAmount.value"
+        assert f"column TAX={bad!r}" in info.value.reason
+        assert info.value.where == f"{tmp_path / 'mapping.yaml'}:13"
+
+
+def test_an_absent_term_leaves_a_sum_out_unless_it_has_a_default(tmp_path: Path) -> None:
+    without = compiled(tmp_path, TEXT_SUM).to_tmf({**RECORD, "TAX": None}, BASE)
+    assert "value" not in without["taxIncludedAmount"]
+    mapping = compiled(tmp_path, DEFAULT_SUM)
+    assert mapping.to_tmf({**RECORD, "TAX": None}, BASE)["taxIncludedAmount"]["value"] == 1050
+    both = mapping.to_tmf({**RECORD, "TAX": None, "AMT": "1.5"}, BASE)
+    assert both["taxIncludedAmount"]["value"] == 1.5
+
+
+@pytest.mark.parametrize(
+    ("default", "message"),
+    [("x", "default of a sum must be a number, not 'x'"), ("[1]", "must be a number")],
+)
+def test_a_sum_default_must_be_a_number(tmp_path: Path, default: str, message: str) -> None:
+    with pytest.raises(MappingSpecError) as info:
+        compiled(tmp_path, DEFAULT_SUM.replace("default: 0", f"default: {default}"))
+    assert message in str(info.value) and ":13:" in str(info.value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -12,10 +13,15 @@ from mappings.errors import RecordMappingError
 from mappings.nodes import ResourceNode
 from tests.test_compiler import (
     BASE,
+    DEFAULT_SUM,
     DERIVED,
     DERIVED_RECORD,
     LEDGER,
+    NATIVE_SPEC,
     RECORD,
+    TEMPLATED,
+    TEXT_SUM,
+    TYPED,
     TYPES,
     compiled,
     write,
@@ -103,3 +109,40 @@ def test_the_demo_bill_reads_each_column_once_and_builds_each_object_whole() -> 
     source = load_mapping(path).fast_path.source
     assert source.count("r['CURR_CD']") == 1  # four amounts, one read
     assert "'] = " not in source  # no object is filled key by key
+
+
+def text_variants() -> list[dict[str, Any]]:
+    """Records whose summed and templated columns are text, numbers, nulls, junk or absent."""
+    out = []
+    for tax in ("12.50", " 3 ", 4, Decimal("1.25"), 2.5, None, "x", "NaN", "Infinity", True):
+        out.append({**RECORD, "AMT": "0.10", "TAX": tax})
+        out.append({**RECORD, "AMT": None, "TAX": tax})
+    out.append({k: v for k, v in RECORD.items() if k != "TAX"})
+    out.append({**RECORD, "NO": "ab-c", "RUN": None})
+    out.append({**RECORD, "NO": 12})
+    return out
+
+
+@pytest.mark.parametrize("spec", [TEXT_SUM, DEFAULT_SUM, TEMPLATED], ids=["text", "default", "tpl"])
+@pytest.mark.parametrize("record", text_variants())
+def test_fast_and_slow_paths_agree_on_text_sums_and_transformed_templates(
+    tmp_path: Path, spec: str, record: dict[str, Any]
+) -> None:
+    mapping = compiled(tmp_path, spec)
+    assert outcome(mapping.to_tmf, record) == outcome(mapping.fast_path.slow, record)
+
+
+def test_text_sums_and_transformed_templates_stay_on_the_fast_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(self: ResourceNode, record: Any, base: str) -> Any:
+        raise AssertionError("the generated function fell back on the node tree")
+
+    text_sum, templated = compiled(tmp_path, TEXT_SUM), compiled(tmp_path, TEMPLATED)
+    record = {**RECORD, "AMT": "12.50", "TAX": "0.10"}
+    monkeypatch.setattr(ResourceNode, "__call__", refuse)
+    assert text_sum.to_tmf(record, BASE)["taxIncludedAmount"]["value"] == 12.6
+    assert templated.to_tmf(RECORD, BASE)["billNo"] == "B-7-3"
+    assert "SUM((" in text_sum.fast_path.source
+    typed = load_mapping(write(tmp_path, NATIVE_SPEC), columns=TYPED, attribute_types=TYPES)
+    assert "sum((" in typed.fast_path.source  # reflected number columns: a plain sum

@@ -273,3 +273,9 @@ def test_memo_keeps_no_datetime_whose_fold_chooses_the_offset() -> None:
     day = build_transform({"date": {"zone": "Europe/Berlin"}}).bind("date").memo()
     assert day is not None and day[date(2024, 1, 31)] == "2024-01-31T00:00:00+01:00"
     assert list(day) == [date(2024, 1, 31)]
+
+
+@pytest.mark.parametrize("text", ["NaN", "Infinity", "-inf", "sNaN"])
+def test_decimal_text_refuses_values_json_cannot_hold(text: str) -> None:
+    with pytest.raises(ValueError, match="not a finite number"):
+        build_transform("decimal").to_tmf(text)
