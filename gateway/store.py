@@ -122,7 +122,7 @@ outbox = Table(
     # already, and only INTEGER makes it the autoincrementing row id.
     Column("seq", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True),
     Column("event_id", String(36), nullable=False),
-    Column("hub_id", String(36), nullable=False, index=True),
+    Column("hub_id", String(36), nullable=False),
     Column("url", Text, nullable=False),
     Column("event_type", String(60), nullable=False),
     Column("payload", Text, nullable=False),
@@ -133,6 +133,9 @@ outbox = Table(
     Column("last_error", Text),
     Column("lease_owner", String(36)),  # the gateway whose claim it is under (while due_at)
     Index("ix_outbox_due", "state", "due_at"),
+    # A hub's claim: its pending events in order, and those not due (migration 0003).
+    Index("ix_outbox_hub_order", "hub_id", "state", "seq"),
+    Index("ix_outbox_hub_due", "hub_id", "state", "due_at"),
 )
 
 # Named leases on exclusive jobs shared by several gateways (a back end's change detector,
@@ -773,10 +776,16 @@ async def _claim_in(
     """`GatewayStore.claim_events` inside the caller's transaction."""
     now = time()
     pending = (outbox.c.hub_id == hub_id) & (outbox.c.state == "pending")
+    # `seq + 0`: not read in `seq` order (ix_outbox_hub_order, through every due event of
+    # the hub), but found by `due_at` (ix_outbox_hub_due): the few not due.
     waiting = (
-        select(func.min(outbox.c.seq)).where(pending & (outbox.c.due_at > now)).scalar_subquery()
+        select(func.min(outbox.c.seq + 0))
+        .where(pending & (outbox.c.due_at > now))
+        .scalar_subquery()
     )
-    due = pending & (outbox.c.due_at <= now) & (waiting.is_(None) | (outbox.c.seq < waiting))
+    # Those before the first one not due are due (so no `due_at` term here, which would
+    # lead SQLite to read all of the hub's due events and sort them: see migration 0003).
+    due = pending & (waiting.is_(None) | (outbox.c.seq < waiting))
     # PostgreSQL: rows another worker is claiming are skipped, not waited for and lost.
     # The choice is a CTE, evaluated once: with the LIMIT in an IN sub-query,
     # PostgreSQL may run the sub-query again and claim more than `limit` rows.
