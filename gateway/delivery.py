@@ -114,39 +114,62 @@ class DeliveryWorker:
         hub_lease = f"hub:{hub_id}"
         async with self._slots:
             self._claimed = True
-            # One sender per hub across gateways keeps its events in order; renewed per batch.
+            # One sender per hub across gateways keeps its events in order.
             try:
-                if not await self.store.take_lease(hub_lease, self.owner, lease):
-                    return  # another gateway is sending this hub's events
+                held_until = await self._take_hub_lease(hub_lease, lease)
             except BackendError as exc:
                 log.error("delivery_store_unavailable", detail=exc.reason)
                 return
+            if held_until is None:
+                return  # another gateway is sending this hub's events
             try:
-                await self._send_batches(hub_id, hub_lease, lease)
+                await self._send_batches(hub_id, hub_lease, lease, held_until)
             finally:
                 with contextlib.suppress(BackendError):
                     await self.store.release_leases(self.owner, [hub_lease])
 
-    async def _send_batches(self, hub_id: str, hub_lease: str, lease: float) -> None:
-        """Claim and send the hub's due events, batch after batch, holding its lease."""
+    async def _take_hub_lease(self, hub_lease: str, lease: float) -> float | None:
+        """Take or renew the hub's lease: until when (monotonic) it is surely ours, or None."""
+        asked_at = monotonic()  # the store counts from a little later: this end is safe
+        if not await self.store.take_lease(hub_lease, self.owner, lease):
+            return None
+        return asked_at + lease
+
+    async def _send_batches(
+        self, hub_id: str, hub_lease: str, lease: float, held_until: float
+    ) -> None:
+        """Claim and send the hub's due events, batch after batch, holding its lease.
+
+        The lease is renewed only when what is left of it might not cover another batch
+        (not for each batch), and a batch's outcomes are settled in the same transaction
+        that claims the next one: one store transaction per batch.
+        """
         timeout = self.settings.timeout_seconds
-        first = True
+        delivered: list[int] = []  # sent, settled with the next claim
+        dead: list[tuple[int, str]] = []
         while True:
             try:
-                if not first and not await self.store.take_lease(hub_lease, self.owner, lease):
-                    log.warning("delivery_lease_lost", hub=hub_id)
-                    return
-                first = False
-                events = await self.store.claim_events(hub_id, lease, _BATCH, self.owner)
+                if held_until - monotonic() < timeout * 2 + 1:
+                    if delivered or dead:  # settled whether or not the lease is still ours
+                        await self.store.settle_events(delivered, [], dead)
+                        delivered, dead = [], []
+                    renewed = await self._take_hub_lease(hub_lease, lease)
+                    if renewed is None:
+                        log.warning("delivery_lease_lost", hub=hub_id)
+                        return
+                    held_until = renewed
+                events = await self.store.settle_and_claim(
+                    hub_id, delivered, dead, lease, _BATCH, self.owner
+                )
             except BackendError as exc:
                 log.error("delivery_store_unavailable", detail=exc.reason)
                 return
+            delivered, dead = [], []
             if not events:
                 return
-            stop_at = monotonic() + timeout * 2
-            delivered: list[int] = []
+            # No post starts unless the hub's lease lasts until its timeout.
+            stop_at = min(monotonic() + timeout * 2, held_until - timeout - 0.5)
             retry: list[tuple[int, float, str]] = []
-            dead: list[tuple[int, str]] = []
             unsent: list[int] = []
             for index, event in enumerate(events):
                 if monotonic() > stop_at:
@@ -176,8 +199,11 @@ class DeliveryWorker:
                 # A failing subscriber: the rest wait with it (not counted as attempts).
                 unsent = [e.seq for e in events[index + 1 :]]
                 break
+            if not (retry or unsent):
+                continue  # settled with the next claim
             try:
                 await self.store.settle_events(delivered, retry, dead)
+                delivered, dead = [], []
                 if unsent:
                     due = retry[0][1] if retry else time()
                     await self.store.release_events(unsent, due)

@@ -54,6 +54,7 @@ from sqlalchemy import (
     Update,
     delete,
     event,
+    exists,
     func,
     insert,
     or_,
@@ -122,7 +123,7 @@ outbox = Table(
     # already, and only INTEGER makes it the autoincrementing row id.
     Column("seq", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True),
     Column("event_id", String(36), nullable=False),
-    Column("hub_id", String(36), nullable=False, index=True),
+    Column("hub_id", String(36), nullable=False),
     Column("url", Text, nullable=False),
     Column("event_type", String(60), nullable=False),
     Column("payload", Text, nullable=False),
@@ -133,6 +134,9 @@ outbox = Table(
     Column("last_error", Text),
     Column("lease_owner", String(36)),  # the gateway whose claim it is under (while due_at)
     Index("ix_outbox_due", "state", "due_at"),
+    # A hub's claim: its pending events in order, and those not due (migration 0003).
+    Index("ix_outbox_hub_order", "hub_id", "state", "seq"),
+    Index("ix_outbox_hub_due", "hub_id", "state", "due_at"),
 )
 
 # Named leases on exclusive jobs shared by several gateways (a back end's change detector,
@@ -513,10 +517,19 @@ class GatewayStore:
         await conn.execute(insert(outbox), rows)
 
     async def hubs_with_due_events(self) -> list[str]:
-        """Ids of the hubs that have events due for sending now."""
-        due = (outbox.c.state == "pending") & (outbox.c.due_at <= time())
+        """Ids of the hubs that have events due for sending now.
+
+        Asked hub by hub (one look-up in `ix_outbox_hub_due` each), not by reading every
+        due event: the delivery worker asks several times a second. (A hub's removal drops
+        its pending events, so none is left to a hub that is gone.)
+        """
+        due = (
+            (outbox.c.hub_id == hub.c.id)
+            & (outbox.c.state == "pending")
+            & (outbox.c.due_at <= time())
+        )
         async with self.transaction() as conn:
-            rows = await conn.execute(select(outbox.c.hub_id).where(due).distinct())
+            rows = await conn.execute(select(hub.c.id).where(exists().where(due)))
             return [r[0] for r in rows]
 
     async def claim_events(
@@ -529,63 +542,33 @@ class GatewayStore:
         (one claimed and not settled, or waiting for its retry) are claimed, so a hub never
         gets an event before one queued earlier is delivered or dead-lettered.
         """
-        now = time()
-        pending = (outbox.c.hub_id == hub_id) & (outbox.c.state == "pending")
-        waiting = (
-            select(func.min(outbox.c.seq))
-            .where(pending & (outbox.c.due_at > now))
-            .scalar_subquery()
-        )
-        due = pending & (outbox.c.due_at <= now) & (waiting.is_(None) | (outbox.c.seq < waiting))
         async with self.transaction() as conn:
-            # PostgreSQL: rows another worker is claiming are skipped, not waited for and lost.
-            # The choice is a CTE, evaluated once: with the LIMIT in an IN sub-query,
-            # PostgreSQL may run the sub-query again and claim more than `limit` rows.
-            chosen = (
-                select(outbox.c.seq)
-                .where(due)
-                .order_by(outbox.c.seq)
-                .limit(limit)
-                .with_for_update(skip_locked=True)
-                .cte("chosen")
-            )
-            rows = await conn.execute(
-                update(outbox)
-                .where((outbox.c.seq == chosen.c.seq) & (outbox.c.due_at <= now))
-                .values(due_at=now + lease, lease_owner=owner)
-                .returning(
-                    outbox.c.seq,
-                    outbox.c.event_id,
-                    outbox.c.url,
-                    outbox.c.payload,
-                    outbox.c.attempts,
-                    outbox.c.created_at,
-                )
-            )
-            claimed = [ClaimedEvent(*row) for row in rows]
-        return sorted(claimed, key=lambda e: e.seq)
+            return await _claim_in(conn, hub_id, lease, limit, owner)
+
+    async def settle_and_claim(
+        self,
+        hub_id: str,
+        delivered: list[int],
+        dead: list[tuple[int, str]],
+        lease: float,
+        limit: int,
+        owner: str | None = None,
+    ) -> list[ClaimedEvent]:
+        """Record a batch's outcomes and claim the hub's next batch in one transaction.
+
+        One commit per batch instead of two (`settle_events`, then `claim_events`); the
+        claim sees the settled events as gone, so order is kept as with the two calls.
+        """
+        async with self.transaction() as conn:
+            await _settle_in(conn, delivered, [], dead)
+            return await _claim_in(conn, hub_id, lease, limit, owner)
 
     async def settle_events(
         self, delivered: list[int], retry: list[tuple[int, float, str]], dead: list[tuple[int, str]]
     ) -> None:
         """Record delivery outcomes: sent, to try again at a time, or given up."""
         async with self.transaction() as conn:
-            if delivered:
-                await conn.execute(
-                    _attempted(outbox.c.seq.in_(delivered)).values(
-                        state="delivered", last_error=None
-                    )
-                )
-            for seq, due_at, error in retry:
-                await conn.execute(
-                    _attempted(outbox.c.seq == seq).values(
-                        due_at=due_at, last_error=error, lease_owner=None
-                    )
-                )
-            for seq, error in dead:
-                await conn.execute(
-                    _attempted(outbox.c.seq == seq).values(state="dead", last_error=error)
-                )
+            await _settle_in(conn, delivered, retry, dead)
 
     async def release_events(self, seqs: list[int], due_at: float) -> None:
         """Give claimed events back unsent, due at `due_at` (not counted as attempts)."""
@@ -795,6 +778,71 @@ def _epoch(stamp: str) -> float:
 def _attempted(which: ColumnElement[bool]) -> Update:
     """An UPDATE of the outbox rows `which` that counts one more delivery attempt."""
     return update(outbox).where(which).values(attempts=outbox.c.attempts + 1)
+
+
+async def _claim_in(
+    conn: AsyncConnection, hub_id: str, lease: float, limit: int, owner: str | None
+) -> list[ClaimedEvent]:
+    """`GatewayStore.claim_events` inside the caller's transaction."""
+    now = time()
+    pending = (outbox.c.hub_id == hub_id) & (outbox.c.state == "pending")
+    # `seq + 0`: not read in `seq` order (ix_outbox_hub_order, through every due event of
+    # the hub), but found by `due_at` (ix_outbox_hub_due): the few not due.
+    waiting = (
+        select(func.min(outbox.c.seq + 0))
+        .where(pending & (outbox.c.due_at > now))
+        .scalar_subquery()
+    )
+    # Those before the first one not due are due (so no `due_at` term here, which would
+    # lead SQLite to read all of the hub's due events and sort them: see migration 0003).
+    due = pending & (waiting.is_(None) | (outbox.c.seq < waiting))
+    # PostgreSQL: rows another worker is claiming are skipped, not waited for and lost.
+    # The choice is a CTE, evaluated once: with the LIMIT in an IN sub-query,
+    # PostgreSQL may run the sub-query again and claim more than `limit` rows.
+    chosen = (
+        select(outbox.c.seq)
+        .where(due)
+        .order_by(outbox.c.seq)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+        .cte("chosen")
+    )
+    rows = await conn.execute(
+        update(outbox)
+        .where((outbox.c.seq == chosen.c.seq) & (outbox.c.due_at <= now))
+        .values(due_at=now + lease, lease_owner=owner)
+        .returning(
+            outbox.c.seq,
+            outbox.c.event_id,
+            outbox.c.url,
+            outbox.c.payload,
+            outbox.c.attempts,
+            outbox.c.created_at,
+        )
+    )
+    claimed = [ClaimedEvent(*row) for row in rows]
+    return sorted(claimed, key=lambda e: e.seq)
+
+
+async def _settle_in(
+    conn: AsyncConnection,
+    delivered: list[int],
+    retry: list[tuple[int, float, str]],
+    dead: list[tuple[int, str]],
+) -> None:
+    """`GatewayStore.settle_events` inside the caller's transaction."""
+    if delivered:
+        await conn.execute(
+            _attempted(outbox.c.seq.in_(delivered)).values(state="delivered", last_error=None)
+        )
+    for seq, due_at, error in retry:
+        await conn.execute(
+            _attempted(outbox.c.seq == seq).values(
+                due_at=due_at, last_error=error, lease_owner=None
+            )
+        )
+    for seq, error in dead:
+        await conn.execute(_attempted(outbox.c.seq == seq).values(state="dead", last_error=error))
 
 
 def _insert_missing(conn: AsyncConnection, table: Table) -> Insert:

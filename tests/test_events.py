@@ -375,3 +375,56 @@ def test_workers_sharing_a_store_send_a_hubs_events_once_each_in_order(
     received = [e["eventId"] for e in listener.events("flaky1-shared")]
     # One sender at a time (the hub's lease): taken in the order queued, none twice.
     assert received == queued
+
+
+class CountingStore(GatewayStore):
+    """The real store, counting the hub leases it grants (taken or renewed)."""
+
+    granted = 0
+
+    async def take_lease(self, name: str, owner: str, seconds: float) -> bool:
+        taken = await super().take_lease(name, owner, seconds)
+        if taken and name.startswith("hub:"):
+            CountingStore.granted += 1
+        return taken
+
+
+def test_a_hubs_lease_is_taken_once_for_many_batches_not_per_batch(
+    tmp_path: Path, listener: Listener
+) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'store.sqlite'}"
+    settings = DeliverySettings(poll_seconds=0.05, timeout_seconds=5)  # lease: 16 s
+    policy = CallbackPolicy(["127.0.0.0/8"])
+    hub_url = f"{listener.base}/ok-batches"
+    queued = [f"event-{n:03}" for n in range(300)]  # six claims' batches
+
+    async def scenario() -> None:
+        CountingStore.granted = 0
+        stores = [CountingStore(url) for _ in range(2)]  # two gateways, one store
+        for store in stores:
+            await store.open()
+        hub_id = await stores[0].add_hub(hub_url, None)
+        async with stores[0].transaction() as conn:
+            await stores[0].enqueue_events(
+                conn,
+                [OutboxEvent(e, hub_id, hub_url, "E", f'{{"eventId": "{e}"}}') for e in queued],
+            )
+        workers = [DeliveryWorker(store, settings, policy) for store in stores]
+        tasks = [asyncio.create_task(worker.run()) for worker in workers]
+        try:
+            deadline = time.monotonic() + 60
+            while len(listener.events("ok-batches")) < len(queued):
+                assert time.monotonic() < deadline, "not every event was delivered"
+                await asyncio.sleep(0.05)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.wait(tasks)
+            for worker, store in zip(workers, stores, strict=True):
+                await worker.close()
+                await store.close()
+
+    asyncio.run(scenario())
+    assert [e["eventId"] for e in listener.events("ok-batches")] == queued  # once each, in order
+    # Renewed when what is left might not cover a batch (after 5 s), not for each of the six.
+    assert 1 <= CountingStore.granted < 6
