@@ -78,6 +78,7 @@ bench: install
 	$(PY) bench/mapping_throughput.py --bills 2000 --rounds 30
 	$(PY) bench/metrics_overhead.py --requests 3000 --callgrind 200
 	$(PY) bench/on_demand_instances.py --requests 1000
+	$(PY) bench/pg_latency.py  # skips, saying so, when PostgreSQL is unreachable
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache *.egg-info

@@ -261,6 +261,13 @@ def test_indexes_exist(db: sqlite3.Connection) -> None:
         sql = indexes[name]
         assert f'ON "{table}"' in sql
         assert sql.endswith("(" + ", ".join(f'"{c}"' for c in columns) + ")"), sql
+    # Newest first with the key as tie-breaker (`sort=-billDate`), one index walk.
+    newest = {
+        "IX_INV_HDR_STAT_DT_DESC_ID": '("STAT_CD", "INV_DT" DESC, "INV_ID")',
+        "IX_INV_HDR_DT_DESC_ID": '("INV_DT" DESC, "INV_ID")',
+    }
+    for name, columns in newest.items():
+        assert indexes[name].endswith(columns), indexes[name]
     # INV_TAX is read by INV_ID: its primary key (INV_ID, SEQ_NO) covers that.
     pk = [r[1] for r in db.execute('PRAGMA table_info("INV_TAX")') if r[5]]
     assert pk == ["INV_ID", "SEQ_NO"]
