@@ -174,12 +174,12 @@ def _key(ident: str = "B-1") -> tuple[str, str, str, str, str]:
 class _Loads:
     """A back end that counts its calls and answers `value` (or is down)."""
 
-    def __init__(self, value: Any) -> None:
-        self.value, self.calls, self.down = value, 0, False
+    def __init__(self, value: Any, delay: float = 0.01) -> None:
+        self.value, self.delay, self.calls, self.down = value, delay, 0, False
 
     async def __call__(self) -> Any:
         self.calls += 1
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(self.delay)
         if self.down:
             raise BackendDown("legacy", 503, "Down", "down", code="BACKEND_DOWN")
         return self.value
@@ -215,7 +215,7 @@ def test_one_flight_per_process_and_entries_shared(prefix: str) -> None:
 
 async def _one_flight_per_process_and_entries_shared(pair: Pair) -> None:
     one, two = pair
-    load = _Loads({"id": "B-1", "state": "new"})
+    load = _Loads({"id": "B-1", "state": "new"}, delay=0.5)  # all 20 ask while it runs
     answers = await asyncio.gather(*(_read(one, _key(), load) for _ in range(20)))
     assert load.calls == 1
     assert all(value == {"id": "B-1", "state": "new"} for value, _ in answers)
