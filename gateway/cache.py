@@ -8,7 +8,9 @@ read. Entries stay fresh `ttl_seconds` (per collection), then may still answer, 
 stale, for `stale_if_error_seconds` while the back end is down or its breaker open. The
 store is a cachetools `TLRUCache` bounded by bytes (each entry's JSON size) and, here, by
 entries. The gateway's own PATCH and the change detector drop what they changed; other
-gateway processes do not tell this one, so the TTL bounds how stale a read may be.
+gateway processes do not tell this one, so the TTL bounds how stale a read may be. With
+`store: redis` the entries live in Redis instead, shared by every instance, and
+invalidations reach them all (gateway/cache_redis.py).
 
 Concurrent identical reads share one back-end call (single flight): the first starts
 it as a task, the others await the same task; a caller that goes away does not cancel
@@ -83,6 +85,8 @@ class CacheStats(NamedTuple):
     stale_served: int
     entries: int
     bytes: int
+    #: Reads that went to the back end because the shared store (Redis) failed.
+    bypassed: int = 0
 
 
 def rendered(
@@ -244,6 +248,12 @@ class ReadCache:
         if size > self.settings.max_bytes:
             return
         self._entries[key] = Entry(value, self._clock(), size, {})
+
+    async def settled(self) -> None:
+        """Wait until invalidations have reached the store (in memory: at once)."""
+
+    async def close(self) -> None:
+        """Release the store's connections (in memory: none)."""
 
     def invalidate(self, backend: str, collection: str, ident: str | None = None) -> int:
         """Drop the lists of a collection, and its resource `ident` (all when None)."""

@@ -294,9 +294,18 @@ class BackendPolicy(StrictModel):
 
 
 class CacheSettings(StrictModel):
-    """Read responses kept in memory: GET by id and list pages."""
+    """Read responses kept for a while: GET by id and list pages."""
 
     enabled: bool = True
+    #: `memory`: in this process; `redis`: in the Redis at `redis_url`, shared by every
+    #: instance that names it (invalidations reach them all).
+    store: Literal["memory", "redis"] = "memory"
+    #: `redis://host:port/db` (or `rediss://`, `unix://`); needed with `store: redis`.
+    redis_url: str = ""
+    #: Every key this gateway writes starts with it (several deployments, one Redis).
+    redis_key_prefix: str = "tmf678:cache:"
+    #: Deadline of each Redis call; past it the read goes to the back end uncached.
+    redis_timeout_seconds: PositiveFloat = 0.25
     max_entries: PositiveInt = 10_000
     max_bytes: PositiveInt = 64 << 20
     #: Fresh this long after the read, by collection ...
@@ -310,6 +319,12 @@ class CacheSettings(StrictModel):
     #: While a back end is down (or its breaker open), answers up to this old are served,
     #: marked stale; 0: never.
     stale_if_error_seconds: Seconds = 300.0
+
+    @model_validator(mode="after")
+    def _redis_named(self) -> CacheSettings:
+        if self.store == "redis" and not self.redis_url.strip():
+            raise ValueError("store: redis needs redis_url (e.g. redis://127.0.0.1:6379/0)")
+        return self
 
 
 class ResilienceSettings(StrictModel):

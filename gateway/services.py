@@ -22,8 +22,15 @@ from adapters.base import Adapter, BackendAction, BackendError, BackendOptions, 
 from adapters.registry import build_adapter
 from gateway.auth import AuthConfigError, Authenticator
 from gateway.cache import ReadCache
+from gateway.cache_redis import RedisReadCache
 from gateway.callbacks import CallbackPolicy
-from gateway.config import EventsSettings, GatewayConfig, OnDemandSettings, ResourceBinding
+from gateway.config import (
+    CacheSettings,
+    EventsSettings,
+    GatewayConfig,
+    OnDemandSettings,
+    ResourceBinding,
+)
 from gateway.delivery import DeliveryWorker
 from gateway.detector import ChangeDetector
 from gateway.events import EventPublisher, HubService
@@ -104,7 +111,9 @@ async def open_services(
         for name in sorted(config.backends_in_use())
     }
     guards = Resilience(config.resilience, metrics.backend_observer if metrics else None)
-    cache = ReadCache(config.resilience.cache) if config.resilience.cache.enabled else None
+    cache = _read_cache(config.resilience.cache)
+    if cache is not None:
+        stack.push_async_callback(cache.close)
     if metrics is not None:
         metrics.watch_breakers(lambda: guards.guards)
         if cache is not None:
@@ -289,6 +298,15 @@ async def _open_events(
             )
             _run_in_background(stack, detector.run, f"detector-{collection}-{route.backend}")
     return publisher, HubService(store, policy)
+
+
+def _read_cache(settings: CacheSettings) -> ReadCache | None:
+    """The read cache configured: none, in this process, or shared in Redis."""
+    if not settings.enabled:
+        return None
+    if settings.store == "redis":
+        return RedisReadCache(settings)
+    return ReadCache(settings)
 
 
 async def _reader(

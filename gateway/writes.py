@@ -144,6 +144,8 @@ class ResourcePatcher:
                 409, "Concurrent update", "The resource kept changing; try again", code="CONFLICT"
             )
         self.reader.forget(ident)  # cached reads of it, and lists it is in, are out of date
+        if self.reader.cache is not None:
+            await self.reader.cache.settled()  # a shared cache: every instance sees it first
         reread = await self._reread(by_id, ident, base)
         # The write succeeded: report it, with what is known when the re-read failed.
         written_record, fresh = reread if reread is not None else (None, updated)
