@@ -47,6 +47,7 @@ from starlette.types import Scope
 
 from gateway.access import Access
 from gateway.breaker import CircuitBreaker
+from gateway.cache import ReadCache
 from gateway.store import OperationsFigures
 
 log = structlog.get_logger("gateway.metrics")
@@ -132,7 +133,7 @@ class GatewayMetrics:
 
     # At scrape time.
 
-    def watch_cache(self, cache: object) -> None:
+    def watch_cache(self, cache: ReadCache) -> None:
         self._watch("cache", _CacheCollector(cache, self._worker))
 
     def watch_breakers(self, guards: Callable[[], Mapping[str, Any]]) -> None:
@@ -162,9 +163,9 @@ class GatewayMetrics:
 
 
 class _CacheCollector(Collector):
-    """The read cache's `stats()`: hits, misses, stale answers, entries, bytes."""
+    """The read cache's `stats()`: hits, misses, stale answers, bypasses, entries, bytes."""
 
-    def __init__(self, cache: object, worker: Mapping[str, str]) -> None:
+    def __init__(self, cache: ReadCache, worker: Mapping[str, str]) -> None:
         self.cache = cache
         self.worker = worker
 
@@ -175,6 +176,7 @@ class _CacheCollector(Collector):
             ("hits", "Reads answered from the cache."),
             ("misses", "Reads the cache sent to the back end."),
             ("stale_served", "Stale copies served while the back end was down."),
+            ("bypassed", "Reads sent to the back end because the shared cache (Redis) failed."),
         )
         for name, text in counters:
             if name in stats:
@@ -188,22 +190,8 @@ class _CacheCollector(Collector):
                 yield gauge
 
 
-def _cache_stats(cache: object) -> dict[str, float]:
-    """`cache.stats()` as a dict; before it exists, what the cache can tell (its size)."""
-    stats = getattr(cache, "stats", None)
-    if callable(stats):
-        found = stats()
-        if isinstance(found, Mapping):
-            return {k: float(v) for k, v in found.items() if isinstance(v, int | float)}
-        names = ("hits", "misses", "stale_served", "entries", "bytes")
-        return {n: float(getattr(found, n)) for n in names if hasattr(found, n)}
-    fallback: dict[str, float] = {}
-    if hasattr(cache, "__len__"):
-        fallback["entries"] = float(len(cache))
-    size = getattr(cache, "bytes", None)
-    if isinstance(size, int | float):
-        fallback["bytes"] = float(size)
-    return fallback
+def _cache_stats(cache: ReadCache) -> dict[str, float]:
+    return {name: float(value) for name, value in cache.stats()._asdict().items()}
 
 
 class _BreakerCollector(Collector):
