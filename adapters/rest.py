@@ -265,6 +265,8 @@ class RestAdapter:
         reply = await self._send(spec.method, spec.path, **self._session_spec.login_arguments())
         if reply.status_code in (401, 403):
             said = backend_message(reply, self.error_message)
+            # Not ready until a login succeeds again (`not_ready` keeps trying).
+            self._unready = f"login refused ({reply.status_code})"
             raise LoginRefused(self.name, reply.status_code, said)
         if not 200 <= reply.status_code < 300:
             raise self.failure(f"login: {spec.method} {spec.path}", reply)

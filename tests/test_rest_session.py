@@ -45,6 +45,8 @@ class TokenService:
     page_delay: float = 0.0
     #: Refuse every call but the login (a back end that never accepts its own tokens).
     always_refuse: bool = False
+    #: The password the service accepts (changed to refuse the gateway's).
+    password: str = PASSWORD
     #: How a stale session is answered: a 401, or a 400 with an error code.
     stale_as_code: bool = False
     tokens: dict[str, float] = field(default_factory=dict)
@@ -65,7 +67,7 @@ class TokenService:
         else:
             body = dict(parse_qsl((await request.body()).decode()))
         self.login_bodies.append((kind, body))
-        if body.get("user") != USER or body.get("password") != PASSWORD:
+        if body.get("user") != USER or body.get("password") != self.password:
             return JSONResponse({"error": {"message": "bad user or password"}}, 401)
         await asyncio.sleep(0.05)  # a login takes a while: concurrent callers overlap it
         token = secrets.token_hex(8)
@@ -286,6 +288,28 @@ def test_a_back_end_that_always_refuses_gets_one_relogin_then_an_error() -> None
     with served(service) as base:
         asyncio.run(work(base))
     assert (service.logins, service.calls) == (2, 2)
+
+
+def test_a_login_refused_later_makes_the_back_end_not_ready() -> None:
+    """The password is changed on the back end while the gateway runs."""
+    service = TokenService()
+
+    async def work(base: str) -> None:
+        adapter = await _open(base, session_options())
+        try:
+            assert adapter.not_ready() is None
+            source = await adapter.bind(SOURCE)
+            service.password = "changed"
+            service.revoke_all()
+            with pytest.raises(BackendError, match="'tokens': login refused \\(401\\)"):
+                await source.one(Compare("id", "eq", 3))
+            assert adapter.not_ready() == "login refused (401)"
+        finally:
+            await adapter.close()
+
+    with served(service) as base:
+        asyncio.run(work(base))
+    assert (service.logins, service.calls) == (1, 1)
 
 
 # Through the gateway: config/saas_rest.yaml with the API key replaced by a session login.
