@@ -66,6 +66,8 @@ from adapters.keyed import KeyedSource, Record
 from adapters.rest_actions import Call, backend_message, reply_failure, steps_from_spec
 from adapters.rest_paging import Paging, Walk, at_path
 from adapters.rest_query import ListFilters
+from adapters.rest_session import RestSessionOptions
+from adapters.session import Grant, Session
 
 log = structlog.get_logger("adapters.rest")
 
@@ -84,6 +86,8 @@ class RestOptions(HttpOptions):
     #: Records a list without a count may be read through (to count it, to reach a deep
     #: offset); a longer list is refused with a 400.
     list_walk_budget: int = Field(10_000, gt=0)
+    #: A login call whose token every call carries (adapters/rest_session.py).
+    session: RestSessionOptions | None = None
 
     @field_validator("headers")
     @classmethod
@@ -113,6 +117,10 @@ class RestAdapter:
         self._unready: str | None = None
         self._rechecking: asyncio.Task[None] | None = None
         self._last_check = 0.0
+        self._session_spec = options.session
+        self.session: Session | None = None
+        if options.session is not None:
+            self.session = Session(name, options.session.shared(), self._login)
 
     async def open(self) -> None:
         auth = None
@@ -131,11 +139,30 @@ class RestAdapter:
         await self.check_credentials()
 
     async def check_credentials(self) -> None:
-        """Make the `credentials_check` call: a refusal (401/403) is logged and makes the
-        back end not ready; a back end that cannot be reached is left to the breaker."""
-        if self._credentials_check is None:
+        """Log in (with a session) and make the `credentials_check` call: a refusal
+        (401/403) is logged and makes the back end not ready; a back end that cannot be
+        reached is left to the breaker."""
+        if self._credentials_check is None and self.session is None:
             return
         self._last_check = time.monotonic()
+        if self.session is not None:
+            try:
+                await self.session.token()
+            except LoginRefused as refused:
+                self._unready = f"login refused ({refused.refused_status})"
+                log.error(
+                    "backend_login_refused",
+                    backend=self.name,
+                    status=refused.refused_status,
+                    detail=refused.reason,
+                )
+                return
+            except BackendError as exc:
+                log.warning("backend_login_unchecked", backend=self.name, detail=exc.reason)
+                return
+        if self._credentials_check is None:
+            self._accepted()
+            return
         try:
             reply = await self.request("GET", self._credentials_check)
         except BackendError as exc:
@@ -151,9 +178,12 @@ class RestAdapter:
                 detail=said,
             )
         else:
-            if self._unready is not None:
-                log.info("backend_credentials_accepted", backend=self.name)
-            self._unready = None
+            self._accepted()
+
+    def _accepted(self) -> None:
+        if self._unready is not None:
+            log.info("backend_credentials_accepted", backend=self.name)
+        self._unready = None
 
     def not_ready(self) -> str | None:
         """Why `/ready` must say no; while credentials are refused, check again (at most
@@ -207,18 +237,68 @@ class RestAdapter:
 
     async def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """One call to the back end, with auth; a 401 refreshes the token once."""
+        if self.session is not None:
+            return await self._with_session(method, path, **kwargs)
         token = await self._bearer()
         reply = await self._send(method, path, token=token, **kwargs)
         if reply.status_code == 401 and token is not None:
             reply = await self._send(method, path, token=await self._bearer(refresh=True), **kwargs)
         return reply
 
+    async def _with_session(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """The call carrying the session; a reply saying the session is stale logs in again
+        (one login for all who saw it) and repeats the call once, never more."""
+        assert self.session is not None and self._session_spec is not None
+        session = self.session
+        token = await session.token()
+        reply = await self._send(method, path, carried=session.http_headers(token), **kwargs)
+        if not self._session_spec.is_stale(reply):
+            return reply
+        log.info("rest_session_refused", backend=self.name, status=reply.status_code)
+        fresh = await session.renewed(token)
+        return await self._send(method, path, carried=session.http_headers(fresh), **kwargs)
+
+    async def _login(self) -> Grant:
+        """The declared login call: its token and, where the reply gives it, lifetime."""
+        assert self._session_spec is not None
+        spec = self._session_spec.login
+        reply = await self._send(spec.method, spec.path, **self._session_spec.login_arguments())
+        if reply.status_code in (401, 403):
+            said = backend_message(reply, self.error_message)
+            # Not ready until a login succeeds again (`not_ready` keeps trying).
+            self._unready = f"login refused ({reply.status_code})"
+            raise LoginRefused(self.name, reply.status_code, said)
+        if not 200 <= reply.status_code < 300:
+            raise self.failure(f"login: {spec.method} {spec.path}", reply)
+        body = _json(self.name, reply)
+        token = _at(body, spec.token)
+        if not isinstance(token, str | int) or isinstance(token, bool) or token == "":
+            raise BackendReplyError(
+                f"back end {self.name!r}: no token at {spec.token!r} in the login reply"
+            )
+        lifetime: float | None = None
+        if spec.expires_in is not None:
+            given = _at(body, spec.expires_in)
+            if not isinstance(given, int | float) or isinstance(given, bool) or given <= 0:
+                raise BackendReplyError(
+                    f"back end {self.name!r}: no lifetime at {spec.expires_in!r} in the login reply"
+                )
+            lifetime = float(given)
+        return Grant(str(token), lifetime)
+
     async def _send(
-        self, method: str, path: str, token: str | None = None, **kwargs: Any
+        self,
+        method: str,
+        path: str,
+        token: str | None = None,
+        carried: Mapping[str, str] | None = None,
+        **kwargs: Any,
     ) -> httpx.Response:
         if self._client is None:
             raise RuntimeError(f"back end {self.name!r} is not open")
         headers = dict(kwargs.pop("headers", None) or {})
+        if carried:
+            headers.update(carried)
         if token:
             headers["Authorization"] = f"Bearer {token}"
         async with self._http.call(f"{method} {path}"):
@@ -228,6 +308,17 @@ class RestAdapter:
     def failure(self, what: str, reply: httpx.Response) -> BackendError:
         """An unexpected reply as an error carrying the back end's own message."""
         return reply_failure(self.name, what, reply, self.error_message)
+
+
+class LoginRefused(BackendReplyError):
+    """The back end refused the session login's credentials (401/403): not worth retrying."""
+
+    def __init__(self, backend: str, refused_status: int, said: str | None) -> None:
+        super().__init__(
+            f"back end {backend!r}: login refused ({refused_status})"
+            + (f": {said}" if said else "")
+        )
+        self.refused_status = refused_status
 
 
 def _is_json(reply: httpx.Response) -> bool:

@@ -12,6 +12,7 @@ adapter says how to log in (its own call) and where the session goes.
         result: Session                       # the reply element/field with the session id
       carry: {soap_header: {element: SessionHeader, field: session}}
       #   or {http_header: {name: Authorization, format: "Session {session}"}}
+      #      (`{token}` is the same value, for REST configs that read better with it)
       #   or {cookie: {name: ZSession}}
       invalid: [INVALID_SESSION]              # fault codes (or HTTP statuses) of a stale one
       lifetime_seconds: 900                   # log in again this long after a login ...
@@ -27,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import structlog
 from pydantic import Field, model_validator
@@ -83,6 +84,13 @@ class SessionOptions(StrictModel):
     renew_before_seconds: float = Field(30.0, ge=0)
 
 
+class Grant(NamedTuple):
+    """A login's session id with the lifetime its reply gave (None: the configured one)."""
+
+    token: str
+    lifetime_seconds: float | None = None
+
+
 class SessionExpired(BackendError):
     """The back end refused the session: log in again and repeat the call once."""
 
@@ -91,7 +99,10 @@ class Session:
     """The current session id of one back end, renewed by `login` (single flight)."""
 
     def __init__(
-        self, backend: str, options: SessionOptions, login: Callable[[], Awaitable[str]]
+        self,
+        backend: str,
+        options: SessionOptions,
+        login: Callable[[], Awaitable[str | Grant]],
     ) -> None:
         self.backend = backend
         self.options = options
@@ -123,14 +134,19 @@ class Session:
             # Someone else logged in while this caller waited: use theirs.
             if self._token is not None and self._token != seen and time.monotonic() < self._expires:
                 return self._token
-            token = await self._login()
+            granted = await self._login()
+            grant = granted if isinstance(granted, Grant) else Grant(granted)
+            token = grant.token
             if not token:
                 raise BackendError(f"back end {self.backend!r}: login returned no session")
             self.logins += 1
-            lifetime = self.options.lifetime_seconds
+            lifetime = grant.lifetime_seconds or self.options.lifetime_seconds
             margin = self.options.renew_before_seconds
+            # A lifetime shorter than the margin still serves half of it (not a login a call).
             self._expires = (
-                float("inf") if lifetime is None else time.monotonic() + max(lifetime - margin, 0)
+                float("inf")
+                if lifetime is None
+                else time.monotonic() + max(lifetime - margin, lifetime / 2)
             )
             self._token = token
             log.info("backend_login", backend=self.backend, logins=self.logins)
@@ -143,7 +159,8 @@ class Session:
         """HTTP headers that carry the session (for REST back ends)."""
         carry = self.options.carry
         if carry.http_header is not None:
-            return {carry.http_header.name: carry.http_header.format.format(session=token)}
+            value = carry.http_header.format.format(session=token, token=token)
+            return {carry.http_header.name: value}
         if carry.cookie is not None:
             return {"Cookie": f"{carry.cookie.name}={token}"}
         return {}
