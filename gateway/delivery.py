@@ -61,11 +61,13 @@ class DeliveryWorker:
 
     async def close(self) -> None:
         """Stop sending, and hand back this worker's claims and hub leases at once."""
-        for task in self._running.values():
+        running = list(self._running.values())
+        for task in running:
             task.cancel()
-        for task in list(self._running.values()):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if running:  # bounded, as every step of shutdown
+            _, stuck = await asyncio.wait(running, timeout=self.settings.timeout_seconds + 1)
+            if stuck:
+                log.error("delivery_senders_not_stopped", senders=len(stuck))
         if self._claimed:
             await self._hand_back()
         await self._client.aclose()

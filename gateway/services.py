@@ -10,7 +10,6 @@ stack, so leaving it closes it (and stops the background tasks).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -240,14 +239,21 @@ def _bill_patcher(
     return next(iter(patchers.values()), None)
 
 
+#: How long a background task has to end once cancelled at shutdown.
+_STOP_SECONDS = 10.0
+
+
 def _run_in_background(stack: AsyncExitStack, work: Work, name: str) -> None:
     """Start long-running work now, supervised (restarted after a crash); the stack stops it."""
     task = start_supervised(work, name)
 
     async def stop() -> None:
+        # Shutdown has a deadline too: work that does not end when cancelled is left behind
+        # (logged), so that a stopping gateway hands over and exits.
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        done, _ = await asyncio.wait({task}, timeout=_STOP_SECONDS)
+        if not done:
+            log.error("background_task_not_stopped", task=name, seconds=_STOP_SECONDS)
 
     stack.push_async_callback(stop)
 
